@@ -1,0 +1,404 @@
+"""The build pipe: find modules -> load and normalize once -> recipes in parallel -> load check -> manifest.
+
+Every variant is written into a temp folder inside the output folder and renamed into place only when
+complete and loadable, and the manifest is updated after each one, so a build killed at any point
+leaves the folder as before or with complete variants that the manifest lists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import onnx
+
+from onnxdtype import __version__
+from onnxdtype.dtype import INFO, DType, parse_dtype_list, variant_filename
+from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.manifest import folder_lock, read_manifest, update_manifest
+from onnxdtype.model import (base_precision_problem, iter_graphs, load_model, op_counts, publish, save_model,
+                             sha256_file, temp_dir_in, write_model)
+from onnxdtype.normalize import keep_metadata, normalize
+from onnxdtype.recipes import RECIPES, NotApplicable, default_options
+
+VARIANT_NAME = re.compile(r"^(?P<stem>.+?)[_.-](?P<tag>[A-Za-z0-9]+)$")
+NEEDS_CALIBRATION = "needs calibration data (--calib); static recipes are not in this version yet"
+
+
+@dataclass
+class Module:
+    """One fp32 model to build variants of; its name is the file stem (det, visual, model...)."""
+    name: str
+    path: Path
+
+
+@dataclass
+class VariantResult:
+    module: str
+    dtype: str
+    status: str  # ok | failed | not_applicable | skipped | kept
+    reason: str | None = None
+    file: str | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    seconds: float | None = None
+    recipe: list[str] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+    normalized: list[str] = field(default_factory=list)
+    kept_in_float: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    op_changes: dict = field(default_factory=dict)
+    base_bytes: int | None = None
+
+    @property
+    def size_ratio(self) -> float | None:
+        return self.bytes / self.base_bytes if self.bytes and self.base_bytes else None
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    results: list[VariantResult]
+    requested_explicitly: bool
+
+    def by(self, module: str, dtype: str | DType) -> VariantResult:
+        return next(r for r in self.results if r.module == module and r.dtype == str(dtype))
+
+    @property
+    def problems(self) -> list[VariantResult]:
+        """Results that make the command fail: failures, and non-applicable dtypes that were asked for by name."""
+        bad = [r for r in self.results if r.status == "failed"]
+        if self.requested_explicitly:
+            bad += [r for r in self.results if r.status == "not_applicable"]
+        return bad
+
+
+def is_variant_stem(stem: str) -> bool:
+    """True for names like model_fp16, det-q8, visual.q4f16, model_quantized: files a base is not."""
+    match = VARIANT_NAME.match(stem)
+    if not match:
+        return False
+    tag = match.group("tag").lower()
+    return tag == "quantized" or any(tag == info.suffix for info in INFO.values() if info.suffix)
+
+
+def find_modules(path: Path) -> list[Module]:
+    """The fp32 modules of a model file, or of a folder (variants and already-quantized files are skipped)."""
+    path = Path(path)
+    if not path.exists():
+        raise OnnxDtypeError(f"{path}: no such file or folder")
+    if path.is_file():
+        return [Module(path.stem, path)]
+    candidates = sorted(p for p in path.glob("*.onnx") if p.is_file() and not is_variant_stem(p.stem))
+    if not candidates:
+        raise OnnxDtypeError(f"{path}: no fp32 .onnx model in this folder")
+    return [Module(p.stem, p) for p in candidates]
+
+
+def quantize(
+    model: str | Path,
+    dtypes: str | list[str] | list[DType] = "all",
+    out_dir: str | Path | None = None,
+    *,
+    force: bool = False,
+    options: dict | None = None,
+    workers: int | None = None,
+    progress: Callable[[VariantResult], None] | None = None,
+) -> BuildResult:
+    """Build the requested dtype variants of a model (or of every module in a folder) into `out_dir`.
+
+    `options` maps recipe names ("float16", "dynamic", "blockwise4", "bnb4") to their Options dataclass.
+    """
+    source = Path(model)
+    modules = find_modules(source)
+    explicit = not (isinstance(dtypes, str) and dtypes.strip().lower() == "all")
+    wanted = parse_dtype_list(dtypes)
+    out = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)
+    _check_out_dir(out)
+    recipe_options = {**default_options(), **(options or {})}
+    calib = [d for d in wanted if INFO[d].needs_calibration]
+    if calib and explicit:
+        raise OnnxDtypeError(f"{', '.join(map(str, calib))}: {NEEDS_CALIBRATION}")
+
+    with folder_lock(out):
+        bases = {m.name: load_model(m.path) for m in modules}
+        for m in modules:
+            problem = base_precision_problem(bases[m.name])
+            if problem:
+                raise OnnxDtypeError(f"{m.path}: {problem}")
+        manifest = read_manifest(out)
+        _refuse_clobber(out, modules, wanted, manifest, force)
+        results: list[VariantResult] = []
+        with temp_dir_in(out) as tmp:
+            tasks: list[tuple] = []
+            for m in modules:
+                base_entry = _place_base(m, bases[m.name], out, force)
+                update_manifest(out, lambda data, m=m, e=base_entry: _set_base(data, m.name, e))
+                normalized = _normalize_once(m, bases[m.name], wanted, tmp)
+                for dtype in wanted:
+                    known = _known_outcome(m, dtype, out, manifest, force, explicit, normalized, recipe_options)
+                    if known is not None:
+                        known.base_bytes = base_entry["bytes"]
+                        results.append(_record(out, known, progress))
+                        continue
+                    passes = _passes_for(dtype)
+                    norm_path, done = normalized[passes]
+                    tasks.append((m.name, dtype.value, str(norm_path), done, recipe_options, str(tmp), base_entry["bytes"]))
+            for result in _run_tasks(tasks, workers, bases):
+                if result.status == "ok":
+                    saved = publish(Path(result.file), out / variant_filename(result.module, DType(result.dtype)))
+                    result.file, result.bytes, result.sha256 = saved.path.name, saved.bytes, saved.sha256
+                results.append(_record(out, result, progress))
+    order = {(m.name, d.value): i for i, (m, d) in enumerate((m, d) for m in modules for d in wanted)}
+    results.sort(key=lambda r: order[(r.module, r.dtype)])
+    return BuildResult(out, results, explicit)
+
+
+def applicability(model: onnx.ModelProto) -> dict[str, str | None]:
+    """For `inspect`: each buildable dtype -> None when its recipe applies, else the reason it does not."""
+    options = default_options()
+    normalized: dict[tuple[str, ...], onnx.ModelProto] = {}
+    verdicts: dict[str, str | None] = {}
+    for dtype in DType:
+        info = INFO[dtype]
+        if not info.steps:
+            continue
+        if info.needs_calibration:
+            verdicts[dtype.value] = NEEDS_CALIBRATION
+            continue
+        passes = _passes_for(dtype)
+        if passes not in normalized:
+            normalized[passes] = normalize(model, passes)[0]
+        verdicts[dtype.value] = RECIPES[info.steps[0]].check(normalized[passes], options[info.steps[0]])
+    return verdicts
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise OnnxDtypeError(f"{out}: output exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OnnxDtypeError(f"{out}: cannot create output folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OnnxDtypeError(f"{out}: output folder is not writable")
+
+
+def _refuse_clobber(out: Path, modules: list[Module], wanted: list[DType], manifest: dict, force: bool) -> None:
+    """Existing files the manifest does not vouch for are never overwritten without --force."""
+    if force:
+        return
+    for m in modules:
+        for dtype in wanted:
+            target = out / variant_filename(m.name, dtype)
+            if target.exists() and not _vouched(out, manifest, m.name, dtype):
+                raise OnnxDtypeError(f"{target}: exists and is not a verified onnxdtype output; use --force to overwrite")
+        base_target = out / f"{m.name}.onnx"
+        if base_target.exists() and base_target.resolve() != m.path.resolve() \
+                and sha256_file(base_target) != sha256_file(m.path):
+            raise OnnxDtypeError(f"{base_target}: exists with other contents than {m.path}; use --force to overwrite")
+
+
+def _vouched(out: Path, manifest: dict, module: str, dtype: DType) -> bool:
+    entry = manifest["modules"].get(module, {}).get("variants", {}).get(dtype.value)
+    target = out / variant_filename(module, dtype)
+    return bool(entry and entry.get("status") == "ok" and entry.get("sha256") == sha256_file(target))
+
+
+def _place_base(m: Module, model: onnx.ModelProto, out: Path, force: bool) -> dict:
+    """Put the fp32 base into the output folder as <name>.onnx (byte-identical copy) unless it is there."""
+    target = out / f"{m.name}.onnx"
+    if target.resolve() != m.path.resolve():
+        if m.path.with_name(m.path.name + ".data").exists() or any(
+                t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            save_model(model, target)
+        elif not target.exists() or force or sha256_file(target) != sha256_file(m.path):
+            with temp_dir_in(out) as tmp:
+                shutil.copyfile(m.path, tmp / target.name)
+                publish(tmp / target.name, target)
+    data = target.with_name(target.name + ".data")
+    size = target.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    return {"file": target.name, "bytes": size, "sha256": sha256_file(target)}
+
+
+def _set_base(data: dict, name: str, base: dict) -> None:
+    entry = data["modules"].setdefault(name, {"variants": {}})
+    entry["base"] = base
+    entry.setdefault("variants", {})
+    data["versions"] = _versions()
+
+
+def _passes_for(dtype: DType) -> tuple[str, ...]:
+    if INFO[dtype].needs_calibration:
+        return ()
+    passes = {p for step in INFO[dtype].steps for p in RECIPES[step].PASSES}
+    return tuple(sorted(passes))
+
+
+def _normalize_once(m: Module, model: onnx.ModelProto, wanted: list[DType], tmp: Path) -> dict:
+    """Normalize the base once per distinct pass set the requested recipes need; saved for the workers."""
+    normalized: dict[tuple[str, ...], tuple[Path, list[str]]] = {}
+    for dtype in wanted:
+        if INFO[dtype].needs_calibration or _passes_for(dtype) in normalized:
+            continue
+        passes = _passes_for(dtype)
+        norm, done = normalize(model, passes)
+        keep_metadata(model, norm)
+        path = tmp / f"{m.name}.{'-'.join(passes)}.onnx"
+        write_model(norm, path)
+        normalized[passes] = (path, done)
+    return normalized
+
+
+def _known_outcome(m: Module, dtype: DType, out: Path, manifest: dict, force: bool, explicit: bool,
+                   normalized: dict, recipe_options: dict) -> VariantResult | None:
+    """Results decided without building: needs calibration, vouched existing file, recipe does not apply."""
+    info = INFO[dtype]
+    if info.needs_calibration:
+        return VariantResult(m.name, dtype.value, "skipped", NEEDS_CALIBRATION)
+    target = out / variant_filename(m.name, dtype)
+    if not force and target.exists() and _vouched(out, manifest, m.name, dtype):
+        entry = dict(manifest["modules"][m.name]["variants"][dtype.value])
+        return VariantResult(m.name, dtype.value, "kept", "up to date (use --force to rebuild)",
+                             file=entry.get("file"), bytes=entry.get("bytes"), sha256=entry.get("sha256"),
+                             recipe=list(info.steps), params=entry.get("params", {}))
+    path, _ = normalized[_passes_for(dtype)]
+    first = info.steps[0]
+    reason = RECIPES[first].check(load_model(path), recipe_options[first])
+    if reason:
+        if explicit:
+            raise OnnxDtypeError(f"{m.name}: {dtype} is not applicable: {reason}")
+        return VariantResult(m.name, dtype.value, "not_applicable", reason, recipe=list(info.steps))
+    return None
+
+
+def _run_tasks(tasks: list[tuple], workers: int | None, bases: dict) -> list[VariantResult]:
+    """Build variants in worker processes (bounded by cores and memory), or inline for one worker."""
+    if not tasks:
+        return []
+    largest = max(b.ByteSize() for b in bases.values()) if bases else 1
+    if workers is None:
+        by_memory = max(1, _available_memory() // max(1, 8 * largest))
+        workers = max(1, min(len(tasks), os.cpu_count() or 1, by_memory))
+    if workers == 1:
+        return [build_variant(*task) for task in tasks]
+    results: list[VariantResult] = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(build_variant, *task) for task in tasks]
+        for future in as_completed(futures):
+            results.append(future.result())
+    return results
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def build_variant(module: str, dtype_name: str, norm_path: str, normalized: list[str], recipe_options: dict,
+                  tmp: str, base_bytes: int) -> VariantResult:
+    """Run one dtype's recipe steps on the normalized model, write it to `tmp`, and prove it loads.
+
+    Runs in a worker process: everything in and out is picklable.
+    """
+    _quiet_onnxruntime()
+    dtype = DType(dtype_name)
+    info = INFO[dtype]
+    result = VariantResult(module, dtype_name, "ok", recipe=list(info.steps), normalized=normalized, base_bytes=base_bytes)
+    start = time.perf_counter()
+    source = load_model(norm_path)
+    model = source
+    for step in info.steps:
+        step_input = onnx.ModelProto()
+        step_input.CopyFrom(model)  # onnxruntime's quantizers edit their input in place
+        outcome = RECIPES[step].build(step_input, recipe_options[step])
+        if isinstance(outcome, NotApplicable):
+            result.status, result.reason = "not_applicable", outcome.reason
+            return result
+        if not op_changes(model, outcome.model):
+            result.status, result.reason = "not_applicable", f"{step} changed no node"
+            return result
+        result.params[step] = outcome.params
+        result.kept_in_float += outcome.kept_in_float
+        result.notes += outcome.notes
+        model = outcome.model
+    keep_metadata(source, model)
+    result.op_changes = op_changes(source, model)
+    path = Path(tmp) / f"{module}.{dtype_name}.onnx"
+    write_model(model, path)
+    load_error = _load_error(path)
+    result.seconds = round(time.perf_counter() - start, 3)
+    if load_error:
+        result.status, result.reason = "failed", f"onnxruntime cannot load it: {load_error}"
+        return result
+    result.file = str(path)
+    return result
+
+
+def op_changes(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, int]:
+    """Op types whose count changed (new quantized ops positive, replaced float ops negative), plus fp16 weights."""
+    a, b = op_counts(before), op_counts(after)
+    changes = {op: b[op] - a[op] for op in sorted(set(a) | set(b)) if b[op] != a[op]}
+    fp16 = _fp16_initializers(after) - _fp16_initializers(before)
+    if fp16:
+        changes["fp16 initializers"] = fp16
+    return changes
+
+
+def _fp16_initializers(model: onnx.ModelProto) -> int:
+    return sum(t.data_type == onnx.TensorProto.FLOAT16 for g in iter_graphs(model.graph) for t in g.initializer)
+
+
+def _load_error(path: Path) -> str | None:
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several unrelated exception types on bad graphs
+        return str(exc).strip().splitlines()[0][:300]
+    return None
+
+
+def _quiet_onnxruntime() -> None:
+    """onnxruntime floods stderr with warnings during quantization; the CLI's --verbose turns them back on."""
+    if os.environ.get("ONNXDTYPE_VERBOSE"):
+        return
+    import logging
+
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    logging.getLogger().setLevel(logging.ERROR)
+
+
+def _record(out: Path, result: VariantResult, progress: Callable[[VariantResult], None] | None) -> VariantResult:
+    """Write one finished result into the manifest (ok, failed, not_applicable), then report it."""
+    if result.status in ("ok", "failed", "not_applicable"):
+        entry = {k: v for k, v in asdict(result).items() if k not in ("module", "dtype", "base_bytes")}
+        if result.status != "ok":
+            entry.update(file=None, bytes=None, sha256=None)
+        update_manifest(out, lambda data: _set_variant(data, result.module, result.dtype, entry))
+    if progress:
+        progress(result)
+    return result
+
+
+def _set_variant(data: dict, module: str, dtype: str, entry: dict) -> None:
+    data["modules"].setdefault(module, {"variants": {}}).setdefault("variants", {})[dtype] = entry
+    data["versions"] = _versions()
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime as ort
+
+    return {"onnxdtype": __version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+

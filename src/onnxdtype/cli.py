@@ -1,0 +1,118 @@
+"""The `onnxdtype` command: parses arguments, calls the API, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from onnxdtype.errors import OnnxDtypeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Build, prove and run the precision variants of ONNX models.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def quantize(
+    model: Annotated[Path, typer.Argument(help="An fp32 .onnx file, or a folder of module models")],
+    dtype: Annotated[str, typer.Option("--dtype", "-d", help="'all' or a comma list: fp16,q8,q4,q4f16,bnb4")] = "all",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: beside the model)")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite existing outputs")] = False,
+    fp16_io: Annotated[bool, typer.Option("--fp16-io", help="fp16 graph inputs/outputs (default: they stay fp32)")] = False,
+    q8_weight_type: Annotated[str, typer.Option(help="q8 weights: auto (uint8 with Conv/attention ops, else int8), int8, uint8")] = "auto",
+    q8_per_channel: Annotated[bool, typer.Option(help="q8 per-channel weight scales")] = True,
+    q8_reduce_range: Annotated[bool, typer.Option(help="q8 7-bit weights (avoids int overflow on older x86)")] = False,
+    q4_block_size: Annotated[int, typer.Option(help="q4 block size (16, 32, 64, 128...)")] = 32,
+    q4_asymmetric: Annotated[bool, typer.Option(help="q4 with zero points")] = False,
+    q4_accuracy_level: Annotated[Optional[int], typer.Option(help="MatMulNBits accuracy_level (0-4)")] = None,
+    bnb4_type: Annotated[str, typer.Option(help="bnb4 codebook: nf4 or fp4")] = "nf4",
+    bnb4_block_size: Annotated[int, typer.Option(help="bnb4 block size")] = 64,
+    workers: Annotated[Optional[int], typer.Option(help="Parallel worker processes (default: by cores and memory)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show onnxruntime's own logging")] = False,
+) -> None:
+    """Build every requested dtype variant and write the manifest onnxdtype.json."""
+    if verbose:
+        os.environ["ONNXDTYPE_VERBOSE"] = "1"
+    from onnxdtype.build import quantize as build_quantize
+    from onnxdtype.recipes import blockwise, bnb4, dynamic, float16
+    from onnxdtype.report import build_table
+
+    if q8_weight_type not in ("auto", "int8", "uint8"):
+        _fail(f"--q8-weight-type must be auto, int8 or uint8, not {q8_weight_type!r}")
+    if bnb4_type not in bnb4.CODEBOOKS:
+        _fail(f"--bnb4-type must be nf4 or fp4, not {bnb4_type!r}")
+    for name, size in (("--q4-block-size", q4_block_size), ("--bnb4-block-size", bnb4_block_size)):
+        if size < 16 or size & (size - 1):
+            _fail(f"{name} must be a power of two >= 16, not {size}")
+    options = {
+        float16.NAME: float16.Options(keep_io_types=not fp16_io),
+        dynamic.NAME: dynamic.Options(weight_type=q8_weight_type, per_channel=q8_per_channel, reduce_range=q8_reduce_range),
+        blockwise.NAME: blockwise.Options(block_size=q4_block_size, symmetric=not q4_asymmetric,
+                                          accuracy_level=q4_accuracy_level),
+        bnb4.NAME: bnb4.Options(quant_type=bnb4_type, block_size=bnb4_block_size),
+    }
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err_console, transient=True, disable=not err_console.is_terminal)
+    with progress:
+        task = progress.add_task("building variants", total=None)
+
+        def on_result(result) -> None:
+            progress.update(task, advance=1, description=f"built {result.module} {result.dtype}")
+
+        try:
+            result = build_quantize(model, dtype, out, force=force, options=options, workers=workers, progress=on_result)
+        except OnnxDtypeError as exc:
+            progress.stop()
+            _fail(str(exc))
+    console.print(build_table(result))
+    console.print(f"manifest: {result.out_dir / 'onnxdtype.json'}", highlight=False)
+    if result.problems:
+        for r in result.problems:
+            err_console.print(f"[bold red]error:[/] {r.module} {r.dtype}: {r.status}: {r.reason}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def dtypes() -> None:
+    """List the dtypes, their aliases, file suffixes and recipes."""
+    from onnxdtype.report import dtypes_table
+
+    console.print(dtypes_table())
+
+
+@app.command()
+def inspect(model: Annotated[Path, typer.Argument(help="An .onnx file")]) -> None:
+    """Show a model's inputs/outputs, opset, op counts, parameters, and which dtypes apply and why not."""
+    from onnxdtype.build import applicability
+    from onnxdtype.model import load_model, model_facts
+    from onnxdtype.report import inspect_tables, print_tables
+
+    try:
+        loaded = load_model(model)
+    except OnnxDtypeError as exc:
+        _fail(str(exc))
+    print_tables(inspect_tables(model_facts(model, loaded), applicability(loaded)), console)
+
+
+def main() -> None:
+    try:
+        app()
+    except OnnxDtypeError as exc:  # errors raised outside a command body still get one line
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

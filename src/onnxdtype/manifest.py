@@ -1,0 +1,99 @@
+"""The onnxdtype.json schema: read (validated, paths confined to the folder) and write (atomic, locked).
+
+Shared by the build side (which writes it) and the runtime (which trusts only files it vouches for).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock
+
+from onnxdtype.errors import OnnxDtypeError
+
+MANIFEST_NAME = "onnxdtype.json"
+LOCK_NAME = ".onnxdtype.lock"
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "not_applicable")
+
+
+def empty_manifest() -> dict:
+    return {"schema_version": SCHEMA_VERSION, "modules": {}}
+
+
+def read_manifest(folder: Path) -> dict:
+    """The folder's manifest (an empty one when absent), validated: a bad manifest is an error, never guessed at."""
+    path = folder / MANIFEST_NAME
+    if not path.exists():
+        return empty_manifest()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OnnxDtypeError(f"{path}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("modules"), dict):
+        raise OnnxDtypeError(f"{path}: not an onnxdtype manifest (no 'modules' object)")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise OnnxDtypeError(f"{path}: unknown schema_version {data.get('schema_version')!r} (this onnxdtype reads {SCHEMA_VERSION})")
+    for module, entry in data["modules"].items():
+        for key, variant in entry.get("variants", {}).items():
+            if variant.get("file") is not None:
+                confined_path(folder, variant["file"], f"{module}/{key}")
+            if variant.get("status") not in STATUSES:
+                raise OnnxDtypeError(f"{path}: {module}/{key} has unknown status {variant.get('status')!r}")
+        if entry.get("base", {}).get("file") is not None:
+            confined_path(folder, entry["base"]["file"], f"{module}/base")
+    return data
+
+
+def confined_path(folder: Path, relative: str, what: str) -> Path:
+    """Resolve a manifest path, refusing absolute paths and anything (symlinks included) that leaves the folder."""
+    if not isinstance(relative, str) or not relative or os.path.isabs(relative) or "\\" in relative:
+        raise OnnxDtypeError(f"manifest entry {what}: path {relative!r} must be relative to the manifest's folder")
+    root = folder.resolve()
+    resolved = (root / relative).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise OnnxDtypeError(f"manifest entry {what}: path {relative!r} leaves the folder {folder}")
+    return resolved
+
+
+def write_manifest(folder: Path, data: dict) -> None:
+    """Replace the manifest atomically: readers see the old or the new file, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=".onnxdtype-tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the manifest is for every reader
+        os.replace(tmp, folder / MANIFEST_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_LOCKS: dict[str, FileLock] = {}
+
+
+def folder_lock(folder: Path) -> FileLock:
+    """The lock that serializes builds and manifest updates on one output folder, across processes.
+
+    One object per folder per process, so nested use re-enters instead of deadlocking on flock.
+    """
+    key = str((folder / LOCK_NAME).resolve())
+    if key not in _LOCKS:
+        _LOCKS[key] = FileLock(key)
+    return _LOCKS[key]
+
+
+def update_manifest(folder: Path, change: Callable[[dict], None]) -> dict:
+    """Read-modify-write under the folder lock (re-entrant within a process), then replace atomically."""
+    with folder_lock(folder):
+        data = read_manifest(folder)
+        change(data)
+        write_manifest(folder, data)
+        return data

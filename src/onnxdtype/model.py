@@ -1,0 +1,247 @@
+"""Loading and saving ONNX files safely, and walking graphs including If/Loop/Scan subgraphs.
+
+Saving is atomic (temp folder inside the destination folder, then rename) so an interrupted build
+never leaves a half-written variant, and models over the protobuf limit go to external data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from onnxdtype.errors import OnnxDtypeError
+
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes; protobuf refuses to serialize a message over 2 GiB
+TEMP_PREFIX = ".onnxdtype-tmp-"
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+# Ops whose presence means the file is already quantized or reduced: not an fp32 base.
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+    "QLinearConv", "QLinearMatMul", "MatMulNBits", "MatMulBnb4", "QGemm", "QAttention", "DynamicQuantizeMatMul",
+    "QLinearAdd", "QLinearMul", "GatherBlockQuantized",
+})
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX file with its external data, turning every way it can be broken into one clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise OnnxDtypeError(f"{path}: no such file")
+    if path.is_dir():
+        raise OnnxDtypeError(f"{path}: is a folder, expected an .onnx file")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+        raise OnnxDtypeError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+    except FileNotFoundError as exc:
+        raise OnnxDtypeError(f"{path}: external data file missing ({_first_line(exc)})") from None
+    except OSError as exc:
+        raise OnnxDtypeError(f"{path}: cannot read ({_first_line(exc)})") from None
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise OnnxDtypeError(f"{path}: not an ONNX model (no graph nodes)")
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and every subgraph (If branches, Loop/Scan bodies) below it, depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from iter_graphs(sub)
+
+
+def iter_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    for graph in iter_graphs(model.graph):
+        yield from graph.node
+
+
+def op_counts(model: onnx.ModelProto) -> Counter[str]:
+    return Counter(node.op_type for node in iter_nodes(model))
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def initializer_map(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    return {init.name: init for init in graph.initializer}
+
+
+def is_float_initializer(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_type in FLOAT_TYPES
+
+
+def float_weight_count(model: onnx.ModelProto) -> int:
+    """Number of float parameters, in initializers and Constant nodes, subgraphs included."""
+    total = 0
+    for graph in iter_graphs(model.graph):
+        for init in graph.initializer:
+            if is_float_initializer(init):
+                total += int(np.prod(init.dims)) if init.dims else 1
+        for node in graph.node:
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value" and attr.t.data_type in FLOAT_TYPES:
+                        total += int(np.prod(attr.t.dims)) if attr.t.dims else 1
+    return total
+
+
+def base_precision_problem(model: onnx.ModelProto) -> str | None:
+    """Why this model is not an fp32 base (already quantized, or stored in fp16), or None when it is one."""
+    quantized = sorted({n.op_type for n in iter_nodes(model)} & QUANTIZED_OPS)
+    if quantized:
+        return f"already quantized (has {', '.join(quantized)}); give the fp32 export"
+    counts: Counter[int] = Counter()
+    for graph in iter_graphs(model.graph):
+        for init in graph.initializer:
+            if init.data_type in FLOAT_TYPES:
+                counts[init.data_type] += int(np.prod(init.dims)) if init.dims else 1
+    if counts and counts.most_common(1)[0][0] == onnx.TensorProto.FLOAT16:
+        return "weights are stored in fp16; give the fp32 export"
+    return None
+
+
+NO_CONSTANT_MATMUL = "no MatMul with a constant 2-D weight (Gemm included, after rewriting); 4-bit weight-only recipes need one"
+
+
+def constant_2d_matmuls(model: onnx.ModelProto, exclude: list[str]) -> list[str]:
+    """Names (or output names) of MatMul nodes whose second input is a constant 2-D float weight."""
+    found: list[str] = []
+    for graph in iter_graphs(model.graph):
+        inits = initializer_map(graph)
+        for node in graph.node:
+            weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
+            if weight is not None and len(weight.dims) == 2 and weight.data_type == onnx.TensorProto.FLOAT \
+                    and node.name not in exclude:
+                found.append(node.name or node.output[0])
+    return found
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    return numpy_helper.to_array(tensor)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class SavedFile:
+    """A model file written to its final place: what the manifest records about it."""
+    path: Path
+    bytes: int
+    sha256: str
+    data_file: Path | None = None
+
+
+@contextlib.contextmanager
+def temp_dir_in(folder: Path) -> Iterator[Path]:
+    """A temp folder inside `folder` (same filesystem, so renames are atomic), always removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=folder))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_model(model: onnx.ModelProto, path: Path) -> None:
+    """Serialize to `path` (not atomic: callers write into a temp folder), external data when too large."""
+    if needs_external_data(model):
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        with open(path, "wb") as handle:
+            handle.write(model.SerializeToString())
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    try:
+        return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    except Exception:  # protobuf raises on messages over 2 GiB
+        return True
+
+
+def publish(tmp_file: Path, dest: Path) -> SavedFile:
+    """Move a finished model (and its .data file) from a temp folder to `dest` atomically, data first."""
+    data = tmp_file.with_name(tmp_file.name + ".data")
+    dest_data = dest.with_name(dest.name + ".data")
+    if data.exists():
+        os.replace(data, dest_data)
+    elif dest_data.exists():
+        dest_data.unlink()  # a stale .data from an earlier, larger build would mislead readers
+    has_data = dest_data.exists()
+    size = tmp_file.stat().st_size + (dest_data.stat().st_size if has_data else 0)
+    digest = sha256_file(tmp_file)
+    os.replace(tmp_file, dest)
+    return SavedFile(dest, size, digest, dest_data if has_data else None)
+
+
+def save_model(model: onnx.ModelProto, dest: Path) -> SavedFile:
+    """Write a model to `dest` atomically."""
+    with temp_dir_in(dest.parent) as tmp:
+        tmp_file = tmp / dest.name
+        write_model(model, tmp_file)
+        return publish(tmp_file, dest)
+
+
+@dataclass
+class ModelFacts:
+    """What `inspect` shows: the model's interface and contents."""
+    path: Path
+    opset: int
+    ir_version: int
+    producer: str
+    inputs: list[tuple[str, str, list[str | int]]]
+    outputs: list[tuple[str, str, list[str | int]]]
+    op_counts: Counter
+    float_params: int
+    file_bytes: int
+    base_problem: str | None
+
+
+def _value_info_row(vi: onnx.ValueInfoProto) -> tuple[str, str, list[str | int]]:
+    tt = vi.type.tensor_type
+    dims: list[str | int] = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tt.shape.dim]
+    return vi.name, onnx.TensorProto.DataType.Name(tt.elem_type).lower() if tt.elem_type else "?", dims
+
+
+def model_facts(path: Path, model: onnx.ModelProto) -> ModelFacts:
+    inits = {i.name for i in model.graph.initializer}
+    return ModelFacts(
+        path=path,
+        opset=opset_version(model),
+        ir_version=model.ir_version,
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        inputs=[_value_info_row(v) for v in model.graph.input if v.name not in inits],
+        outputs=[_value_info_row(v) for v in model.graph.output],
+        op_counts=op_counts(model),
+        float_params=float_weight_count(model),
+        file_bytes=path.stat().st_size,
+        base_problem=base_precision_problem(model),
+    )

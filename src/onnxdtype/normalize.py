@@ -1,0 +1,141 @@
+"""Pre-passes shared by the recipes, each applied once per build and recorded in the manifest.
+
+Why they exist: onnxruntime's quantizers only see weights that are initializers (paddle2onnx keeps
+them in Constant nodes), the 4-bit quantizers only rewrite MatMul (not Gemm), and per-channel
+quantization needs opset >= 13. The quantizers also drop metadata_props, which `keep_metadata` restores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, version_converter
+
+from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.model import iter_graphs, opset_version
+
+PASSES = ("constants", "gemm", "opset13")
+
+
+def normalize(model: onnx.ModelProto, passes: tuple[str, ...]) -> tuple[onnx.ModelProto, list[str]]:
+    """Return a normalized copy of `model` and a list of what was actually done (empty when nothing)."""
+    unknown = set(passes) - set(PASSES)
+    if unknown:
+        raise ValueError(f"unknown normalize passes {sorted(unknown)}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    done: list[str] = []
+    if "constants" in passes and (moved := constants_to_initializers(out)):
+        done.append(f"{moved} Constant nodes -> initializers")
+    if "gemm" in passes and (rewritten := gemm_to_matmul(out)):
+        done.append(f"{rewritten} Gemm -> MatMul+Add")
+    if "opset13" in passes and opset_version(out) < 13:
+        before = opset_version(out)
+        out = raise_opset(out, 13)
+        done.append(f"opset {before} -> 13")
+    return out, done
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Turn Constant nodes holding tensors into initializers of their graph, so quantizers see the weights."""
+    moved = 0
+    for graph in iter_graphs(model.graph):
+        graph_outputs = {o.name for o in graph.output}
+        kept: list[onnx.NodeProto] = []
+        for node in graph.node:
+            tensor = _constant_tensor(node) if node.output and node.output[0] not in graph_outputs else None
+            if tensor is None:
+                kept.append(node)
+                continue
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            moved += 1
+        if moved:
+            del graph.node[:]
+            graph.node.extend(kept)
+    return moved
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+        return None
+    attr = node.attribute[0]
+    if attr.name == "value":
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(attr.t)
+        return tensor
+    scalar_or_list = {"value_float": np.float32, "value_floats": np.float32,
+                      "value_int": np.int64, "value_ints": np.int64}
+    if attr.name in scalar_or_list:
+        return numpy_helper.from_array(np.array(helper.get_attribute_value(attr), dtype=scalar_or_list[attr.name]))
+    return None
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> int:
+    """Rewrite Gemm(A, const B, C) as MatMul(A, B') [+ Add(beta*C)] with alpha and transB folded into B'.
+
+    Gemm's A is 2-D, so MatMul computes the same thing; transA=1 Gemms are left alone.
+    """
+    rewritten = 0
+    for graph in iter_graphs(model.graph):
+        inits = {t.name: t for t in graph.initializer}
+        new_nodes: list[onnx.NodeProto] = []
+        for node in graph.node:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0):
+                new_nodes.append(node)
+                continue
+            weight = numpy_helper.to_array(inits[node.input[1]])
+            has_bias = len(node.input) > 2 and bool(node.input[2])
+            beta = np.float32(attrs.get("beta", 1.0))
+            if weight.ndim != 2 or weight.dtype != np.float32 or (has_bias and beta != 1 and node.input[2] not in inits):
+                new_nodes.append(node)  # not a plain constant-weight Gemm: leave it as it is
+                continue
+            weight = weight.T if attrs.get("transB", 0) else weight
+            weight = np.ascontiguousarray(weight * np.float32(attrs.get("alpha", 1.0)), dtype=np.float32)
+            base = node.name or node.output[0]
+            w_name = f"{base}/matmul_weight"
+            graph.initializer.append(numpy_helper.from_array(weight, w_name))
+            mm_out = f"{base}/matmul_out" if has_bias else node.output[0]
+            new_nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=f"{base}/MatMul"))
+            if has_bias:
+                bias_name = node.input[2]
+                if beta != 1:
+                    bias_name = f"{base}/bias"
+                    scaled = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) * beta
+                    graph.initializer.append(numpy_helper.from_array(scaled, bias_name))
+                new_nodes.append(helper.make_node("Add", [mm_out, bias_name], [node.output[0]], name=f"{base}/Add"))
+            rewritten += 1
+        if rewritten:
+            del graph.node[:]
+            graph.node.extend(new_nodes)
+            _drop_unused_initializers(graph)
+    return rewritten
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {name for g in iter_graphs(graph) for n in g.node for name in n.input}
+    used |= {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def raise_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    """Convert the default-domain opset with onnx's version converter, keeping metadata."""
+    try:
+        converted = version_converter.convert_version(model, target)
+    except Exception as exc:  # the converter raises bare RuntimeErrors with C++ text
+        raise OnnxDtypeError(f"cannot raise opset {opset_version(model)} -> {target}: {str(exc).splitlines()[0]}") from None
+    keep_metadata(model, converted)
+    return converted
+
+
+def keep_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> None:
+    """Copy metadata_props (labels, vocabularies) and doc string that quantizers drop."""
+    existing = {p.key for p in target.metadata_props}
+    for prop in source.metadata_props:
+        if prop.key not in existing:
+            target.metadata_props.add(key=prop.key, value=prop.value)
+    if source.doc_string and not target.doc_string:
+        target.doc_string = source.doc_string

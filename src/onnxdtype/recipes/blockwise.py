@@ -1,0 +1,48 @@
+"""q4: weight-only blockwise 4-bit MatMul (MatMulNBits) via onnxruntime's MatMulNBitsQuantizer.
+
+The quantizer only touches MatMul with a constant 2-D weight, so Gemm is rewritten first (the "gemm"
+pass). Gather is left out of the op list: adding it bumped the opset to 21 and broke models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+from onnxdtype.model import NO_CONSTANT_MATMUL, constant_2d_matmuls
+from onnxdtype.recipes import NotApplicable, Variant
+
+NAME = "blockwise4"
+PASSES = ("constants", "gemm")
+
+
+@dataclass
+class Options:
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int | None = None  # MatMulNBits compute type: 0/None default, 1 fp32, 2 fp16, 3 bf16, 4 int8
+    bits: int = 4
+    nodes_to_exclude: list[str] = field(default_factory=list)
+
+
+def check(model: onnx.ModelProto, options: Options) -> str | None:
+    if constant_2d_matmuls(model, options.nodes_to_exclude):
+        return None
+    return NO_CONSTANT_MATMUL
+
+
+def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
+    reason = check(model, options)
+    if reason:
+        return NotApplicable(reason)
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=options.bits, block_size=options.block_size, is_symmetric=options.symmetric,
+        accuracy_level=options.accuracy_level, nodes_to_exclude=list(options.nodes_to_exclude),
+        op_types_to_quantize=("MatMul",))
+    quantizer.process()
+    params = {"bits": options.bits, "block_size": options.block_size, "symmetric": options.symmetric,
+              "accuracy_level": options.accuracy_level, "nodes_to_exclude": list(options.nodes_to_exclude),
+              "quantizer": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer"}
+    return Variant(quantizer.model.model, params, kept_in_float=list(options.nodes_to_exclude))

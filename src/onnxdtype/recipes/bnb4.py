@@ -1,0 +1,44 @@
+"""bnb4: weight-only 4-bit with the NF4 (default) or FP4 codebook, via onnxruntime's MatMulBnb4Quantizer.
+
+Like q4 it needs MatMul with a constant 2-D weight, so it shares the "gemm" pass and the check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+from onnxruntime.quantization.matmul_bnb4_quantizer import MatMulBnb4Quantizer
+
+from onnxdtype.model import NO_CONSTANT_MATMUL, constant_2d_matmuls
+from onnxdtype.recipes import NotApplicable, Variant
+
+NAME = "bnb4"
+PASSES = ("constants", "gemm")
+CODEBOOKS = {"fp4": MatMulBnb4Quantizer.FP4, "nf4": MatMulBnb4Quantizer.NF4}
+
+
+@dataclass
+class Options:
+    quant_type: str = "nf4"  # nf4 | fp4
+    block_size: int = 64
+    nodes_to_exclude: list[str] = field(default_factory=list)
+
+
+def check(model: onnx.ModelProto, options: Options) -> str | None:
+    if constant_2d_matmuls(model, options.nodes_to_exclude):
+        return None
+    return NO_CONSTANT_MATMUL
+
+
+def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
+    reason = check(model, options)
+    if reason:
+        return NotApplicable(reason)
+    quantizer = MatMulBnb4Quantizer(model, CODEBOOKS[options.quant_type], options.block_size,
+                                    nodes_to_exclude=list(options.nodes_to_exclude))
+    quantizer.process()
+    params = {"quant_type": options.quant_type, "block_size": options.block_size,
+              "nodes_to_exclude": list(options.nodes_to_exclude),
+              "quantizer": "onnxruntime.quantization.matmul_bnb4_quantizer.MatMulBnb4Quantizer"}
+    return Variant(quantizer.model.model, params, kept_in_float=list(options.nodes_to_exclude))

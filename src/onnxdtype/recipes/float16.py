@@ -1,0 +1,79 @@
+"""fp16: onnxruntime's own float16 converter, plus the guards it lacks.
+
+onnxruntime.transformers.float16 loads where onnxconverter-common's converter fails (Cast-to-float
+in converted regions, If/Loop subgraphs). What it still gets wrong is silent: initializers outside
+the fp16 range are clamped (PP-OCRv4 det has BatchNormalization variances of 1e7 -> cosine 0.55),
+so nodes that consume such initializers stay fp32 here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnxruntime.transformers import float16 as ort_float16
+
+from onnxdtype.model import iter_graphs, needs_external_data
+from onnxdtype.recipes import NotApplicable, Variant
+
+NAME = "float16"
+PASSES = ("constants",)
+FP16_MAX = 65504.0
+# Ops kept in fp32 on top of onnxruntime's DEFAULT_OP_BLOCK_LIST: no fp16 kernel or unsafe range.
+EXTRA_BLOCKED_OPS = ("RandomNormal", "RandomNormalLike", "RandomUniform", "Multinomial", "NonZero")
+
+
+@dataclass
+class Options:
+    keep_io_types: bool = True  # graph inputs/outputs stay fp32 (--fp16-io turns this off)
+    block_ops: tuple[str, ...] = ()  # extra op types kept in fp32
+    block_nodes: list[str] = field(default_factory=list)  # node names kept in fp32 (repair adds here)
+
+
+def check(model: onnx.ModelProto, options: Options) -> str | None:
+    for graph in iter_graphs(model.graph):
+        if any(t.data_type == onnx.TensorProto.FLOAT for t in graph.initializer):
+            return None
+        if any(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in graph.input):
+            return None
+    return "no float32 tensors to convert"
+
+
+def out_of_range_consumers(model: onnx.ModelProto) -> list[str]:
+    """Names of nodes fed by a float initializer with a finite value beyond the fp16 range."""
+    names: list[str] = []
+    for graph in iter_graphs(model.graph):
+        too_big = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and _exceeds_fp16(t)}
+        names += [n.name for n in graph.node if too_big.intersection(n.input)]
+    return names
+
+
+def _exceeds_fp16(tensor: onnx.TensorProto) -> bool:
+    values = onnx.numpy_helper.to_array(tensor)
+    finite = values[np.isfinite(values)]
+    return bool(finite.size) and float(np.abs(finite).max()) > FP16_MAX
+
+
+def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
+    reason = check(model, options)
+    if reason:
+        return NotApplicable(reason)
+    _name_unnamed_nodes(model)
+    guarded = [n for n in out_of_range_consumers(model) if n not in options.block_nodes]
+    block_nodes = [*options.block_nodes, *guarded]
+    block_ops = sorted({*ort_float16.DEFAULT_OP_BLOCK_LIST, *EXTRA_BLOCKED_OPS, *options.block_ops})
+    converted = ort_float16.convert_float_to_float16(
+        model, keep_io_types=options.keep_io_types, op_block_list=block_ops, node_block_list=block_nodes,
+        disable_shape_infer=needs_external_data(model))  # onnx shape inference refuses > 2 GiB protos
+    notes = [f"{len(guarded)} nodes kept fp32: initializers beyond the fp16 range"] if guarded else []
+    params = {"keep_io_types": options.keep_io_types, "op_block_list": block_ops, "converter": "onnxruntime.transformers.float16"}
+    return Variant(converted, params, kept_in_float=block_nodes, notes=notes)
+
+
+def _name_unnamed_nodes(model: onnx.ModelProto) -> None:
+    """Node-level blocking and reports need names; exporters sometimes leave them empty."""
+    for gi, graph in enumerate(iter_graphs(model.graph)):
+        for ni, node in enumerate(graph.node):
+            if not node.name:
+                node.name = f"{node.op_type}_{gi}_{ni}"

@@ -1,0 +1,74 @@
+"""The terminal summary table and the `dtypes` / `inspect` views (rich)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+from onnxdtype.dtype import INFO, DType, file_suffix
+from onnxdtype.model import ModelFacts
+
+if TYPE_CHECKING:
+    from onnxdtype.build import BuildResult
+
+STATUS_STYLE = {"ok": "green", "kept": "green", "failed": "bold red", "not_applicable": "yellow", "skipped": "dim"}
+
+
+def build_table(result: BuildResult) -> Table:
+    table = Table(title=f"onnxdtype variants in {result.out_dir}", title_justify="left")
+    for column in ("module", "dtype", "file", "MB", "× fp32", "s", "status"):
+        table.add_column(column, justify="right" if column in ("MB", "× fp32", "s") else "left")
+    for r in result.results:
+        status = r.status if r.status in ("ok", "kept") else f"{r.status}: {r.reason}"
+        if r.status == "ok" and r.notes:
+            status += " (" + "; ".join(r.notes) + ")"
+        table.add_row(
+            r.module, r.dtype, r.file or "—",
+            f"{r.bytes / 1e6:.1f}" if r.bytes else "—",
+            f"{r.size_ratio:.2f}" if r.size_ratio else "—",
+            f"{r.seconds:.1f}" if r.seconds is not None else "—",
+            f"[{STATUS_STYLE.get(r.status, '')}]{status}[/]",
+        )
+    return table
+
+
+def dtypes_table() -> Table:
+    table = Table(title="onnxdtype dtypes", title_justify="left")
+    for column in ("dtype", "aliases", "bits", "calibration", "file", "recipe", "meaning"):
+        table.add_column(column)
+    for dtype in DType:
+        info = INFO[dtype]
+        table.add_row(info.name, ", ".join(info.aliases), info.bits, "yes" if info.needs_calibration else "no",
+                      f"<stem>{file_suffix(dtype)}.onnx", " → ".join(info.steps) or "the input", info.description)
+    return table
+
+
+def inspect_tables(facts: ModelFacts, applicability: dict[str, str | None]) -> list[Table]:
+    io = Table(title=f"{facts.path}  (opset {facts.opset}, IR {facts.ir_version}, {facts.producer or 'unknown producer'})",
+               title_justify="left")
+    for column in ("", "name", "type", "shape"):
+        io.add_column(column)
+    for kind, rows in (("input", facts.inputs), ("output", facts.outputs)):
+        for name, elem, dims in rows:
+            io.add_row(kind, name, elem, "[" + ", ".join(map(str, dims)) + "]")
+    ops = Table(title=f"{sum(facts.op_counts.values())} nodes, {facts.float_params:,} float parameters, "
+                      f"{facts.file_bytes / 1e6:.1f} MB", title_justify="left")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, count in facts.op_counts.most_common():
+        ops.add_row(op, str(count))
+    apply = Table(title="dtypes", title_justify="left")
+    apply.add_column("dtype")
+    apply.add_column("applies")
+    for name, reason in applicability.items():
+        apply.add_row(name, "[green]yes[/]" if reason is None else f"[yellow]no[/]: {reason}")
+    return [io, ops, apply]
+
+
+def print_tables(tables: list[Table], console: Console | None = None) -> None:
+    console = console or Console()
+    for table in tables:
+        console.print(table)
+
