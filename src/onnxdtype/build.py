@@ -274,7 +274,7 @@ def _known_outcome(m: Module, dtype: DType, out: Path, manifest: dict, force: bo
     reason = RECIPES[first].check(load_model(path), recipe_options[first])
     if reason:
         if explicit:
-            raise OnnxDtypeError(f"{m.name}: {dtype} is not applicable: {reason}")
+            raise OnnxDtypeError(f"{m.name}: {dtype} is not applicable: {reason} (--dtype all skips what does not apply)")
         return VariantResult(m.name, dtype.value, "not_applicable", reason, recipe=list(info.steps))
     return None
 

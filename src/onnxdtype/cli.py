@@ -34,6 +34,7 @@ def quantize(
     q8_weight_type: Annotated[str, typer.Option(help="q8 weights: auto (uint8 with Conv/attention ops, else int8), int8, uint8")] = "auto",
     q8_per_channel: Annotated[bool, typer.Option(help="q8 per-channel weight scales")] = True,
     q8_reduce_range: Annotated[bool, typer.Option(help="q8 7-bit weights (avoids int overflow on older x86)")] = False,
+    q8_conv: Annotated[bool, typer.Option("--q8-conv", help="q8 also quantizes Conv (ConvInteger; often loses accuracy)")] = False,
     q4_block_size: Annotated[int, typer.Option(help="q4 block size (16, 32, 64, 128...)")] = 32,
     q4_asymmetric: Annotated[bool, typer.Option(help="q4 with zero points")] = False,
     q4_accuracy_level: Annotated[Optional[int], typer.Option(help="MatMulNBits accuracy_level (0-4)")] = None,
@@ -58,7 +59,8 @@ def quantize(
             _fail(f"{name} must be a power of two >= 16, not {size}")
     options = {
         float16.NAME: float16.Options(keep_io_types=not fp16_io),
-        dynamic.NAME: dynamic.Options(weight_type=q8_weight_type, per_channel=q8_per_channel, reduce_range=q8_reduce_range),
+        dynamic.NAME: dynamic.Options(weight_type=q8_weight_type, per_channel=q8_per_channel, reduce_range=q8_reduce_range,
+                                      quantize_conv=q8_conv),
         blockwise.NAME: blockwise.Options(block_size=q4_block_size, symmetric=not q4_asymmetric,
                                           accuracy_level=q4_accuracy_level),
         bnb4.NAME: bnb4.Options(quant_type=bnb4_type, block_size=bnb4_block_size),

@@ -1,0 +1,112 @@
+"""Tiny ONNX models built with onnx.helper, one per branch the recipes must handle. The only place tests build models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+RNG = np.random.default_rng(0)
+
+
+def _weight(*shape: int, scale: float = 0.1) -> np.ndarray:
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset: int = 17, metadata: dict | None = None) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "tiny", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxdtype-tests")
+    model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _io(name: str, *dims) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(dims))
+
+
+def mlp(hidden: int = 64, opset: int = 17, metadata: dict | None = None) -> onnx.ModelProto:
+    """x[N,64] -> MatMul -> Relu -> MatMul -> y[N,16]: the plain case every recipe applies to."""
+    inits = [numpy_helper.from_array(_weight(64, hidden), "w1"), numpy_helper.from_array(_weight(hidden), "b1"),
+             numpy_helper.from_array(_weight(hidden, 16), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("Add", ["h", "b1"], ["hb"], name="add1"),
+             helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2")]
+    return _model(nodes, [_io("x", "N", 64)], [_io("y", "N", 16)], inits, opset, metadata)
+
+
+def gemm(trans_b: int = 1, alpha: float = 0.5, beta: float = 2.0, opset: int = 13) -> onnx.ModelProto:
+    """Gemm with constant B (transB, alpha, beta): must become MatMul+Add for the 4-bit recipes."""
+    w = _weight(32, 64) if trans_b else _weight(64, 32)
+    nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="gemm", transB=trans_b, alpha=alpha, beta=beta)]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(_weight(32), "c")]
+    return _model(nodes, [_io("x", "N", 64)], [_io("y", "N", 32)], inits, opset)
+
+
+def constant_weights(opset: int = 12) -> onnx.ModelProto:
+    """Weights held in Constant nodes, as paddle2onnx exports them (PP-OCR)."""
+    nodes = [helper.make_node("Constant", [], ["w"], name="const_w", value=numpy_helper.from_array(_weight(64, 32))),
+             helper.make_node("Constant", [], ["s"], name="const_s", value_float=2.0),
+             helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Mul", ["h", "s"], ["y"], name="scale")]
+    return _model(nodes, [_io("x", "N", 64)], [_io("y", "N", 32)], opset=opset)
+
+
+def conv(opset: int = 13) -> onnx.ModelProto:
+    """A Conv net: q8 must pick uint8 weights; no MatMul, so the 4-bit recipes do not apply."""
+    inits = [numpy_helper.from_array(_weight(8, 3, 3, 3), "k"), numpy_helper.from_array(_weight(8), "kb")]
+    nodes = [helper.make_node("Conv", ["x", "k", "kb"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    return _model(nodes, [_io("x", 1, 3, 16, 16)], [_io("y", 1, 8, 16, 16)], inits, opset)
+
+
+def no_weights() -> onnx.ModelProto:
+    """Only elementwise ops, no weights at all: no quantizer has anything to do."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Sigmoid", ["r"], ["y"], name="sig")]
+    return _model(nodes, [_io("x", "N", 8)], [_io("y", "N", 8)])
+
+
+def if_subgraph() -> onnx.ModelProto:
+    """A MatMul inside an If branch, weights in the outer graph: recipes must see into subgraphs."""
+    w = numpy_helper.from_array(_weight(64, 16), "w")
+    then_graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["t"], name="then_mm")], "then", [],
+                                   [_io("t", "N", 16)])
+    else_graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["e0"], name="else_mm"),
+                                    helper.make_node("Neg", ["e0"], ["e"], name="else_neg")], "else", [],
+                                   [_io("e", "N", 16)])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
+             helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_graph, else_branch=else_graph)]
+    inits = [w, numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    return _model(nodes, [_io("x", "N", 64)], [_io("y", "N", 16)], inits)
+
+
+def cast_to_float() -> onnx.ModelProto:
+    """A Cast(to=float) inside the region fp16 converts: the class onnxconverter-common gets wrong."""
+    inits = [numpy_helper.from_array(_weight(64, 32), "w")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Cast", ["h"], ["hc"], name="cast_f", to=TensorProto.FLOAT),
+             helper.make_node("Relu", ["hc"], ["y"], name="relu")]
+    return _model(nodes, [_io("x", "N", 64)], [_io("y", "N", 32)], inits)
+
+
+def fp16_overflow() -> onnx.ModelProto:
+    """BatchNormalization with variances ~1e7 (as in PP-OCRv4 det): fp16 clamps them unless the node stays fp32."""
+    channels = 4
+    inits = [numpy_helper.from_array(np.ones(channels, np.float32), "scale"),
+             numpy_helper.from_array(np.zeros(channels, np.float32), "bias"),
+             numpy_helper.from_array(np.full(channels, 1000.0, np.float32), "mean"),
+             numpy_helper.from_array(np.full(channels, 4e7, np.float32), "var")]
+    nodes = [helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y"], name="bn")]
+    return _model(nodes, [_io("x", 1, channels, 8, 8)], [_io("y", 1, channels, 8, 8)], inits)
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
