@@ -8,11 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-RNG = np.random.default_rng(0)
-
-
-def _weight(*shape: int, scale: float = 0.1) -> np.ndarray:
-    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+def _weight(rng: np.random.Generator, *shape: int, scale: float = 0.1) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
 def _model(nodes, inputs, outputs, initializers=(), opset: int = 17, metadata: dict | None = None) -> onnx.ModelProto:
@@ -31,8 +28,9 @@ def _io(name: str, *dims) -> onnx.ValueInfoProto:
 
 def mlp(hidden: int = 64, opset: int = 17, metadata: dict | None = None) -> onnx.ModelProto:
     """x[N,64] -> MatMul -> Relu -> MatMul -> y[N,16]: the plain case every recipe applies to."""
-    inits = [numpy_helper.from_array(_weight(64, hidden), "w1"), numpy_helper.from_array(_weight(hidden), "b1"),
-             numpy_helper.from_array(_weight(hidden, 16), "w2")]
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(_weight(rng, 64, hidden), "w1"), numpy_helper.from_array(_weight(rng, hidden), "b1"),
+             numpy_helper.from_array(_weight(rng, hidden, 16), "w2")]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
              helper.make_node("Add", ["h", "b1"], ["hb"], name="add1"),
              helper.make_node("Relu", ["hb"], ["r"], name="relu"),
@@ -42,15 +40,17 @@ def mlp(hidden: int = 64, opset: int = 17, metadata: dict | None = None) -> onnx
 
 def gemm(trans_b: int = 1, alpha: float = 0.5, beta: float = 2.0, opset: int = 13) -> onnx.ModelProto:
     """Gemm with constant B (transB, alpha, beta): must become MatMul+Add for the 4-bit recipes."""
-    w = _weight(32, 64) if trans_b else _weight(64, 32)
+    rng = np.random.default_rng(0)
+    w = _weight(rng, 32, 64) if trans_b else _weight(rng, 64, 32)
     nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="gemm", transB=trans_b, alpha=alpha, beta=beta)]
-    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(_weight(32), "c")]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(_weight(rng, 32), "c")]
     return _model(nodes, [_io("x", "N", 64)], [_io("y", "N", 32)], inits, opset)
 
 
 def constant_weights(opset: int = 12) -> onnx.ModelProto:
     """Weights held in Constant nodes, as paddle2onnx exports them (PP-OCR)."""
-    nodes = [helper.make_node("Constant", [], ["w"], name="const_w", value=numpy_helper.from_array(_weight(64, 32))),
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Constant", [], ["w"], name="const_w", value=numpy_helper.from_array(_weight(rng, 64, 32))),
              helper.make_node("Constant", [], ["s"], name="const_s", value_float=2.0),
              helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
              helper.make_node("Mul", ["h", "s"], ["y"], name="scale")]
@@ -59,7 +59,8 @@ def constant_weights(opset: int = 12) -> onnx.ModelProto:
 
 def conv(opset: int = 13) -> onnx.ModelProto:
     """A Conv net: q8 must pick uint8 weights; no MatMul, so the 4-bit recipes do not apply."""
-    inits = [numpy_helper.from_array(_weight(8, 3, 3, 3), "k"), numpy_helper.from_array(_weight(8), "kb")]
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(_weight(rng, 8, 3, 3, 3), "k"), numpy_helper.from_array(_weight(rng, 8), "kb")]
     nodes = [helper.make_node("Conv", ["x", "k", "kb"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["y"], name="relu")]
     return _model(nodes, [_io("x", 1, 3, 16, 16)], [_io("y", 1, 8, 16, 16)], inits, opset)
@@ -73,7 +74,8 @@ def no_weights() -> onnx.ModelProto:
 
 def if_subgraph() -> onnx.ModelProto:
     """A MatMul inside an If branch, weights in the outer graph: recipes must see into subgraphs."""
-    w = numpy_helper.from_array(_weight(64, 16), "w")
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(_weight(rng, 64, 16), "w")
     then_graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["t"], name="then_mm")], "then", [],
                                    [_io("t", "N", 16)])
     else_graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["e0"], name="else_mm"),
@@ -88,7 +90,8 @@ def if_subgraph() -> onnx.ModelProto:
 
 def cast_to_float() -> onnx.ModelProto:
     """A Cast(to=float) inside the region fp16 converts: the class onnxconverter-common gets wrong."""
-    inits = [numpy_helper.from_array(_weight(64, 32), "w")]
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(_weight(rng, 64, 32), "w")]
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
              helper.make_node("Cast", ["h"], ["hc"], name="cast_f", to=TensorProto.FLOAT),
              helper.make_node("Relu", ["hc"], ["y"], name="relu")]

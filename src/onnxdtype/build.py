@@ -7,14 +7,17 @@ leaves the folder as before or with complete variants that the manifest lists.
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import re
 import shutil
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import onnx
@@ -127,7 +130,9 @@ def quantize(
     if calib and explicit:
         raise OnnxDtypeError(f"{', '.join(map(str, calib))}: {NEEDS_CALIBRATION}")
 
-    with folder_lock(out):
+    buildable = len(modules) * sum(not INFO[d].needs_calibration for d in wanted)
+    largest_file = max(m.path.stat().st_size for m in modules)
+    with folder_lock(out), WorkerPool(_worker_count(workers, buildable, largest_file)) as pool:
         bases = {m.name: load_model(m.path) for m in modules}
         for m in modules:
             problem = base_precision_problem(bases[m.name])
@@ -137,7 +142,7 @@ def quantize(
         _refuse_clobber(out, modules, wanted, manifest, force)
         results: list[VariantResult] = []
         with temp_dir_in(out) as tmp:
-            tasks: list[tuple] = []
+            tasks: list[dict] = []
             for m in modules:
                 base_entry = _place_base(m, bases[m.name], out, force)
                 update_manifest(out, lambda data, m=m, e=base_entry: _set_base(data, m.name, e))
@@ -148,10 +153,11 @@ def quantize(
                         known.base_bytes = base_entry["bytes"]
                         results.append(_record(out, known, progress))
                         continue
-                    passes = _passes_for(dtype)
-                    norm_path, done = normalized[passes]
-                    tasks.append((m.name, dtype.value, str(norm_path), done, recipe_options, str(tmp), base_entry["bytes"]))
-            for result in _run_tasks(tasks, workers, bases):
+                    norm = normalized[_passes_for(dtype)]
+                    tasks.append({"module": m.name, "dtype_name": dtype.value, "norm_path": str(norm.path),
+                                  "normalized": norm.done, "recipe_options": _options_as_dicts(recipe_options),
+                                  "tmp": str(tmp), "base_bytes": base_entry["bytes"]})
+            for result in pool.run(tasks):
                 if result.status == "ok":
                     saved = publish(Path(result.file), out / variant_filename(result.module, DType(result.dtype)))
                     result.file, result.bytes, result.sha256 = saved.path.name, saved.bytes, saved.sha256
@@ -242,19 +248,29 @@ def _passes_for(dtype: DType) -> tuple[str, ...]:
     return tuple(sorted(passes))
 
 
-def _normalize_once(m: Module, model: onnx.ModelProto, wanted: list[DType], tmp: Path) -> dict:
-    """Normalize the base once per distinct pass set the requested recipes need; saved for the workers."""
-    normalized: dict[tuple[str, ...], tuple[Path, list[str]]] = {}
+@dataclass
+class Normalized:
+    model: onnx.ModelProto
+    path: Path
+    done: list[str]
+
+
+def _normalize_once(m: Module, model: onnx.ModelProto, wanted: list[DType], tmp: Path) -> dict[tuple, Normalized]:
+    """Normalize the base once per distinct pass set the requested recipes need, saved once per distinct result."""
+    by_passes: dict[tuple[str, ...], Normalized] = {}
+    by_done: dict[tuple[str, ...], Normalized] = {}
     for dtype in wanted:
-        if INFO[dtype].needs_calibration or _passes_for(dtype) in normalized:
-            continue
         passes = _passes_for(dtype)
+        if INFO[dtype].needs_calibration or passes in by_passes:
+            continue
         norm, done = normalize(model, passes)
-        keep_metadata(model, norm)
-        path = tmp / f"{m.name}.{'-'.join(passes)}.onnx"
-        write_model(norm, path)
-        normalized[passes] = (path, done)
-    return normalized
+        if tuple(done) not in by_done:  # e.g. no Gemm to rewrite: the "constants" and "constants+gemm" models are one
+            keep_metadata(model, norm)
+            path = tmp / f"{m.name}.normalized{len(by_done)}.onnx"
+            write_model(norm, path)
+            by_done[tuple(done)] = Normalized(norm, path, done)
+        by_passes[passes] = by_done[tuple(done)]
+    return by_passes
 
 
 def _known_outcome(m: Module, dtype: DType, out: Path, manifest: dict, force: bool, explicit: bool,
@@ -269,9 +285,8 @@ def _known_outcome(m: Module, dtype: DType, out: Path, manifest: dict, force: bo
         return VariantResult(m.name, dtype.value, "kept", "up to date (use --force to rebuild)",
                              file=entry.get("file"), bytes=entry.get("bytes"), sha256=entry.get("sha256"),
                              recipe=list(info.steps), params=entry.get("params", {}))
-    path, _ = normalized[_passes_for(dtype)]
     first = info.steps[0]
-    reason = RECIPES[first].check(load_model(path), recipe_options[first])
+    reason = RECIPES[first].check(normalized[_passes_for(dtype)].model, recipe_options[first])
     if reason:
         if explicit:
             raise OnnxDtypeError(f"{m.name}: {dtype} is not applicable: {reason} (--dtype all skips what does not apply)")
@@ -279,22 +294,87 @@ def _known_outcome(m: Module, dtype: DType, out: Path, manifest: dict, force: bo
     return None
 
 
-def _run_tasks(tasks: list[tuple], workers: int | None, bases: dict) -> list[VariantResult]:
-    """Build variants in worker processes (bounded by cores and memory), or inline for one worker."""
-    if not tasks:
-        return []
-    largest = max(b.ByteSize() for b in bases.values()) if bases else 1
-    if workers is None:
-        by_memory = max(1, _available_memory() // max(1, 8 * largest))
-        workers = max(1, min(len(tasks), os.cpu_count() or 1, by_memory))
-    if workers == 1:
-        return [build_variant(*task) for task in tasks]
-    results: list[VariantResult] = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(build_variant, *task) for task in tasks]
-        for future in as_completed(futures):
-            results.append(future.result())
-    return results
+def _worker_count(workers: int | None, tasks: int, largest_file: int) -> int:
+    """Parallel workers: as asked, else bounded by tasks, cores, and memory (~8x the largest model each)."""
+    if workers is not None:
+        return max(1, workers)
+    by_memory = max(1, _available_memory() // max(1, 8 * largest_file))
+    return max(1, min(tasks, os.cpu_count() or 1, by_memory))
+
+
+class WorkerPool:
+    """`python -m onnxdtype.worker` processes, fed one JSON task per line; with size 1, tasks run inline.
+
+    Plain subprocesses rather than multiprocessing: a user script calling quantize() needs no
+    `if __name__ == "__main__"` guard, and a worker killed (say, by the OOM killer) fails only its
+    own task. They start at once, so their imports overlap the main process's loading and normalizing.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.processes: list[subprocess.Popen] = [self._start() for _ in range(size)] if size > 1 else []
+
+    @staticmethod
+    def _start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "onnxdtype.worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+
+    def run(self, tasks: list[dict]) -> Iterator[VariantResult]:
+        """Yield each task's result as it finishes."""
+        if not self.processes:
+            for task in tasks:
+                yield build_variant(**task)
+            return
+        pending: queue.Queue = queue.Queue()
+        for task in tasks:
+            pending.put(task)
+        done: queue.Queue = queue.Queue()
+        threads = [threading.Thread(target=self._drive, args=(i, pending, done), daemon=True)
+                   for i in range(len(self.processes))]
+        for thread in threads:
+            thread.start()
+        for _ in tasks:
+            yield done.get()
+        for thread in threads:
+            thread.join()
+
+    def _drive(self, slot: int, pending: queue.Queue, done: queue.Queue) -> None:
+        while True:
+            try:
+                task = pending.get_nowait()
+            except queue.Empty:
+                return
+            process = self.processes[slot]
+            if process.poll() is not None:
+                process = self.processes[slot] = self._start()
+            try:
+                process.stdin.write(json.dumps(task) + "\n")  # type: ignore[union-attr]
+                process.stdin.flush()  # type: ignore[union-attr]
+                line = process.stdout.readline()  # type: ignore[union-attr]
+            except BrokenPipeError:
+                line = ""
+            if line:
+                done.put(VariantResult(**json.loads(line)))
+            else:
+                done.put(VariantResult(task["module"], task["dtype_name"], "failed",
+                                       f"worker process died (exit code {process.wait()})",
+                                       base_bytes=task["base_bytes"]))
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.stdin.close()  # type: ignore[union-attr]
+        for process in self.processes:
+            process.wait()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _options_as_dicts(recipe_options: dict) -> dict[str, dict]:
+    return {name: asdict(opts) for name, opts in recipe_options.items()}
 
 
 def _available_memory() -> int:
@@ -308,40 +388,54 @@ def build_variant(module: str, dtype_name: str, norm_path: str, normalized: list
                   tmp: str, base_bytes: int) -> VariantResult:
     """Run one dtype's recipe steps on the normalized model, write it to `tmp`, and prove it loads.
 
-    Runs in a worker process: everything in and out is picklable.
+    Takes and returns plain data so it can run in a worker process; a recipe that raises fails only
+    this variant, with the error as its reason.
     """
     _quiet_onnxruntime()
-    dtype = DType(dtype_name)
-    info = INFO[dtype]
+    info = INFO[DType(dtype_name)]
     result = VariantResult(module, dtype_name, "ok", recipe=list(info.steps), normalized=normalized, base_bytes=base_bytes)
     start = time.perf_counter()
-    source = load_model(norm_path)
-    model = source
-    for step in info.steps:
-        step_input = onnx.ModelProto()
-        step_input.CopyFrom(model)  # onnxruntime's quantizers edit their input in place
-        outcome = RECIPES[step].build(step_input, recipe_options[step])
-        if isinstance(outcome, NotApplicable):
-            result.status, result.reason = "not_applicable", outcome.reason
-            return result
-        if not op_changes(model, outcome.model):
-            result.status, result.reason = "not_applicable", f"{step} changed no node"
-            return result
-        result.params[step] = outcome.params
-        result.kept_in_float += outcome.kept_in_float
-        result.notes += outcome.notes
-        model = outcome.model
-    keep_metadata(source, model)
-    result.op_changes = op_changes(source, model)
-    path = Path(tmp) / f"{module}.{dtype_name}.onnx"
-    write_model(model, path)
+    try:
+        source = load_model(norm_path)
+        model = source
+        for step in info.steps:
+            recipe = RECIPES[step]
+            options = recipe_options[step]
+            options = recipe.Options(**options) if isinstance(options, dict) else options
+            step_input = onnx.ModelProto()
+            step_input.CopyFrom(model)  # onnxruntime's quantizers edit their input in place
+            outcome = recipe.build(step_input, options)
+            if isinstance(outcome, NotApplicable):
+                result.status, result.reason = "not_applicable", outcome.reason
+                return result
+            if not op_changes(model, outcome.model):
+                result.status, result.reason = "not_applicable", f"{step} changed no node"
+                return result
+            result.params[step] = outcome.params
+            result.kept_in_float += outcome.kept_in_float
+            result.notes += outcome.notes
+            model = outcome.model
+        keep_metadata(source, model)
+        result.op_changes = op_changes(source, model)
+        path = Path(tmp) / f"{module}.{dtype_name}.onnx"
+        write_model(model, path)
+    except Exception as exc:  # a quantizer bug must not take the other variants down
+        result.status, result.reason = "failed", f"{type(exc).__name__}: {_one_line(exc)}"
+        return result
+    finally:
+        result.seconds = round(time.perf_counter() - start, 3)
     load_error = _load_error(path)
-    result.seconds = round(time.perf_counter() - start, 3)
     if load_error:
         result.status, result.reason = "failed", f"onnxruntime cannot load it: {load_error}"
+        path.unlink(missing_ok=True)
         return result
     result.file = str(path)
     return result
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else ""
 
 
 def op_changes(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, int]:
@@ -361,10 +455,12 @@ def _fp16_initializers(model: onnx.ModelProto) -> int:
 def _load_error(path: Path) -> str | None:
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # loading is the question here
     try:
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated exception types on bad graphs
-        return str(exc).strip().splitlines()[0][:300]
+        return _one_line(exc)
     return None
 
 

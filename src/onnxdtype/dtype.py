@@ -20,30 +20,30 @@ class DTypeInfo:
     needs_calibration: bool
     suffix: str
     steps: tuple[str, ...]  # recipe names applied in order to the fp32 model; () = the base itself
-    fallback: str | None  # the next dtype to try when this variant is missing (SPEC.md "Runtime")
+    fallback: tuple[str, ...]  # dtypes to try in order when this variant is missing (SPEC.md "Runtime")
     description: str
 
 
 _TABLE: tuple[DTypeInfo, ...] = (
-    DTypeInfo("fp32", ("f32", "float32", "float"), "32", False, "", (), None,
+    DTypeInfo("fp32", ("f32", "float32", "float"), "32", False, "", (), (),
               "the original export"),
-    DTypeInfo("fp16", ("f16", "float16", "half"), "16", False, "fp16", ("float16",), "fp32",
+    DTypeInfo("fp16", ("f16", "float16", "half"), "16", False, "fp16", ("float16",), ("fp32",),
               "mixed fp16/fp32; graph inputs/outputs stay fp32; unsafe ops stay fp32"),
-    DTypeInfo("q8", ("quantized",), "8", False, "q8", ("dynamic",), "fp32",
+    DTypeInfo("q8", ("quantized",), "8", False, "q8", ("dynamic",), ("fp32",),
               "dynamic quantization: 8-bit weights, activations quantized at run time"),
-    DTypeInfo("int8", ("i8",), "8", True, "int8", ("tensorrt",), "q8",
+    DTypeInfo("int8", ("i8",), "8", True, "int8", ("tensorrt",), ("q8", "fp32"),
               "static int8 QDQ for TensorRT"),
-    DTypeInfo("s8s8", (), "8", True, "s8s8", ("static",), "q8",
+    DTypeInfo("s8s8", (), "8", True, "s8s8", ("static",), ("q8", "fp32"),
               "static QDQ: signed weights, signed activations"),
-    DTypeInfo("s8u8", ("u8s8",), "8", True, "s8u8", ("static",), "q8",
+    DTypeInfo("s8u8", ("u8s8",), "8", True, "s8u8", ("static",), ("q8", "fp32"),
               "static QDQ: signed weights, unsigned activations"),
-    DTypeInfo("u8u8", (), "8", True, "u8u8", ("static",), "q8",
+    DTypeInfo("u8u8", (), "8", True, "u8u8", ("static",), ("q8", "fp32"),
               "static QDQ: unsigned weights, unsigned activations"),
-    DTypeInfo("q4", ("int4w", "4bit"), "4", False, "q4", ("blockwise4",), "fp16",
+    DTypeInfo("q4", ("int4w", "4bit"), "4", False, "q4", ("blockwise4",), ("fp32",),
               "weight-only 4-bit blockwise (MatMulNBits)"),
-    DTypeInfo("q4f16", (), "4+16", False, "q4f16", ("blockwise4", "float16"), "q4",
+    DTypeInfo("q4f16", (), "4+16", False, "q4f16", ("blockwise4", "float16"), ("q4", "fp16", "fp32"),
               "q4 with the rest of the graph in fp16"),
-    DTypeInfo("bnb4", ("nf4",), "4", False, "bnb4", ("bnb4",), "q4",
+    DTypeInfo("bnb4", ("nf4",), "4", False, "bnb4", ("bnb4",), ("q4", "fp32"),
               "weight-only 4-bit with FP4/NF4 codebooks (MatMulBnb4)"),
 )
 

@@ -71,6 +71,18 @@ def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                     yield from iter_graphs(sub)
 
 
+def iter_scoped_nodes(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto] | None = None
+                      ) -> Iterator[tuple[onnx.NodeProto, dict[str, onnx.TensorProto]]]:
+    """Every node (subgraphs included) with the initializers visible to it: its graph's and the enclosing ones'."""
+    visible = {**(outer or {}), **{t.name: t for t in graph.initializer}}
+    for node in graph.node:
+        yield node, visible
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subgraphs:
+                yield from iter_scoped_nodes(sub, visible)
+
+
 def iter_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     for graph in iter_graphs(model.graph):
         yield from graph.node
@@ -128,13 +140,11 @@ NO_CONSTANT_MATMUL = "no MatMul with a constant 2-D weight (Gemm included, after
 def constant_2d_matmuls(model: onnx.ModelProto, exclude: list[str]) -> list[str]:
     """Names (or output names) of MatMul nodes whose second input is a constant 2-D float weight."""
     found: list[str] = []
-    for graph in iter_graphs(model.graph):
-        inits = initializer_map(graph)
-        for node in graph.node:
-            weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
-            if weight is not None and len(weight.dims) == 2 and weight.data_type == onnx.TensorProto.FLOAT \
-                    and node.name not in exclude:
-                found.append(node.name or node.output[0])
+    for node, inits in iter_scoped_nodes(model.graph):
+        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
+        if weight is not None and len(weight.dims) == 2 and weight.data_type == onnx.TensorProto.FLOAT \
+                and node.name not in exclude:
+            found.append(node.name or node.output[0])
     return found
 
 
@@ -180,11 +190,18 @@ def write_model(model: onnx.ModelProto, path: Path) -> None:
             handle.write(model.SerializeToString())
 
 
+def model_bytes(model: onnx.ModelProto) -> int:
+    """Bytes held by initializers (subgraphs included): a cheap stand-in for ByteSize(), which walks everything."""
+    total = 0
+    for graph in iter_graphs(model.graph):
+        for t in graph.initializer:
+            total += len(t.raw_data) or 8 * (len(t.float_data) + len(t.int64_data) + len(t.double_data)) \
+                + 4 * len(t.int32_data)
+    return total
+
+
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    try:
-        return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    except Exception:  # protobuf raises on messages over 2 GiB
-        return True
+    return model_bytes(model) > EXTERNAL_DATA_THRESHOLD
 
 
 def publish(tmp_file: Path, dest: Path) -> SavedFile:

@@ -19,7 +19,7 @@ from tempfile import TemporaryDirectory
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from onnxdtype.model import initializer_map, iter_graphs, needs_external_data
+from onnxdtype.model import iter_graphs, iter_scoped_nodes, needs_external_data
 from onnxdtype.recipes import NotApplicable, Variant
 
 NAME = "dynamic"
@@ -53,14 +53,12 @@ def op_types(options: Options) -> list[str]:
 def check(model: onnx.ModelProto, options: Options) -> str | None:
     weight_ops = {**WEIGHT_OPS, **(CONV_WEIGHT if options.quantize_conv else {})}
     has_conv = False
-    for graph in iter_graphs(model.graph):
-        inits = initializer_map(graph)
-        for node in graph.node:
-            has_conv |= node.op_type == "Conv"
-            index = weight_ops.get(node.op_type)
-            if index is not None and len(node.input) > index and node.input[index] in inits \
-                    and node.name not in options.nodes_to_exclude:
-                return None
+    for node, inits in iter_scoped_nodes(model.graph):
+        has_conv |= node.op_type == "Conv"
+        index = weight_ops.get(node.op_type)
+        if index is not None and len(node.input) > index and node.input[index] in inits \
+                and node.name not in options.nodes_to_exclude:
+            return None
     if has_conv:
         return "no MatMul or Gather with a constant weight, and dynamic Conv quantization is off (--q8-conv) " \
                "because it loses most of the accuracy; use a static dtype for Conv nets"
@@ -85,6 +83,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
             op_types_to_quantize=op_types(options),
             nodes_to_exclude=list(options.nodes_to_exclude),
             use_external_data_format=needs_external_data(model),
+            extra_options={"EnableSubgraph": True},  # off by default: If/Loop bodies would stay float
         )
         quantized = onnx.load(str(out), load_external_data=True)
     return Variant(quantized, params, kept_in_float=list(options.nodes_to_exclude))

@@ -50,7 +50,9 @@ def out_of_range_consumers(model: onnx.ModelProto) -> list[str]:
 
 
 def _exceeds_fp16(tensor: onnx.TensorProto) -> bool:
-    values = onnx.numpy_helper.to_array(tensor)
+    values = np.frombuffer(tensor.raw_data, np.float32) if tensor.raw_data else onnx.numpy_helper.to_array(tensor)
+    if values.size == 0 or (values.max() <= FP16_MAX and values.min() >= -FP16_MAX):
+        return False  # the common case, decided without copies
     finite = values[np.isfinite(values)]
     return bool(finite.size) and float(np.abs(finite).max()) > FP16_MAX
 

@@ -1,0 +1,199 @@
+"""The build pipe on tiny models: files, manifest, applicability, and nothing lost on the way."""
+
+import json
+import os
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+import tinymodels
+from onnxdtype.build import find_modules, quantize
+from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.manifest import LOCK_NAME, MANIFEST_NAME
+from onnxdtype.model import sha256_file
+
+
+def listing(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def test_all_builds_applicable_dtypes_and_lists_the_rest(tiny, tmp_path):
+    model = tiny("mlp", metadata={"labels": "a,b,c"})
+    before = sha256_file(model)
+    out = tmp_path / "out"
+    result = quantize(model, "all", out, workers=1)
+    status = {r.dtype: r.status for r in result.results}
+    assert status == {"fp16": "ok", "q8": "ok", "q4": "ok", "q4f16": "ok", "bnb4": "ok",
+                      "int8": "skipped", "s8s8": "skipped", "s8u8": "skipped", "u8u8": "skipped"}
+    assert listing(out) == {"mlp.onnx", "mlp_fp16.onnx", "mlp_q8.onnx", "mlp_q4.onnx", "mlp_q4f16.onnx",
+                            "mlp_bnb4.onnx", MANIFEST_NAME, LOCK_NAME}
+    assert sha256_file(model) == before and sha256_file(out / "mlp.onnx") == before
+    for r in result.results:
+        if r.status == "ok":
+            variant = onnx.load(str(out / r.file))
+            assert {p.key: p.value for p in variant.metadata_props}["labels"] == "a,b,c"
+            ort.InferenceSession(str(out / r.file), providers=["CPUExecutionProvider"])
+    assert result.problems == []
+
+
+def test_manifest_records_files_hashes_recipes_and_versions(tiny, tmp_path):
+    out = tmp_path / "out"
+    quantize(tiny("constant_weights"), "q4,fp16", out, workers=1)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["schema_version"] == 1
+    assert set(manifest["versions"]) == {"onnxdtype", "onnx", "onnxruntime"}
+    module = manifest["modules"]["constant_weights"]
+    assert module["base"]["file"] == "constant_weights.onnx"
+    q4 = module["variants"]["q4"]
+    assert q4["status"] == "ok" and q4["file"] == "constant_weights_q4.onnx"
+    assert q4["sha256"] == sha256_file(out / q4["file"]) and q4["bytes"] == (out / q4["file"]).stat().st_size
+    assert q4["params"]["blockwise4"]["block_size"] == 32 and q4["params"]["blockwise4"]["symmetric"] is True
+    assert q4["normalized"] == ["2 Constant nodes -> initializers"]
+    assert q4["op_changes"]["MatMulNBits"] == 1 and q4["op_changes"]["MatMul"] == -1
+    assert not any(os.path.isabs(v["file"]) for v in module["variants"].values() if v["file"])
+
+
+def test_q4f16_is_not_applicable_where_q4_is_not(tiny, tmp_path):
+    result = quantize(tiny("conv"), "all", tmp_path / "out", workers=1)
+    for dtype in ("q4", "q4f16", "bnb4", "q8"):
+        assert result.by("conv", dtype).status == "not_applicable"
+    assert result.by("conv", "fp16").status == "ok"
+    assert not (tmp_path / "out" / "conv_q4f16.onnx").exists()
+    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    assert manifest["modules"]["conv"]["variants"]["q4f16"]["status"] == "not_applicable"
+    assert manifest["modules"]["conv"]["variants"]["q4f16"]["file"] is None
+
+
+def test_explicit_not_applicable_dtype_is_an_error_and_writes_no_variant(tiny, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(OnnxDtypeError, match="q4 is not applicable: no MatMul"):
+        quantize(tiny("conv"), "q4", out, workers=1)
+    assert not any(p.name.endswith("_q4.onnx") for p in out.iterdir())
+
+
+def test_static_dtypes_need_calibration(tiny, tmp_path):
+    with pytest.raises(OnnxDtypeError, match="s8u8: needs calibration data"):
+        quantize(tiny("mlp"), "s8u8", tmp_path / "out")
+
+
+def test_existing_unvouched_output_is_not_clobbered_without_force(tiny, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mlp_q8.onnx").write_bytes(b"precious")
+    with pytest.raises(OnnxDtypeError, match="exists and is not a verified onnxdtype output; use --force"):
+        quantize(tiny("mlp"), "q8", out, workers=1)
+    assert (out / "mlp_q8.onnx").read_bytes() == b"precious"
+    assert listing(out) == {"mlp_q8.onnx", LOCK_NAME}
+    quantize(tiny("mlp"), "q8", out, force=True, workers=1)
+    assert (out / "mlp_q8.onnx").read_bytes() != b"precious"
+
+
+def test_rerun_keeps_vouched_variants_and_rebuilds_tampered_ones_only_with_force(tiny, tmp_path):
+    out = tmp_path / "out"
+    model = tiny("mlp")
+    quantize(model, "fp16,q8", out, workers=1)
+    mtime = (out / "mlp_q8.onnx").stat().st_mtime_ns
+    again = quantize(model, "fp16,q8", out, workers=1)
+    assert {r.status for r in again.results} == {"kept"}
+    assert (out / "mlp_q8.onnx").stat().st_mtime_ns == mtime
+    (out / "mlp_q8.onnx").write_bytes(b"tampered")
+    with pytest.raises(OnnxDtypeError, match="mlp_q8.onnx: exists"):
+        quantize(model, "q8", out, workers=1)
+
+
+def test_folder_input_builds_every_module_and_skips_variants(tiny, tmp_path):
+    tiny("mlp", filename="textual.onnx")
+    folder = tiny("conv", filename="visual.onnx").parent
+    (folder / "visual_fp16.onnx").write_bytes(b"not a base")
+    assert [m.name for m in find_modules(folder)] == ["textual", "visual"]
+    result = quantize(folder, "fp16", force=True, workers=1)
+    assert {(r.module, r.status) for r in result.results} == {("textual", "ok"), ("visual", "ok")}
+    onnx.load(str(folder / "visual_fp16.onnx"))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"this is not onnx", "not a readable ONNX model"),
+    (b"", "not an ONNX model"),
+])
+def test_bad_model_files_give_one_clear_error_and_write_nothing(tmp_path, content, message):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(content)
+    out = tmp_path / "out"
+    with pytest.raises(OnnxDtypeError, match=message):
+        quantize(bad, "all", out)
+    assert not out.exists() or listing(out) <= {LOCK_NAME}
+
+
+def test_truncated_model_is_refused(tiny, tmp_path):
+    good = tiny("mlp").read_bytes()
+    bad = tmp_path / "truncated.onnx"
+    bad.write_bytes(good[: len(good) // 2])
+    with pytest.raises(OnnxDtypeError, match="truncated.onnx"):
+        quantize(bad, "fp16", tmp_path / "out")
+
+
+def test_already_quantized_model_is_refused_as_base(tiny, tmp_path):
+    out = tmp_path / "out"
+    quantize(tiny("mlp"), "q8", out, workers=1)
+    with pytest.raises(OnnxDtypeError, match="already quantized"):
+        quantize(out / "mlp_q8.onnx", "fp16", tmp_path / "again")
+
+
+def test_folder_without_models_and_missing_paths(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OnnxDtypeError, match="no fp32 .onnx model"):
+        quantize(tmp_path / "empty")
+    with pytest.raises(OnnxDtypeError, match="no such file"):
+        quantize(tmp_path / "missing.onnx")
+
+
+def test_output_folder_that_is_a_file_or_cannot_be_created(tiny, tmp_path):
+    model = tiny("mlp")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OnnxDtypeError, match="exists and is not a folder"):
+        quantize(model, "fp16", blocker)
+    with pytest.raises(OnnxDtypeError, match="cannot create output folder"):
+        quantize(model, "fp16", blocker / "sub")
+    assert blocker.read_text() == "x"
+
+
+def test_parallel_workers_give_the_same_files_as_inline(tiny, tmp_path):
+    model = tiny("mlp")
+    inline = quantize(model, "fp16,q8,q4", tmp_path / "a", workers=1)
+    parallel = quantize(model, "fp16,q8,q4", tmp_path / "b", workers=2)
+    assert [(r.dtype, r.sha256) for r in inline.results] == [(r.dtype, r.sha256) for r in parallel.results]
+
+
+def test_failure_inside_a_recipe_leaves_no_partial_file(tiny, tmp_path, monkeypatch):
+    from onnxdtype.recipes import RECIPES
+
+    def explode(model, options):
+        raise RuntimeError("simulated crash in the quantizer")
+
+    monkeypatch.setattr(RECIPES["blockwise4"], "build", explode)
+    out = tmp_path / "out"
+    result = quantize(tiny("mlp"), "fp16,q4", out, workers=1)
+    assert result.by("mlp", "q4").status == "failed"
+    assert result.by("mlp", "q4").reason == "RuntimeError: simulated crash in the quantizer"
+    assert result.by("mlp", "fp16").status == "ok" and result.problems == [result.by("mlp", "q4")]
+    assert listing(out) == {"mlp.onnx", "mlp_fp16.onnx", MANIFEST_NAME, LOCK_NAME}
+
+
+def test_a_worker_process_that_dies_fails_only_its_variant(tiny, tmp_path, monkeypatch):
+    """SIGKILL-like death of a worker (simulated by a worker command that exits at once)."""
+    import onnxdtype.build as build
+
+    real_popen = build.subprocess.Popen
+
+    def popen(args, **kwargs):
+        return real_popen([build.sys.executable, "-c", "import sys; sys.stdin.readline(); sys.exit(9)"], **kwargs)
+
+    monkeypatch.setattr(build.subprocess, "Popen", popen)
+    out = tmp_path / "out"
+    result = quantize(tiny("mlp"), "fp16,q8", out, workers=2)
+    assert {r.status for r in result.results} == {"failed"}
+    assert all("worker process died (exit code 9)" in r.reason for r in result.results)
+    assert listing(out) == {"mlp.onnx", MANIFEST_NAME, LOCK_NAME}

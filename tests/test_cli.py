@@ -1,0 +1,81 @@
+"""The command line: tables on success, one line and a non-zero exit on every user mistake."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from onnxdtype.cli import app
+from onnxdtype.manifest import LOCK_NAME
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def test_quantize_prints_the_table_and_writes_variants(tiny, tmp_path):
+    result = invoke("quantize", tiny("mlp"), "--dtype", "fp16,q4", "--out", tmp_path / "out", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert "mlp_fp16.onnx" in result.output and "mlp_q4.onnx" in result.output
+    assert (tmp_path / "out" / "mlp_q4.onnx").exists()
+
+
+def test_recipe_options_reach_the_manifest(tiny, tmp_path):
+    import json
+
+    result = invoke("quantize", tiny("mlp"), "-d", "q4,bnb4,q8", "-o", tmp_path / "out", "--workers", "1",
+                    "--q4-block-size", "64", "--bnb4-type", "fp4", "--q8-weight-type", "uint8")
+    assert result.exit_code == 0, result.output
+    variants = json.loads((tmp_path / "out" / "onnxdtype.json").read_text())["modules"]["mlp"]["variants"]
+    assert variants["q4"]["params"]["blockwise4"]["block_size"] == 64
+    assert variants["bnb4"]["params"]["bnb4"]["quant_type"] == "fp4"
+    assert variants["q8"]["params"]["dynamic"]["weight_type"] == "uint8"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dtype", "fp12"], "unknown dtype 'fp12'"),
+    (["--dtype", "bf16"], "no recipe builds bf16"),
+    (["--dtype", "q4", "--q4-block-size", "30"], "--q4-block-size must be a power of two"),
+    (["--dtype", "bnb4", "--bnb4-type", "nf3"], "--bnb4-type must be nf4 or fp4"),
+    (["--dtype", "u8u8"], "u8u8: needs calibration data"),
+])
+def test_user_mistakes_are_one_line_errors(tiny, tmp_path, args, message):
+    result = invoke("quantize", tiny("mlp"), "--out", tmp_path / "out", *args)
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or {p.name for p in (tmp_path / "out").iterdir()} <= {LOCK_NAME}
+
+
+def test_not_applicable_by_name_exits_non_zero(tiny, tmp_path):
+    result = invoke("quantize", tiny("conv"), "--dtype", "q4", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "not applicable" in result.output
+
+
+def test_dtypes_and_inspect(tiny):
+    table = invoke("dtypes")
+    assert table.exit_code == 0 and "q4f16" in table.output and "<stem>_bnb4.onnx" in table.output
+    facts = invoke("inspect", tiny("conv"))
+    assert facts.exit_code == 0, facts.output
+    assert "Conv" in facts.output and "q4" in facts.output and "no MatMul with a constant 2-D weight" in facts.output
+
+
+def test_inspect_bad_file(tmp_path):
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"garbage")
+    result = invoke("inspect", bad)
+    assert result.exit_code == 2 and "not a readable ONNX model" in result.output
+
+
+def test_console_script_runs_without_traceback_and_keeps_onnxruntime_quiet(tiny, tmp_path):
+    """A real process: the installed entry point, stderr free of onnxruntime's log flood."""
+    proc = subprocess.run([sys.executable, "-m", "onnxdtype.cli", "quantize", str(tiny("mlp")), "-d", "q8",
+                           "-o", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "mlp_q8.onnx" in proc.stdout
+    assert "WARNING" not in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "out"]  # no temp files in the working dir
