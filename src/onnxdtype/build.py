@@ -30,6 +30,12 @@ from onnxdtype.model import (base_precision_problem, iter_graphs, load_model, op
                              sha256_file, temp_dir_in, write_model)
 from onnxdtype.normalize import keep_metadata, normalize
 from onnxdtype.recipes import RECIPES, NotApplicable, default_options
+from onnxdtype.verify.accuracy import (DEFAULT_ATOL, SYNTHESIZED_NOTE, EvalData, compare, min_cosine_for,
+                                       synthesize)
+from onnxdtype.verify.accuracy import session as accuracy_session
+from onnxdtype.verify.latency import measure
+from onnxdtype.verify.metrics import judge
+from onnxdtype.verify.repair import RepairBudget, repair
 
 VARIANT_NAME = re.compile(r"^(?P<stem>.+?)[_.-](?P<tag>[A-Za-z0-9]+)$")
 NEEDS_CALIBRATION = "needs calibration data (--calib); static recipes are not in this version yet"
@@ -58,6 +64,8 @@ class VariantResult:
     kept_in_float: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     op_changes: dict = field(default_factory=dict)
+    verification: dict | None = None
+    latency: dict | None = None
     base_bytes: int | None = None
 
     @property
@@ -114,10 +122,20 @@ def quantize(
     options: dict | None = None,
     workers: int | None = None,
     progress: Callable[[VariantResult], None] | None = None,
+    eval_data: EvalData | dict[str, EvalData] | None = None,
+    verify: bool = True,
+    repair: bool = True,
+    tolerances: dict[str, float] | None = None,
+    keep_failed: bool = False,
+    latency_runs: int = 20,
+    repair_budget: RepairBudget | None = None,
 ) -> BuildResult:
-    """Build the requested dtype variants of a model (or of every module in a folder) into `out_dir`.
+    """Build the requested dtype variants of a model (or of every module in a folder) into `out_dir`,
+    verify each against fp32, repair those that miss their tolerance, and time them.
 
     `options` maps recipe names ("float16", "dynamic", "blockwise4", "bnb4") to their Options dataclass.
+    `eval_data` is one EvalData, or one per module name; without it inputs are synthesized (loading only).
+    `tolerances` overrides minimum cosines by dtype name or "default". `latency_runs=0` skips timing.
     """
     source = Path(model)
     modules = find_modules(source)
@@ -147,6 +165,8 @@ def quantize(
                 base_entry = _place_base(m, bases[m.name], out, force)
                 update_manifest(out, lambda data, m=m, e=base_entry: _set_base(data, m.name, e))
                 normalized = _normalize_once(m, bases[m.name], wanted, tmp)
+                check = _check_spec(m, bases[m.name], eval_data, tmp, wanted, tolerances, repair,
+                                    repair_budget) if verify else None
                 for dtype in wanted:
                     known = _known_outcome(m, dtype, out, manifest, force, explicit, normalized, recipe_options)
                     if known is not None:
@@ -156,15 +176,41 @@ def quantize(
                     norm = normalized[_passes_for(dtype)]
                     tasks.append({"module": m.name, "dtype_name": dtype.value, "norm_path": str(norm.path),
                                   "normalized": norm.done, "recipe_options": _options_as_dicts(recipe_options),
-                                  "tmp": str(tmp), "base_bytes": base_entry["bytes"]})
+                                  "tmp": str(tmp), "base_bytes": base_entry["bytes"], "check": check})
+            finished = []
             for result in pool.run(tasks):
-                if result.status == "ok":
+                if result.file and (result.status == "ok" or keep_failed):
                     saved = publish(Path(result.file), out / variant_filename(result.module, DType(result.dtype)))
                     result.file, result.bytes, result.sha256 = saved.path.name, saved.bytes, saved.sha256
+                else:
+                    result.file = None
+                finished.append(result)
+            for result in finished:  # timed one at a time, after the parallel builds, so they do not compete
+                feed = _latency_feed(result.module, eval_data, bases) if result.file and latency_runs > 0 else None
+                if feed is not None:
+                    result.latency = measure(out / f"{result.module}.onnx", out / result.file, feed, latency_runs)
                 results.append(_record(out, result, progress))
     order = {(m.name, d.value): i for i, (m, d) in enumerate((m, d) for m in modules for d in wanted)}
     results.sort(key=lambda r: order[(r.module, r.dtype)])
     return BuildResult(out, results, explicit)
+
+
+def _check_spec(m: Module, model: onnx.ModelProto, eval_data: EvalData | dict | None, tmp: Path,
+                wanted: list[DType], tolerances: dict | None, repair: bool, budget: RepairBudget | None) -> dict:
+    """What the workers need to verify a module's variants: evaluation data saved in `tmp`, tolerances, repair."""
+    data = eval_data.get(m.name) if isinstance(eval_data, dict) else eval_data
+    data = data or synthesize(model)
+    return {"eval_dir": str(data.save(tmp / f"eval-{m.name}")), "source": data.source, "synthesized": data.synthesized,
+            "min_cosine": {d.value: min_cosine_for(d, tolerances) for d in wanted}, "repair": repair,
+            "atol": (tolerances or {}).get("atol", DEFAULT_ATOL),
+            "budget": asdict(budget or RepairBudget())}
+
+
+def _latency_feed(name: str, eval_data: EvalData | dict | None,
+                  bases: dict[str, onnx.ModelProto]) -> dict:
+    data = eval_data.get(name) if isinstance(eval_data, dict) else eval_data
+    feeds = (data or synthesize(bases[name], samples=1)).feeds
+    return feeds[0] if feeds else None
 
 
 def applicability(model: onnx.ModelProto) -> dict[str, str | None]:
@@ -385,8 +431,9 @@ def _available_memory() -> int:
 
 
 def build_variant(module: str, dtype_name: str, norm_path: str, normalized: list[str], recipe_options: dict,
-                  tmp: str, base_bytes: int) -> VariantResult:
-    """Run one dtype's recipe steps on the normalized model, write it to `tmp`, and prove it loads.
+                  tmp: str, base_bytes: int, check: dict | None = None) -> VariantResult:
+    """Run one dtype's recipe steps on the normalized model, prove it loads, verify it against fp32 on the
+    evaluation data in `check` and repair it when it misses the tolerance; write it to `tmp`.
 
     Takes and returns plain data so it can run in a worker process; a recipe that raises fails only
     this variant, with the error as its reason.
@@ -395,30 +442,18 @@ def build_variant(module: str, dtype_name: str, norm_path: str, normalized: list
     info = INFO[DType(dtype_name)]
     result = VariantResult(module, dtype_name, "ok", recipe=list(info.steps), normalized=normalized, base_bytes=base_bytes)
     start = time.perf_counter()
+    path = Path(tmp) / f"{module}.{dtype_name}.onnx"
     try:
         source = load_model(norm_path)
-        model = source
-        for step in info.steps:
-            recipe = RECIPES[step]
-            options = recipe_options[step]
-            options = recipe.Options(**options) if isinstance(options, dict) else options
-            step_input = onnx.ModelProto()
-            step_input.CopyFrom(model)  # onnxruntime's quantizers edit their input in place
-            outcome = recipe.build(step_input, options)
-            if isinstance(outcome, NotApplicable):
-                result.status, result.reason = "not_applicable", outcome.reason
-                return result
-            if not op_changes(model, outcome.model):
-                result.status, result.reason = "not_applicable", f"{step} changed no node"
-                return result
-            result.params[step] = outcome.params
-            result.kept_in_float += outcome.kept_in_float
-            result.notes += outcome.notes
-            model = outcome.model
-        keep_metadata(source, model)
-        result.op_changes = op_changes(source, model)
-        path = Path(tmp) / f"{module}.{dtype_name}.onnx"
-        write_model(model, path)
+        options = {step: _as_options(step, recipe_options[step], dtype_name) for step in info.steps}
+        built = _run_steps(source, info.steps, options, result)
+        if built is None:
+            return result
+        if check is not None:
+            built = _verify_and_repair(source, built, info.steps, options, check, result)
+        keep_metadata(source, built)
+        result.op_changes = op_changes(source, built)
+        write_model(built, path)
     except Exception as exc:  # a quantizer bug must not take the other variants down
         result.status, result.reason = "failed", f"{type(exc).__name__}: {_one_line(exc)}"
         return result
@@ -431,6 +466,72 @@ def build_variant(module: str, dtype_name: str, norm_path: str, normalized: list
         return result
     result.file = str(path)
     return result
+
+
+def _as_options(step: str, options: object, dtype_name: str) -> object:
+    recipe = RECIPES[step]
+    options = recipe.Options(**options) if isinstance(options, dict) else options
+    return recipe.options_for(dtype_name, options) if hasattr(recipe, "options_for") else options
+
+
+def _run_steps(source: onnx.ModelProto, steps: tuple[str, ...], options: dict, result: VariantResult | None = None
+               ) -> onnx.ModelProto | None:
+    """Apply the recipe steps in order; None (with the reason in `result`) when one does not apply."""
+    model = source
+    for step in steps:
+        step_input = onnx.ModelProto()
+        step_input.CopyFrom(model)  # onnxruntime's quantizers edit their input in place
+        outcome = RECIPES[step].build(step_input, options[step])
+        reason = outcome.reason if isinstance(outcome, NotApplicable) else \
+            (None if op_changes(model, outcome.model) else f"{step} changed no node")
+        if reason:
+            if result is not None:
+                result.status, result.reason = "not_applicable", reason
+            return None
+        if result is not None:
+            result.params[step] = outcome.params
+            result.kept_in_float += [n for n in outcome.kept_in_float if n not in result.kept_in_float]
+            result.notes += outcome.notes
+        model = outcome.model
+    return model
+
+
+def _verify_and_repair(source: onnx.ModelProto, built: onnx.ModelProto, steps: tuple[str, ...], options: dict,
+                       check: dict, result: VariantResult) -> onnx.ModelProto:
+    """Figures against fp32; on a miss, repair (unless disabled). A variant still missing is marked failed."""
+    eval_data = EvalData.load(Path(check["eval_dir"]), check["source"], check["synthesized"])
+    if not eval_data.feeds:
+        result.verification = {"data": eval_data.source, "synthesized": True, "failure": None, "skipped": True}
+        return built
+    min_cosine = check["min_cosine"][result.dtype]
+    base = accuracy_session(source.SerializeToString())
+    figures = compare(base, accuracy_session(built.SerializeToString()), eval_data.feeds)
+    failure = judge(figures, min_cosine, check["atol"])
+    verification: dict = {"data": eval_data.source, "synthesized": eval_data.synthesized, "min_cosine": min_cosine,
+                          "atol": check["atol"], "outputs": figures, "failure": failure}
+    if eval_data.synthesized:  # random inputs prove loading, not accuracy: figures are shown, never judged
+        verification.update(note=SYNTHESIZED_NOTE, failure=None, unjudged_failure=failure)
+        failure = None
+    if failure and check["repair"]:
+        def rebuild(trial_options: dict) -> onnx.ModelProto | None:
+            return _run_steps(source, steps, trial_options)
+
+        outcome = repair(source, list(steps), options, eval_data, min_cosine, check["atol"], rebuild, built,
+                         RepairBudget(**check["budget"]))
+        verification["before_repair"] = {"outputs": figures, "failure": failure}
+        verification["repair"] = {"kept": outcome.kept, "kept_weight_fraction": round(outcome.kept_weight_fraction, 4),
+                                  "attempts": outcome.attempts, "failure": outcome.reason}
+        if outcome.model is not None:
+            built, failure = outcome.model, None
+            verification.update(outputs=outcome.figures, failure=None)
+            result.kept_in_float += [n for n in outcome.kept if n not in result.kept_in_float]
+            result.notes.append(f"repaired: {len(outcome.kept)} nodes kept fp32 "
+                                f"({outcome.kept_weight_fraction:.1%} of weights)")
+    result.verification = verification
+    if failure:
+        result.status, result.reason = "failed", f"verification: {failure}" + (
+            f"; repair: {verification['repair']['failure']}" if "repair" in verification else "")
+    return built
 
 
 def _one_line(exc: BaseException) -> str:

@@ -86,13 +86,8 @@ def candidate_files(source: ModuleSource, dtype: DType) -> list[Path]:
 
 
 def fallback_chain(dtype: DType) -> list[DType]:
-    """The dtypes tried after `dtype` under missing='fallback', from the DType table (SPEC.md "Runtime")."""
-    chain: list[DType] = []
-    following = INFO[dtype].fallback
-    while following:
-        chain.append(DType(following))
-        following = INFO[chain[-1]].fallback
-    return chain
+    """The dtypes tried after `dtype` under missing='fallback', in order (the DType table, SPEC.md "Runtime")."""
+    return [DType(name) for name in INFO[dtype].fallback]
 
 
 def available_dtypes(source: ModuleSource) -> list[DType]:
@@ -222,17 +217,18 @@ def _build(name: str, source: ModuleSource, dtype: DType, search: _Search) -> Re
     from onnxdtype.build import quantize
 
     with folder_lock(out):
-        path = vouched_variant(out, base.file.stem, dtype)
-        if path is None:
-            try:
-                result = quantize(base.file, [dtype], out_dir=out, workers=1)
-            except OnnxDtypeError as exc:
-                raise OnnxDtypeError(f"{name}: cannot build {dtype} (missing='build'): {exc}") from None
-            outcome = result.by(base.file.stem, dtype)
-            path = vouched_variant(out, base.file.stem, dtype)
-            if path is None:
-                raise OnnxDtypeError(f"{name}: building {dtype} {outcome.status}: {outcome.reason}")
-    return Resolution(path, dtype, "built")
+        ready = vouched_variant(out, base.file.stem, dtype)  # another process may have built it while we waited
+        if ready:
+            return Resolution(ready, dtype, "manifest" if out == base.file.parent else "cache")
+        try:
+            result = quantize(base.file, [dtype], out_dir=out, workers=1)
+        except OnnxDtypeError as exc:
+            raise OnnxDtypeError(f"{name}: cannot build {dtype} (missing='build'): {exc}") from None
+        built = vouched_variant(out, base.file.stem, dtype)
+    if built is None:
+        outcome = result.by(base.file.stem, dtype)
+        raise OnnxDtypeError(f"{name}: building {dtype} ended {outcome.status}: {outcome.reason}")
+    return Resolution(built, dtype, "built")
 
 
 def cache_folder(settings: Settings, base: Path) -> Path:

@@ -1,0 +1,170 @@
+"""Run fp32 and a variant side by side on evaluation data and compare their outputs; rank nodes by the error they add.
+
+Evaluation data is a list of feeds. Without user data, inputs are synthesized from the model's input
+shapes and types: that proves the variant loads and runs, not that it is accurate, and the result says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxdtype.dtype import INFO, DType
+from onnxdtype.verify.metrics import OutputStats
+
+DEFAULT_MIN_COSINE = {"16": 0.9999, "8": 0.99, "4": 0.98, "4+16": 0.98}  # by DTypeInfo.bits, SPEC.md
+DEFAULT_ATOL = 1e-4  # an output whose largest error is below this passes whatever its cosine (near-zero maps)
+SYNTHESIZED_NOTE = "inputs synthesized from shapes: this proves loading and running, not accuracy"
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+             "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+
+
+def min_cosine_for(dtype: DType, overrides: dict[str, float] | None = None) -> float:
+    """The tolerance for a dtype: an override by dtype name, else by 'default', else SPEC.md's by bit width."""
+    overrides = overrides or {}
+    return overrides.get(dtype.value, overrides.get("default", DEFAULT_MIN_COSINE[INFO[dtype].bits]))
+
+
+@dataclass
+class EvalData:
+    feeds: list[dict[str, np.ndarray]]
+    source: str
+    synthesized: bool
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, feed in enumerate(self.feeds):
+            np.savez(folder / f"{i:05d}.npz", **feed)
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path, source: str, synthesized: bool) -> EvalData:
+        feeds = []
+        for path in sorted(folder.glob("*.npz")):
+            with np.load(path) as data:
+                feeds.append({k: data[k] for k in data.files})
+        return cls(feeds, source, synthesized)
+
+
+def synthesize(model: onnx.ModelProto, samples: int = 4, seed: int = 0) -> EvalData:
+    """Inputs from the model's declared shapes that the fp32 model runs on: the batch axis is 1, other
+    dynamic dims try 64, 32, 48, 16 in turn (detectors want multiples of 32, recognizers height 48)."""
+    sess = session(model.SerializeToString())
+    for size in (64, 32, 48, 16):
+        data = _synthesize(model, samples, seed, size)
+        try:
+            run(sess, data.feeds[0])
+            return data
+        except Exception:  # the guess does not fit the model; try the next
+            continue
+    return EvalData([], "no synthesized input shape runs on the fp32 model; give evaluation data", True)
+
+
+def _synthesize(model: onnx.ModelProto, samples: int, seed: int, size: int) -> EvalData:
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = []
+    for _ in range(samples):
+        feed = {}
+        for vi in model.graph.input:
+            if vi.name in inits:
+                continue
+            tt = vi.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (1 if i == 0 else size)
+                     for i, d in enumerate(tt.shape.dim)]
+            np_type = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            if np.issubdtype(np_type, np.floating):
+                feed[vi.name] = rng.standard_normal(shape).astype(np_type)
+            elif np_type == np.bool_:
+                feed[vi.name] = rng.random(shape) > 0.5
+            else:
+                feed[vi.name] = rng.integers(0, 2 if "mask" in vi.name else 100, shape).astype(np_type)
+        feeds.append(feed)
+    return EvalData(feeds, f"{samples} synthesized samples", True)
+
+
+def session(model: str | Path | bytes, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def cast_feed(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cast each array to the type the session declares (fp16-IO variants take fp16)."""
+    types = {i.name: ORT_TYPES.get(i.type) for i in sess.get_inputs()}
+    return {k: v.astype(types[k]) if types.get(k) is not None and v.dtype != types[k] else v
+            for k, v in feed.items() if k in types}
+
+
+def run(sess: ort.InferenceSession, feed: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
+    return [np.asarray(o) for o in sess.run(names, cast_feed(sess, feed))]
+
+
+def compare(base: ort.InferenceSession, variant: ort.InferenceSession, feeds: Iterable[dict]) -> dict[str, dict]:
+    """Per-output figures of the variant against fp32 over all feeds."""
+    names = [o.name for o in base.get_outputs()]
+    stats = {name: OutputStats(name) for name in names}
+    for feed in feeds:
+        for name, ref, got in zip(names, run(base, feed, names), run(variant, feed, names)):
+            stats[name].add(ref.astype(np.float32), got.astype(np.float32))
+    return {name: s.figures() for name, s in stats.items()}
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> bytes:
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in present)
+    return exposed.SerializeToString()
+
+
+def activation_max(model: onnx.ModelProto, feeds: list[dict]) -> dict[str, float]:
+    """Largest |value| of every top-level node output of the fp32 model on the data (for the fp16 range check)."""
+    outputs = [o for n in model.graph.node for o in n.output if o]
+    sess = session(_with_outputs(model, outputs))
+    float_outputs = [o.name for o in sess.get_outputs() if o.type in ("tensor(float)", "tensor(double)")]
+    peaks = dict.fromkeys(float_outputs, 0.0)
+    for feed in feeds:
+        for name, value in zip(float_outputs, run(sess, feed, float_outputs)):
+            finite = value[np.isfinite(value)]
+            if finite.size:
+                peaks[name] = max(peaks[name], float(np.abs(finite).max()))
+    return peaks
+
+
+def error_increase(base: onnx.ModelProto, variant: onnx.ModelProto, feeds: list[dict],
+                   candidates: list[str]) -> dict[str, float]:
+    """For each candidate node (by name, top-level graph), the relative L2 error it adds: error of its output
+    minus the largest error among its inputs, comparing fp32 and variant intermediates by tensor name."""
+    nodes = {n.name: n for n in base.graph.node if n.name in set(candidates)}
+    variant_tensors = {o for n in variant.graph.node for o in n.output} | {i.name for i in variant.graph.input}
+    wanted = sorted({t for n in nodes.values() for t in [*n.input, *n.output] if t in variant_tensors})
+    if not wanted:
+        return {}
+    base_sess, var_sess = session(_with_outputs(base, wanted)), session(_with_outputs(variant, wanted))
+    base_names = {o.name for o in base_sess.get_outputs()}
+    wanted = [t for t in wanted if t in base_names and t in {o.name for o in var_sess.get_outputs()}]
+    diff = dict.fromkeys(wanted, 0.0)
+    norm = dict.fromkeys(wanted, 0.0)
+    for feed in feeds:
+        for name, ref, got in zip(wanted, run(base_sess, feed, wanted), run(var_sess, feed, wanted)):
+            if ref.shape != got.shape or not np.issubdtype(ref.dtype, np.floating):
+                continue
+            r, g = ref.astype(np.float64), got.astype(np.float64)
+            diff[name] += float(np.nan_to_num((r - g) ** 2, nan=1e30, posinf=1e30).sum())
+            norm[name] += float((r * r).sum())
+    rel = {t: np.sqrt(diff[t] / norm[t]) if norm[t] > 0 else 0.0 for t in wanted}
+    added = {}
+    for name, node in nodes.items():
+        out_err = max((rel.get(o, 0.0) for o in node.output), default=0.0)
+        in_err = max((rel.get(i, 0.0) for i in node.input), default=0.0)
+        added[name] = float(out_err - in_err)
+    return added

@@ -1,0 +1,45 @@
+"""Load time and latency of a variant against fp32, measured interleaved in one process so drift hits both.
+
+Medians of N runs after warm-up, with one intra-op thread and with all threads; speedup = fp32 / variant.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from onnxdtype.verify.accuracy import cast_feed, session
+
+
+def _timed_session(path: Path, threads: int):
+    start = time.perf_counter()
+    sess = session(path, threads)
+    return sess, time.perf_counter() - start
+
+
+def measure(base_path: Path, variant_path: Path, feed: dict[str, np.ndarray], runs: int = 20, warmup: int = 3
+            ) -> dict:
+    """{'load_s': {...}, 'threads_1': {...}, 'threads_all': {...}} with medians in milliseconds and speedups."""
+    figures: dict = {}
+    for label, threads in (("threads_1", 1), ("threads_all", 0)):
+        base, base_load = _timed_session(base_path, threads)
+        variant, variant_load = _timed_session(variant_path, threads)
+        if label == "threads_1":
+            figures["load_s"] = {"fp32": round(base_load, 4), "variant": round(variant_load, 4)}
+        base_feed, variant_feed = cast_feed(base, feed), cast_feed(variant, feed)
+        for _ in range(warmup):
+            base.run(None, base_feed)
+            variant.run(None, variant_feed)
+        base_times, variant_times = [], []
+        for _ in range(runs):
+            for sess, sess_feed, times in ((base, base_feed, base_times), (variant, variant_feed, variant_times)):
+                start = time.perf_counter()
+                sess.run(None, sess_feed)
+                times.append(time.perf_counter() - start)
+        base_ms, variant_ms = statistics.median(base_times) * 1e3, statistics.median(variant_times) * 1e3
+        figures[label] = {"fp32_ms": round(base_ms, 3), "variant_ms": round(variant_ms, 3),
+                          "speedup": round(base_ms / variant_ms, 3) if variant_ms else None, "runs": runs}
+    return figures

@@ -1,0 +1,104 @@
+"""Repair a variant that misses its tolerance by keeping the guilty nodes in higher precision.
+
+fp16 steps first keep every node whose fp32 activations leave the fp16 range on the data. Then, for any
+recipe, nodes are ranked by the error they add (output error minus input error, fp32 vs variant
+intermediates on the data) and the worst are kept in fp32 — 1, 2, 4, 8... — rebuilding and re-verifying
+until the variant passes or a budget (share of weights kept, seconds) runs out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+import onnx
+
+from onnxdtype.model import iter_scoped_nodes
+from onnxdtype.verify.accuracy import EvalData, activation_max, compare, error_increase, session
+from onnxdtype.verify.metrics import judge
+
+FP16_MAX = 65504.0
+WEIGHTED_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention", "LSTM", "GRU"})
+RANKING_SAMPLES = 8
+
+
+@dataclass
+class RepairBudget:
+    max_weight_fraction: float = 0.25  # share of float weights that may stay fp32
+    seconds: float = 300.0
+
+
+@dataclass
+class RepairOutcome:
+    model: onnx.ModelProto | None
+    figures: dict | None
+    reason: str | None  # None: the repaired variant passes
+    kept: list[str] = field(default_factory=list)
+    kept_weight_fraction: float = 0.0
+    attempts: list[dict] = field(default_factory=list)
+
+
+def with_kept(options: object, names: list[str]) -> object:
+    """Options with `names` added to whichever exclusion list the recipe has (nodes_to_exclude / block_nodes)."""
+    for list_field in ("nodes_to_exclude", "block_nodes"):
+        if any(f.name == list_field for f in fields(options)):  # type: ignore[arg-type]
+            current = list(getattr(options, list_field))
+            return replace(options, **{list_field: current + [n for n in names if n not in current]})  # type: ignore[type-var]
+    return options
+
+
+def weight_shares(model: onnx.ModelProto) -> dict[str, float]:
+    """Each node's share of the model's float weights (constant float inputs it consumes)."""
+    sizes: dict[str, int] = {}
+    for node, inits in iter_scoped_nodes(model.graph):
+        sizes[node.name] = sum(int(np.prod(inits[i].dims)) for i in node.input
+                               if i in inits and inits[i].data_type == onnx.TensorProto.FLOAT)
+    total = sum(sizes.values()) or 1
+    return {name: size / total for name, size in sizes.items()}
+
+
+def repair(source: onnx.ModelProto, steps: list[str], options: dict[str, object], eval_data: EvalData,
+           min_cosine: float, atol: float, rebuild: Callable[[dict[str, object]], onnx.ModelProto | None],
+           first_model: onnx.ModelProto, budget: RepairBudget | None = None) -> RepairOutcome:
+    """Keep the worst nodes of `source` in fp32 until the rebuilt variant meets `min_cosine` on `eval_data`.
+
+    `rebuild(options)` runs the dtype's recipe steps with the given options (build.py owns the recipes).
+    """
+    budget = budget or RepairBudget()
+    start = time.perf_counter()
+    base = session(source.SerializeToString())
+    shares = weight_shares(source)
+    kept: list[str] = []
+    attempts: list[dict] = []
+    if "float16" in steps:
+        peaks = activation_max(source, eval_data.feeds)
+        kept = [n.name for n in source.graph.node if any(peaks.get(o, 0.0) > FP16_MAX for o in n.output)]
+    weighted = "float16" not in steps  # quantizers change weighted ops; fp16 changes every node
+    candidates = [n.name for n in source.graph.node if (n.op_type in WEIGHTED_OPS or not weighted) and n.name not in kept]
+    ranking_feeds = eval_data.feeds[:RANKING_SAMPLES]
+    added = error_increase(source, first_model, ranking_feeds, candidates)
+    ranked = [n for n in sorted(added, key=added.get, reverse=True) if added[n] > 0]
+    count = 0
+    while True:
+        trial = kept + ranked[:count]
+        fraction = sum(shares.get(n, 0.0) for n in trial)
+        if fraction > budget.max_weight_fraction and count:
+            return RepairOutcome(None, None, f"repair budget: keeping {len(trial)} nodes would keep "
+                                 f"{fraction:.0%} of the weights in fp32 (limit {budget.max_weight_fraction:.0%})",
+                                 trial, fraction, attempts)
+        if trial:
+            model = rebuild({step: with_kept(opts, trial) for step, opts in options.items()})
+            if model is None:
+                return RepairOutcome(None, None, "nothing left to quantize after keeping the guilty nodes",
+                                     trial, fraction, attempts)
+            figures = compare(base, session(model.SerializeToString()), eval_data.feeds)
+            reason = judge(figures, min_cosine, atol)
+            attempts.append({"kept_nodes": len(trial), "kept_weight_fraction": round(fraction, 4), "failure": reason})
+            if reason is None:
+                return RepairOutcome(model, figures, None, trial, fraction, attempts)
+        if count >= len(ranked) or time.perf_counter() - start > budget.seconds:
+            why = "no node left to keep" if count >= len(ranked) else f"repair time budget {budget.seconds:.0f} s"
+            return RepairOutcome(None, None, why, trial, fraction, attempts)
+        count = max(1, count * 2)
