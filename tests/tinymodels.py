@@ -113,3 +113,33 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def outlier_matmul() -> onnx.ModelProto:
+    """mm1 -> relu -> mm2 -> relu -> mm3, where mm2's weight holds outliers (40.0) on rows whose inputs are
+    always 0: harmless in fp32, but they set every per-channel and per-block scale, so 8-bit and 4-bit
+    round mm2's real weights to ~0. mm2 holds 19% of the weights: repair may keep it."""
+    rng = np.random.default_rng(0)
+    w1 = _weight(rng, 64, 256, scale=0.2)
+    w1[:, ::32] = 0.0  # these hidden units are always 0 after Relu
+    w2 = _weight(rng, 256, 16, scale=0.1)
+    w2[::32, :] = 40.0
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(_weight(rng, 16, 64, scale=0.3), "w3")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"], name="mm1"),
+             helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+             helper.make_node("MatMul", ["r1", "w2"], ["h2"], name="mm2"),
+             helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+             helper.make_node("MatMul", ["r2", "w3"], ["y"], name="mm3")]
+    return _model(nodes, [_io("x", "N", 64)], [_io("y", "N", 64)], inits)
+
+
+def fp16_precision_loss() -> onnx.ModelProto:
+    """(x + 1000.0123) - 1000: stored in fp16 the offset becomes 1000.0 (spacing 0.5 there) and the small
+    signal is lost. The fp16 failure a CPU shows: onnxruntime's CPU EP computes most fp16 ops in fp32, so
+    what breaks is what is *stored* in fp16 — weights."""
+    inits = [numpy_helper.from_array(np.full(8, 1000.0123, np.float32), "offset"),
+             numpy_helper.from_array(np.array(1000.0, np.float32), "thousand")]
+    nodes = [helper.make_node("Add", ["x", "offset"], ["shifted"], name="shift"),
+             helper.make_node("Sub", ["shifted", "thousand"], ["y"], name="unshift")]
+    return _model(nodes, [_io("x", "N", 8)], [_io("y", "N", 8)], inits)

@@ -581,7 +581,7 @@ def _record(out: Path, result: VariantResult, progress: Callable[[VariantResult]
     """Write one finished result into the manifest (ok, failed, not_applicable), then report it."""
     if result.status in ("ok", "failed", "not_applicable"):
         entry = {k: v for k, v in asdict(result).items() if k not in ("module", "dtype", "base_bytes")}
-        if result.status != "ok":
+        if not result.file:
             entry.update(file=None, bytes=None, sha256=None)
         update_manifest(out, lambda data: _set_variant(data, result.module, result.dtype, entry))
     if progress:

@@ -68,9 +68,47 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     converted = ort_float16.convert_float_to_float16(
         model, keep_io_types=options.keep_io_types, op_block_list=block_ops, node_block_list=block_nodes,
         disable_shape_infer=needs_external_data(model))  # onnx shape inference refuses > 2 GiB protos
+    removed = skip_fp16_round_trips(converted)
     notes = [f"{len(guarded)} nodes kept fp32: initializers beyond the fp16 range"] if guarded else []
+    if removed:
+        notes.append(f"{removed} fp32->fp16->fp32 cast round trips between fp32 nodes removed")
     params = {"keep_io_types": options.keep_io_types, "op_block_list": block_ops, "converter": "onnxruntime.transformers.float16"}
     return Variant(converted, params, kept_in_float=block_nodes, notes=notes)
+
+
+def skip_fp16_round_trips(model: onnx.ModelProto) -> int:
+    """Rewire Cast(to=fp32)(Cast(to=fp16)(t)) to t when t is fp32.
+
+    The converter routes every tensor between two fp32-kept nodes (and from an fp32 graph input into
+    one) through an fp16 Cast pair, so a kept node still receives fp16-rounded values: keeping
+    `(x + 1000.0123) - 1000` in fp32 still returned 0. Consumers of the pair get the fp32 tensor instead.
+    """
+    rewired = 0
+    for graph in iter_graphs(model.graph):
+        to_fp16 = {n.output[0]: n.input[0] for n in graph.node
+                   if n.op_type == "Cast" and _cast_to(n) == onnx.TensorProto.FLOAT16}
+        fp32_sources = {n.output[0]: to_fp16[n.input[0]] for n in graph.node
+                        if n.op_type == "Cast" and _cast_to(n) == onnx.TensorProto.FLOAT and n.input[0] in to_fp16}
+        if not fp32_sources:
+            continue
+        graph_outputs = {o.name for o in graph.output}
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name in fp32_sources:
+                    node.input[i] = fp32_sources[name]
+                    rewired += 1
+        used = {i for g in iter_graphs(graph) for n in g.node for i in n.input} | graph_outputs
+        kept = [n for n in graph.node if n.op_type != "Cast" or n.output[0] in used]
+        while len(kept) != len(graph.node):  # dropping a dead Cast can make the Cast before it dead too
+            del graph.node[:]
+            graph.node.extend(kept)
+            used = {i for g in iter_graphs(graph) for n in g.node for i in n.input} | graph_outputs
+            kept = [n for n in graph.node if n.op_type != "Cast" or n.output[0] in used]
+    return rewired
+
+
+def _cast_to(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "to"), 0)
 
 
 def _name_unnamed_nodes(model: onnx.ModelProto) -> None:

@@ -74,12 +74,14 @@ def repair(source: onnx.ModelProto, steps: list[str], options: dict[str, object]
     attempts: list[dict] = []
     if "float16" in steps:
         peaks = activation_max(source, eval_data.feeds)
-        kept = [n.name for n in source.graph.node if any(peaks.get(o, 0.0) > FP16_MAX for o in n.output)]
+        # producers and consumers of out-of-range tensors: a consumer in fp16 would cast the value to inf
+        kept = [n.name for n in source.graph.node
+                if any(peaks.get(t, 0.0) > FP16_MAX for t in [*n.output, *n.input])]
     weighted = "float16" not in steps  # quantizers change weighted ops; fp16 changes every node
     candidates = [n.name for n in source.graph.node if (n.op_type in WEIGHTED_OPS or not weighted) and n.name not in kept]
     ranking_feeds = eval_data.feeds[:RANKING_SAMPLES]
     added = error_increase(source, first_model, ranking_feeds, candidates)
-    ranked = [n for n in sorted(added, key=added.get, reverse=True) if added[n] > 0]
+    ranked = sorted(added, key=added.get, reverse=True)
     count = 0
     while True:
         trial = kept + ranked[:count]

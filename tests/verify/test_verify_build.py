@@ -1,0 +1,108 @@
+"""Verification and repair inside the build: broken variants caught, fp16 overflow and outlier MatMuls repaired."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import tinymodels
+from onnxdtype.build import quantize
+from onnxdtype.manifest import MANIFEST_NAME
+from onnxdtype.verify.accuracy import EvalData, compare, session
+from onnxdtype.verify.repair import RepairBudget
+
+
+def eval_data(shape, scale=1.0, samples=6, seed=1):
+    rng = np.random.default_rng(seed)
+    return EvalData([{"x": (rng.standard_normal(shape) * scale).astype(np.float32)} for _ in range(samples)],
+                    "test data", False)
+
+
+def test_fp16_precision_loss_fails_raw_and_passes_after_repair_with_the_node_named(tiny, tmp_path):
+    model = tiny("fp16_precision_loss")
+    data = eval_data((4, 8), scale=0.01)
+    raw = quantize(model, "fp16", tmp_path / "raw", eval_data=data, repair=False, latency_runs=0)
+    assert raw.by("fp16_precision_loss", "fp16").status == "failed"
+    assert "cosine" in raw.by("fp16_precision_loss", "fp16").reason
+    assert not (tmp_path / "raw" / "fp16_precision_loss_fp16.onnx").exists()
+    fixed = quantize(model, "fp16", tmp_path / "fixed", eval_data=data, latency_runs=0,
+                     repair_budget=RepairBudget(max_weight_fraction=1.0))  # all its weights sit in two nodes
+    result = fixed.by("fp16_precision_loss", "fp16")
+    assert result.status == "ok", result.reason
+    assert "shift" in result.verification["repair"]["kept"]
+    assert result.verification["before_repair"]["failure"] and result.verification["failure"] is None
+    entry = json.loads((tmp_path / "fixed" / MANIFEST_NAME).read_text())["modules"]["fp16_precision_loss"]
+    assert "shift" in entry["variants"]["fp16"]["kept_in_float"]
+
+
+def test_fp16_range_check_keeps_producers_and_consumers_of_out_of_range_activations(tiny):
+    """What protects GPU users: activations beyond 65504 on the data keep their nodes fp32 (the CPU EP itself
+    computes these ops in fp32, so the overflow cannot be shown failing here)."""
+    from onnxdtype.normalize import normalize
+    from onnxdtype.recipes import float16
+    from onnxdtype.verify.repair import repair
+
+    source = normalize(tinymodels.mlp(), ("constants",))[0]
+    data = eval_data((4, 64), scale=1e6)
+    built = float16.build(onnx.load(str(tiny("mlp"))), float16.Options()).model
+    outcome = repair(source, ["float16"], {"float16": float16.Options()}, data, 0.9999, 1e-4,
+                     lambda opts: float16.build(onnx.load(str(tiny("mlp"))), opts["float16"]).model, built)
+    assert {"mm1", "add1", "relu", "mm2"} <= set(outcome.kept)
+
+
+@pytest.mark.parametrize("dtype", ["q8", "q4", "bnb4"])
+def test_outlier_matmul_fails_raw_and_passes_after_keeping_it_in_fp32(tiny, tmp_path, dtype):
+    model = tiny("outlier_matmul")
+    data = eval_data((8, 64))
+    raw = quantize(model, dtype, tmp_path / "raw", eval_data=data, repair=False, latency_runs=0)
+    assert raw.by("outlier_matmul", dtype).status == "failed"
+    fixed = quantize(model, dtype, tmp_path / "fixed", eval_data=data, latency_runs=0)
+    result = fixed.by("outlier_matmul", dtype)
+    assert result.status == "ok", result.reason
+    assert result.verification["repair"]["kept"] == ["mm2"]
+    assert 0.15 < result.verification["repair"]["kept_weight_fraction"] < 0.25
+    assert result.verification["outputs"]["y"]["cosine"] >= result.verification["min_cosine"]
+
+
+def test_keep_failed_keeps_the_file_marked_failed(tiny, tmp_path):
+    out = tmp_path / "out"
+    result = quantize(tiny("outlier_matmul"), "q4", out, eval_data=eval_data((8, 64)), repair=False,
+                      keep_failed=True, latency_runs=0)
+    assert result.by("outlier_matmul", "q4").status == "failed"
+    assert (out / "outlier_matmul_q4.onnx").exists()
+    assert json.loads((out / MANIFEST_NAME).read_text())["modules"]["outlier_matmul"]["variants"]["q4"]["file"]
+
+
+def test_tolerance_overrides(tiny, tmp_path):
+    data = eval_data((8, 64))
+    loose = quantize(tiny("outlier_matmul"), "q8", tmp_path / "a", eval_data=data, repair=False,
+                     tolerances={"q8": 0.0}, latency_runs=0)
+    assert loose.by("outlier_matmul", "q8").status == "ok"
+
+
+def test_synthesized_inputs_are_reported_not_judged(tiny, tmp_path):
+    result = quantize(tiny("outlier_matmul"), "q4", tmp_path / "out", latency_runs=2).by("outlier_matmul", "q4")
+    assert result.status == "ok"
+    assert result.verification["synthesized"] and "not accuracy" in result.verification["note"]
+    assert result.verification["unjudged_failure"]  # it would fail on real data: the figures show it
+    assert result.latency["threads_1"]["runs"] == 2 and result.latency["threads_1"]["speedup"] > 0
+
+
+def test_planted_broken_variants_are_caught(tiny, tmp_path):
+    """Scrambled weights and a swapped op: compare() must see both."""
+    base = tinymodels.mlp()
+    scrambled = onnx.ModelProto()
+    scrambled.CopyFrom(base)
+    w = onnx.numpy_helper.to_array(scrambled.graph.initializer[0]).copy()
+    np.random.default_rng(0).shuffle(w.reshape(-1))
+    scrambled.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w, "w1"))
+    swapped = onnx.ModelProto()
+    swapped.CopyFrom(base)
+    next(n for n in swapped.graph.node if n.op_type == "Relu").op_type = "Sigmoid"
+    data = eval_data((4, 64)).feeds
+    from onnxdtype.verify.metrics import judge
+
+    for broken in (scrambled, swapped):
+        figures = compare(session(base.SerializeToString()), session(broken.SerializeToString()), data)
+        assert judge(figures, 0.99) is not None
