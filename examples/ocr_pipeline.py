@@ -150,7 +150,8 @@ def main() -> None:
             if reading is baseline or reading.lines != baseline.lines:
                 for line in reading.lines:
                     print(f"    {line}")
-        print(f"{len(readings)} mixes in {time.perf_counter() - start:.1f} s (variants built on first use) in {models}")
+        where = f"in {models}" if args.models else "in a temp folder, now removed"
+        print(f"{len(readings)} mixes in {time.perf_counter() - start:.1f} s, variants built on first use {where}")
 
 
 if __name__ == "__main__":

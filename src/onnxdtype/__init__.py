@@ -13,4 +13,13 @@ def quantize(*args, **kwargs):
     return _quantize(*args, **kwargs)
 
 
-__all__ = ["DType", "OnnxDtypeError", "parse_dtype", "quantize", "__version__"]
+def __getattr__(name: str):
+    """Config and Engine load the runtime on first use."""
+    if name in ("Config", "Engine"):
+        from onnxdtype import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'onnxdtype' has no attribute {name!r}")
+
+
+__all__ = ["Config", "DType", "Engine", "OnnxDtypeError", "parse_dtype", "quantize", "__version__"]

@@ -30,11 +30,10 @@ from onnxdtype.model import (base_precision_problem, iter_graphs, load_model, op
                              sha256_file, temp_dir_in, write_model)
 from onnxdtype.normalize import keep_metadata, normalize
 from onnxdtype.recipes import RECIPES, NotApplicable, default_options
-from onnxdtype.verify.accuracy import (DEFAULT_ATOL, SYNTHESIZED_NOTE, EvalData, compare, min_cosine_for,
-                                       synthesize)
+from onnxdtype.verify.accuracy import (DEFAULT_ATOL, SYNTHESIZED_NOTE, Criteria, EvalData, evaluate,
+                                       load_metric, min_cosine_for, synthesize)
 from onnxdtype.verify.accuracy import session as accuracy_session
 from onnxdtype.verify.latency import measure
-from onnxdtype.verify.metrics import judge
 from onnxdtype.verify.repair import RepairBudget, repair
 
 VARIANT_NAME = re.compile(r"^(?P<stem>.+?)[_.-](?P<tag>[A-Za-z0-9]+)$")
@@ -71,6 +70,22 @@ class VariantResult:
     @property
     def size_ratio(self) -> float | None:
         return self.bytes / self.base_bytes if self.bytes and self.base_bytes else None
+
+    @property
+    def worst_cosine(self) -> float | None:
+        """The lowest cosine to fp32 over outputs and their channels, when verified."""
+        outputs = (self.verification or {}).get("outputs") or {}
+        values = [f["cosine"] for f in outputs.values()]
+        values += [f["worst_channel"]["cosine"] for f in outputs.values() if f.get("worst_channel")]
+        return min(values) if values else None
+
+    @property
+    def speedup(self) -> float | None:
+        return (self.latency or {}).get("threads_all", {}).get("speedup")
+
+    @property
+    def repaired(self) -> bool:
+        return bool((self.verification or {}).get("repair")) and self.status == "ok"
 
 
 @dataclass
@@ -129,13 +144,15 @@ def quantize(
     keep_failed: bool = False,
     latency_runs: int = 20,
     repair_budget: RepairBudget | None = None,
+    metric: str | None = None,
 ) -> BuildResult:
     """Build the requested dtype variants of a model (or of every module in a folder) into `out_dir`,
     verify each against fp32, repair those that miss their tolerance, and time them.
 
     `options` maps recipe names ("float16", "dynamic", "blockwise4", "bnb4") to their Options dataclass.
     `eval_data` is one EvalData, or one per module name; without it inputs are synthesized (loading only).
-    `tolerances` overrides minimum cosines by dtype name or "default". `latency_runs=0` skips timing.
+    `tolerances` overrides minimum cosines by dtype name or "default" (and "atol"). `latency_runs=0` skips
+    timing. `metric` is a user task metric "module:function" (see verify.accuracy.evaluate).
     """
     source = Path(model)
     modules = find_modules(source)
@@ -144,6 +161,8 @@ def quantize(
     out = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)
     _check_out_dir(out)
     recipe_options = {**default_options(), **(options or {})}
+    if metric:
+        load_metric(metric)  # a wrong --metric is a user error now, not a failure in every worker later
     calib = [d for d in wanted if INFO[d].needs_calibration]
     if calib and explicit:
         raise OnnxDtypeError(f"{', '.join(map(str, calib))}: {NEEDS_CALIBRATION}")
@@ -166,7 +185,7 @@ def quantize(
                 update_manifest(out, lambda data, m=m, e=base_entry: _set_base(data, m.name, e))
                 normalized = _normalize_once(m, bases[m.name], wanted, tmp)
                 check = _check_spec(m, bases[m.name], eval_data, tmp, wanted, tolerances, repair,
-                                    repair_budget) if verify else None
+                                    repair_budget, metric) if verify else None
                 for dtype in wanted:
                     known = _known_outcome(m, dtype, out, manifest, force, explicit, normalized, recipe_options)
                     if known is not None:
@@ -196,13 +215,14 @@ def quantize(
 
 
 def _check_spec(m: Module, model: onnx.ModelProto, eval_data: EvalData | dict | None, tmp: Path,
-                wanted: list[DType], tolerances: dict | None, repair: bool, budget: RepairBudget | None) -> dict:
+                wanted: list[DType], tolerances: dict | None, repair: bool, budget: RepairBudget | None,
+                metric: str | None) -> dict:
     """What the workers need to verify a module's variants: evaluation data saved in `tmp`, tolerances, repair."""
     data = eval_data.get(m.name) if isinstance(eval_data, dict) else eval_data
     data = data or synthesize(model)
     return {"eval_dir": str(data.save(tmp / f"eval-{m.name}")), "source": data.source, "synthesized": data.synthesized,
             "min_cosine": {d.value: min_cosine_for(d, tolerances) for d in wanted}, "repair": repair,
-            "atol": (tolerances or {}).get("atol", DEFAULT_ATOL),
+            "atol": (tolerances or {}).get("atol", DEFAULT_ATOL), "metric": metric,
             "budget": asdict(budget or RepairBudget())}
 
 
@@ -335,7 +355,7 @@ def _known_outcome(m: Module, dtype: DType, out: Path, manifest: dict, force: bo
     reason = RECIPES[first].check(normalized[_passes_for(dtype)].model, recipe_options[first])
     if reason:
         if explicit:
-            raise OnnxDtypeError(f"{m.name}: {dtype} is not applicable: {reason} (--dtype all skips what does not apply)")
+            raise OnnxDtypeError(f"{m.name}: {dtype} is not applicable: {reason}")
         return VariantResult(m.name, dtype.value, "not_applicable", reason, recipe=list(info.steps))
     return None
 
@@ -503,12 +523,11 @@ def _verify_and_repair(source: onnx.ModelProto, built: onnx.ModelProto, steps: t
     if not eval_data.feeds:
         result.verification = {"data": eval_data.source, "synthesized": True, "failure": None, "skipped": True}
         return built
-    min_cosine = check["min_cosine"][result.dtype]
+    criteria = Criteria(check["min_cosine"][result.dtype], check["atol"], check["metric"])
     base = accuracy_session(source.SerializeToString())
-    figures = compare(base, accuracy_session(built.SerializeToString()), eval_data.feeds)
-    failure = judge(figures, min_cosine, check["atol"])
-    verification: dict = {"data": eval_data.source, "synthesized": eval_data.synthesized, "min_cosine": min_cosine,
-                          "atol": check["atol"], "outputs": figures, "failure": failure}
+    figures, failure = evaluate(base, accuracy_session(built.SerializeToString()), eval_data.feeds, criteria)
+    verification: dict = {"data": eval_data.source, "synthesized": eval_data.synthesized, **asdict(criteria),
+                          **figures, "failure": failure}
     if eval_data.synthesized:  # random inputs prove loading, not accuracy: figures are shown, never judged
         verification.update(note=SYNTHESIZED_NOTE, failure=None, unjudged_failure=failure)
         failure = None
@@ -516,14 +535,14 @@ def _verify_and_repair(source: onnx.ModelProto, built: onnx.ModelProto, steps: t
         def rebuild(trial_options: dict) -> onnx.ModelProto | None:
             return _run_steps(source, steps, trial_options)
 
-        outcome = repair(source, list(steps), options, eval_data, min_cosine, check["atol"], rebuild, built,
+        outcome = repair(source, list(steps), options, eval_data, criteria, rebuild, built,
                          RepairBudget(**check["budget"]))
-        verification["before_repair"] = {"outputs": figures, "failure": failure}
+        verification["before_repair"] = {**figures, "failure": failure}
         verification["repair"] = {"kept": outcome.kept, "kept_weight_fraction": round(outcome.kept_weight_fraction, 4),
                                   "attempts": outcome.attempts, "failure": outcome.reason}
         if outcome.model is not None:
             built, failure = outcome.model, None
-            verification.update(outputs=outcome.figures, failure=None)
+            verification.update(**outcome.figures, failure=None)
             result.kept_in_float += [n for n in outcome.kept if n not in result.kept_in_float]
             result.notes.append(f"repaired: {len(outcome.kept)} nodes kept fp32 "
                                 f"({outcome.kept_weight_fraction:.1%} of weights)")

@@ -15,7 +15,7 @@ from onnxdtype.errors import OnnxDtypeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Build, prove and run the precision variants of ONNX models.")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)  # piped output: no truncated file names
 err_console = Console(stderr=True)
 
 
@@ -41,14 +41,21 @@ def quantize(
     bnb4_type: Annotated[str, typer.Option(help="bnb4 codebook: nf4 or fp4")] = "nf4",
     bnb4_block_size: Annotated[int, typer.Option(help="bnb4 block size")] = 64,
     workers: Annotated[Optional[int], typer.Option(help="Parallel worker processes (default: by cores and memory)")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Task metric module:function or file.py:function")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine, e.g. q8=0.98, default=0.99, atol=1e-4 (repeatable)")] = None,
+    repair: Annotated[bool, typer.Option(help="Repair variants that miss their tolerance")] = True,
+    repair_max_weights: Annotated[float, typer.Option(help="Repair may keep at most this share of weights in fp32")] = 0.25,
+    keep_failed: Annotated[bool, typer.Option("--keep-failed", help="Keep the files of failed variants")] = False,
+    latency_runs: Annotated[int, typer.Option(help="Timed runs per variant (0: no timing)")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show onnxruntime's own logging")] = False,
 ) -> None:
-    """Build every requested dtype variant and write the manifest onnxdtype.json."""
+    """Build every requested dtype variant, verify and repair it, and write onnxdtype.json and report.html."""
     if verbose:
         os.environ["ONNXDTYPE_VERBOSE"] = "1"
     from onnxdtype.build import quantize as build_quantize
     from onnxdtype.recipes import blockwise, bnb4, dynamic, float16
-    from onnxdtype.report import build_table
+    from onnxdtype.verify.repair import RepairBudget
 
     if q8_weight_type not in ("auto", "int8", "uint8"):
         _fail(f"--q8-weight-type must be auto, int8 or uint8, not {q8_weight_type!r}")
@@ -74,16 +81,70 @@ def quantize(
             progress.update(task, advance=1, description=f"built {result.module} {result.dtype}")
 
         try:
-            result = build_quantize(model, dtype, out, force=force, options=options, workers=workers, progress=on_result)
+            result = build_quantize(
+                model, dtype, out, force=force, options=options, workers=workers, progress=on_result, metric=metric,
+                tolerances=_tolerances(tolerance), repair=repair, keep_failed=keep_failed, latency_runs=latency_runs,
+                repair_budget=RepairBudget(max_weight_fraction=repair_max_weights))
         except OnnxDtypeError as exc:
             progress.stop()
-            _fail(str(exc))
-    console.print(build_table(result))
-    console.print(f"manifest: {result.out_dir / 'onnxdtype.json'}", highlight=False)
+            hint = " (--dtype all skips what does not apply)" if "is not applicable" in str(exc) else ""
+            _fail(str(exc) + hint)
+    _finish(result, as_json)
+
+
+def _tolerances(items: list[str] | None) -> dict[str, float]:
+    """'q8=0.98' items -> {'q8': 0.98}; keys are dtype names, 'default' or 'atol'."""
+    from onnxdtype.dtype import parse_dtype
+
+    parsed: dict[str, float] = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            _fail(f"--tolerance {item!r}: expected NAME=NUMBER, e.g. q8=0.98")
+        name = key.strip().lower()
+        parsed[name if name in ("default", "atol") else parse_dtype(name).value] = number
+    return parsed
+
+
+def _finish(result, as_json: bool) -> None:
+    """Print the table (or JSON), write report.html, and exit 1 when any variant failed."""
+    import json
+    from dataclasses import asdict
+
+    from onnxdtype.html_report import write_report
+    from onnxdtype.report import build_table
+
+    report = write_report(result)
+    if as_json:
+        print(json.dumps({"out_dir": str(result.out_dir), "report": str(report),
+                          "results": [asdict(r) for r in result.results]}, indent=1, default=str))
+    else:
+        console.print(build_table(result))
+        console.print(f"manifest: {result.out_dir / 'onnxdtype.json'}\nreport:   {report}", highlight=False)
     if result.problems:
         for r in result.problems:
             err_console.print(f"[bold red]error:[/] {r.module} {r.dtype}: {r.status}: {r.reason}", highlight=False)
         raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    folder: Annotated[Path, typer.Argument(help="A variants folder with onnxdtype.json")],
+    metric: Annotated[Optional[str], typer.Option(help="Task metric module:function or file.py:function")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine, e.g. q8=0.98 (repeatable)")] = None,
+    latency_runs: Annotated[int, typer.Option(help="Timed runs per variant (0: no timing)")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,
+) -> None:
+    """Re-verify a variants folder: sha256 against the manifest first (a mismatch is never loaded), then the figures."""
+    from onnxdtype.verify.recheck import verify_folder
+
+    try:
+        result = verify_folder(folder, tolerances=_tolerances(tolerance), metric=metric, latency_runs=latency_runs)
+    except OnnxDtypeError as exc:
+        _fail(str(exc))
+    _finish(result, as_json)
 
 
 @app.command()
@@ -106,6 +167,11 @@ def inspect(model: Annotated[Path, typer.Argument(help="An .onnx file")]) -> Non
     except OnnxDtypeError as exc:
         _fail(str(exc))
     print_tables(inspect_tables(model_facts(model, loaded), applicability(loaded)), console)
+
+
+from onnxdtype.runtime.commands import register  # noqa: E402  (run and bench live beside the runtime)
+
+register(app)
 
 
 def main() -> None:

@@ -18,19 +18,26 @@ STATUS_STYLE = {"ok": "green", "kept": "green", "failed": "bold red", "not_appli
 
 def build_table(result: BuildResult) -> Table:
     table = Table(title=f"onnxdtype variants in {result.out_dir}", title_justify="left")
-    for column in ("module", "dtype", "file", "MB", "× fp32", "s", "status"):
-        table.add_column(column, justify="right" if column in ("MB", "× fp32", "s") else "left")
+    numeric = ("MB", "size ×", "cosine", "speed ×", "s")
+    for column in ("module", "dtype", "file", *numeric, "status"):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for r in result.results:
         status = r.status if r.status in ("ok", "kept") else f"{r.status}: {r.reason}"
         if r.status == "ok" and r.notes:
             status += " (" + "; ".join(r.notes) + ")"
+        verification = r.verification or {}
+        if verification.get("synthesized"):
+            status += " [dim](accuracy not judged: synthesized inputs)[/]"
         table.add_row(
             r.module, r.dtype, r.file or "—",
             f"{r.bytes / 1e6:.1f}" if r.bytes else "—",
             f"{r.size_ratio:.2f}" if r.size_ratio else "—",
+            f"{r.worst_cosine:.5f}" if r.worst_cosine is not None else "—",
+            f"{r.speedup:.2f}" if r.speedup else "—",
             f"{r.seconds:.1f}" if r.seconds is not None else "—",
             f"[{STATUS_STYLE.get(r.status, '')}]{status}[/]",
         )
+    table.caption = "cosine: worst over outputs and channels, against fp32; speed ×: fp32 / variant median latency"
     return table
 
 

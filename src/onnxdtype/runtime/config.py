@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnxdtype.dtype import DType, parse_dtype
 from onnxdtype.errors import OnnxDtypeError
@@ -21,6 +21,9 @@ from onnxdtype.runtime.providers import Device, ProviderList, parse_device, prov
 from onnxdtype.runtime.resolve import (MISSING_POLICIES, ModuleSource, available_dtypes, discover_modules,
                                        split_variant_name)
 from onnxdtype.runtime.resolve import resolve as resolve_file
+
+if TYPE_CHECKING:
+    from onnxdtype.runtime.engine import Engine
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 DimRange = tuple[int, int, int]
@@ -244,13 +247,14 @@ class Config:
         return self._resolved is not None
 
     def __getitem__(self, module: str) -> ResolvedModule:
+        """A committed module; on an uncommitted Config, that one module resolved now."""
         self._known(module)
-        return (self._resolved or self.commit()._resolved)[module]  # type: ignore[index]
+        return self._resolved[module] if self._resolved is not None else self.resolve(module)
 
     def __iter__(self) -> Iterator[ResolvedModule]:
         return iter((self._resolved or self.commit()._resolved).values())  # type: ignore[union-attr]
 
-    def engine(self, module: str | None = None):
+    def engine(self, module: str | None = None) -> Engine:
         """An Engine (onnxruntime session + casts + timings) for one module; the only one when there is one."""
         from onnxdtype.runtime.engine import Engine
 

@@ -135,7 +135,7 @@ def session_tweaks(device: Device) -> dict[str, object]:
     """SessionOptions some providers require: DirectML runs without memory patterns, sequentially;
     XNNPACK brings its own thread pool, so onnxruntime's spins down (their docs' advice)."""
     if device.kind == "directml":
-        return {"enable_mem_pattern": False, "execution_mode": "sequential"}
+        return {"enable_mem_pattern": False, "execution_mode": "ORT_SEQUENTIAL"}
     if device.kind == "xnnpack":
         return {"intra_op_num_threads": 1, "session.intra_op.allow_spinning": "0"}
     return {}

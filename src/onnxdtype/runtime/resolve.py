@@ -221,7 +221,7 @@ def _build(name: str, source: ModuleSource, dtype: DType, search: _Search) -> Re
         if ready:
             return Resolution(ready, dtype, "manifest" if out == base.file.parent else "cache")
         try:
-            result = quantize(base.file, [dtype], out_dir=out, workers=1)
+            result = quantize(base.file, [dtype], out_dir=out, workers=1, latency_runs=0)
         except OnnxDtypeError as exc:
             raise OnnxDtypeError(f"{name}: cannot build {dtype} (missing='build'): {exc}") from None
         built = vouched_variant(out, base.file.stem, dtype)

@@ -6,7 +6,9 @@ shapes and types: that proves the variant loads and runs, not that it is accurat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib
+import importlib.util
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,8 @@ import onnx
 import onnxruntime as ort
 
 from onnxdtype.dtype import INFO, DType
-from onnxdtype.verify.metrics import OutputStats
+from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.verify.metrics import OutputStats, judge
 
 DEFAULT_MIN_COSINE = {"16": 0.9999, "8": 0.99, "4": 0.98, "4+16": 0.98}  # by DTypeInfo.bits, SPEC.md
 DEFAULT_ATOL = 1e-4  # an output whose largest error is below this passes whatever its cosine (near-zero maps)
@@ -55,7 +58,7 @@ class EvalData:
 def synthesize(model: onnx.ModelProto, samples: int = 4, seed: int = 0) -> EvalData:
     """Inputs from the model's declared shapes that the fp32 model runs on: the batch axis is 1, other
     dynamic dims try 64, 32, 48, 16 in turn (detectors want multiples of 32, recognizers height 48)."""
-    sess = session(model.SerializeToString())
+    sess = session(model.SerializeToString(), quiet=True)
     for size in (64, 32, 48, 16):
         data = _synthesize(model, samples, seed, size)
         try:
@@ -84,15 +87,16 @@ def _synthesize(model: onnx.ModelProto, samples: int, seed: int, size: int) -> E
             elif np_type == np.bool_:
                 feed[vi.name] = rng.random(shape) > 0.5
             else:
-                feed[vi.name] = rng.integers(0, 2 if "mask" in vi.name else 100, shape).astype(np_type)
+                binary = any(word in vi.name.lower() for word in ("mask", "type", "segment"))
+                feed[vi.name] = rng.integers(0, 2 if binary else 100, shape).astype(np_type)
         feeds.append(feed)
     return EvalData(feeds, f"{samples} synthesized samples", True)
 
 
-def session(model: str | Path | bytes, threads: int = 0) -> ort.InferenceSession:
+def session(model: str | Path | bytes, threads: int = 0, quiet: bool = False) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    options.log_severity_level = 4 if quiet else 3  # 4: even errors stay quiet, for probing runs expected to fail
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
@@ -108,14 +112,65 @@ def run(sess: ort.InferenceSession, feed: dict[str, np.ndarray], names: list[str
     return [np.asarray(o) for o in sess.run(names, cast_feed(sess, feed))]
 
 
-def compare(base: ort.InferenceSession, variant: ort.InferenceSession, feeds: Iterable[dict]) -> dict[str, dict]:
-    """Per-output figures of the variant against fp32 over all feeds."""
+@dataclass
+class Criteria:
+    """What a variant must meet: a minimum cosine per output (and per channel), an absolute floor, and
+    optionally a user task metric `module:function` (a .py path or an importable module) that decides."""
+    min_cosine: float
+    atol: float = DEFAULT_ATOL
+    metric: str | None = None
+
+
+def load_metric(spec: str) -> Callable[[list[dict], list[dict]], dict]:
+    """Import `module:function` or `path/to/file.py:function`; one-line errors for every way it can be wrong."""
+    module_name, _, function = spec.rpartition(":")
+    if not module_name or not function:
+        raise OnnxDtypeError(f"--metric {spec!r}: expected module:function or file.py:function")
+    try:
+        if module_name.endswith(".py"):
+            loader_spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+            if loader_spec is None or loader_spec.loader is None or not Path(module_name).exists():
+                raise OnnxDtypeError(f"--metric {spec!r}: no such file {module_name}")
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise OnnxDtypeError(f"--metric {spec!r}: cannot import {module_name} ({exc})") from None
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise OnnxDtypeError(f"--metric {spec!r}: {module_name} has no function {function}")
+    return fn
+
+
+def evaluate(base: ort.InferenceSession, variant: ort.InferenceSession, feeds: Iterable[dict],
+             criteria: Criteria) -> tuple[dict, str | None]:
+    """Figures of the variant against fp32 over all feeds, and why it fails `criteria` (None: it passes).
+
+    figures = {"outputs": {name: per-output figures}, "task": the user metric's figures or None}. A task
+    metric that returns "ok" decides on its own: it knows the task better than any tensor figure.
+    """
     names = [o.name for o in base.get_outputs()]
     stats = {name: OutputStats(name) for name in names}
+    metric = load_metric(criteria.metric) if criteria.metric else None
+    ref_all: list[dict] = []
+    got_all: list[dict] = []
     for feed in feeds:
-        for name, ref, got in zip(names, run(base, feed, names), run(variant, feed, names)):
+        refs, gots = run(base, feed, names), run(variant, feed, names)
+        for name, ref, got in zip(names, refs, gots):
             stats[name].add(ref.astype(np.float32), got.astype(np.float32))
-    return {name: s.figures() for name, s in stats.items()}
+        if metric:
+            ref_all.append(dict(zip(names, refs)))
+            got_all.append(dict(zip(names, gots)))
+    outputs = {name: s.figures() for name, s in stats.items()}
+    task = {k: (v if isinstance(v, (bool, str)) else float(v)) for k, v in metric(ref_all, got_all).items()} \
+        if metric else None
+    if task is not None and "ok" in task:
+        failure = None if task["ok"] else f"task metric {criteria.metric}: " + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in task.items() if k != "ok")
+    else:
+        failure = judge(outputs, criteria.min_cosine, criteria.atol)
+    return {"outputs": outputs, "task": task}, failure
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> bytes:

@@ -16,8 +16,7 @@ import numpy as np
 import onnx
 
 from onnxdtype.model import iter_scoped_nodes
-from onnxdtype.verify.accuracy import EvalData, activation_max, compare, error_increase, session
-from onnxdtype.verify.metrics import judge
+from onnxdtype.verify.accuracy import Criteria, EvalData, activation_max, error_increase, evaluate, session
 
 FP16_MAX = 65504.0
 WEIGHTED_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention", "LSTM", "GRU"})
@@ -60,9 +59,9 @@ def weight_shares(model: onnx.ModelProto) -> dict[str, float]:
 
 
 def repair(source: onnx.ModelProto, steps: list[str], options: dict[str, object], eval_data: EvalData,
-           min_cosine: float, atol: float, rebuild: Callable[[dict[str, object]], onnx.ModelProto | None],
+           criteria: Criteria, rebuild: Callable[[dict[str, object]], onnx.ModelProto | None],
            first_model: onnx.ModelProto, budget: RepairBudget | None = None) -> RepairOutcome:
-    """Keep the worst nodes of `source` in fp32 until the rebuilt variant meets `min_cosine` on `eval_data`.
+    """Keep the worst nodes of `source` in fp32 until the rebuilt variant meets `criteria` on `eval_data`.
 
     `rebuild(options)` runs the dtype's recipe steps with the given options (build.py owns the recipes).
     """
@@ -95,8 +94,7 @@ def repair(source: onnx.ModelProto, steps: list[str], options: dict[str, object]
             if model is None:
                 return RepairOutcome(None, None, "nothing left to quantize after keeping the guilty nodes",
                                      trial, fraction, attempts)
-            figures = compare(base, session(model.SerializeToString()), eval_data.feeds)
-            reason = judge(figures, min_cosine, atol)
+            figures, reason = evaluate(base, session(model.SerializeToString()), eval_data.feeds, criteria)
             attempts.append({"kept_nodes": len(trial), "kept_weight_fraction": round(fraction, 4), "failure": reason})
             if reason is None:
                 return RepairOutcome(model, figures, None, trial, fraction, attempts)
