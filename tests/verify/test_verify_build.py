@@ -9,7 +9,7 @@ import pytest
 import tinymodels
 from onnxdtype.build import quantize
 from onnxdtype.manifest import MANIFEST_NAME
-from onnxdtype.verify.accuracy import EvalData, compare, session
+from onnxdtype.verify.accuracy import Criteria, EvalData, evaluate, session
 from onnxdtype.verify.repair import RepairBudget
 
 
@@ -46,7 +46,7 @@ def test_fp16_range_check_keeps_producers_and_consumers_of_out_of_range_activati
     source = normalize(tinymodels.mlp(), ("constants",))[0]
     data = eval_data((4, 64), scale=1e6)
     built = float16.build(onnx.load(str(tiny("mlp"))), float16.Options()).model
-    outcome = repair(source, ["float16"], {"float16": float16.Options()}, data, 0.9999, 1e-4,
+    outcome = repair(source, ["float16"], {"float16": float16.Options()}, data, Criteria(0.9999),
                      lambda opts: float16.build(onnx.load(str(tiny("mlp"))), opts["float16"]).model, built)
     assert {"mm1", "add1", "relu", "mm2"} <= set(outcome.kept)
 
@@ -90,7 +90,7 @@ def test_synthesized_inputs_are_reported_not_judged(tiny, tmp_path):
 
 
 def test_planted_broken_variants_are_caught(tiny, tmp_path):
-    """Scrambled weights and a swapped op: compare() must see both."""
+    """Scrambled weights and a swapped op: evaluate() must see both."""
     base = tinymodels.mlp()
     scrambled = onnx.ModelProto()
     scrambled.CopyFrom(base)
@@ -101,8 +101,37 @@ def test_planted_broken_variants_are_caught(tiny, tmp_path):
     swapped.CopyFrom(base)
     next(n for n in swapped.graph.node if n.op_type == "Relu").op_type = "Sigmoid"
     data = eval_data((4, 64)).feeds
-    from onnxdtype.verify.metrics import judge
-
     for broken in (scrambled, swapped):
-        figures = compare(session(base.SerializeToString()), session(broken.SerializeToString()), data)
-        assert judge(figures, 0.99) is not None
+        _, failure = evaluate(session(base.SerializeToString()), session(broken.SerializeToString()), data,
+                              Criteria(0.99))
+        assert failure is not None
+
+
+METRIC_FILE = """
+import numpy as np
+
+def argmax_agreement(fp32, variant):
+    same = np.mean([np.array_equal(a["y"].argmax(-1), b["y"].argmax(-1)) for a, b in zip(fp32, variant)])
+    return {"argmax_agreement": float(same), "ok": bool(same >= THRESHOLD)}
+"""
+
+
+@pytest.mark.parametrize("threshold, status", [(0.0, "ok"), (1.01, "failed")])
+def test_user_task_metric_decides(tiny, tmp_path, threshold, status):
+    metric = tmp_path / "mymetric.py"
+    metric.write_text(METRIC_FILE.replace("THRESHOLD", str(threshold)))
+    result = quantize(tiny("mlp"), "q8", tmp_path / "out", eval_data=eval_data((4, 64)), repair=False,
+                      metric=f"{metric}:argmax_agreement", latency_runs=0).by("mlp", "q8")
+    assert result.status == status
+    assert 0.0 <= result.verification["task"]["argmax_agreement"] <= 1.0
+    if status == "failed":
+        assert "task metric" in result.reason and "argmax_agreement=" in result.reason
+
+
+def test_bad_metric_spec_is_a_user_error(tiny, tmp_path):
+    from onnxdtype.errors import OnnxDtypeError
+
+    with pytest.raises(OnnxDtypeError, match="no such file"):
+        quantize(tiny("mlp"), "q8", tmp_path / "out", metric="missing.py:f")
+    with pytest.raises(OnnxDtypeError, match="has no function"):
+        quantize(tiny("mlp"), "q8", tmp_path / "out", metric="json:nope")

@@ -3,10 +3,11 @@
 Every static dtype (s8s8, s8u8, u8u8, and the TensorRT int8 recipe) quantizes the same tensors of the same
 normalized model, so their ranges come from one pass and one file, keyed by the model's hash, the data's
 fingerprint and the method. The file is onnxruntime's own calibration cache format, so `quantize_static`
-takes it as is (`calibration_cache_path`) and never calibrates again.
+takes it as is (`calibration_cache_path`) and never calibrates again. It also holds per-channel min/max of
+the tensors entering and leaving weighted ops, which the static recipe needs to equalize channels.
 
 Memory stays bounded whatever the number of samples: MinMax adds ReduceMin/ReduceMax nodes to the graph, so
-a run returns two scalars per tensor and onnxruntime frees intermediates as usual; Entropy and Percentile
+a run returns a few numbers per tensor and onnxruntime frees intermediates as usual; Entropy and Percentile
 fetch one sample's tensors at a time and fold them into per-tensor histograms at once (onnxruntime's own
 calibrators hold every intermediate of every sample, and cannot stack samples of different shapes).
 """
@@ -20,22 +21,24 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxdtype.errors import OnnxDtypeError
-from onnxdtype.model import temp_dir_in, write_model
+from onnxdtype.model import opset_version, temp_dir_in, write_model
 
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_PERCENTILE = 99.999
 CACHE_PREFIX = "calibration-"
 CACHE_FORMAT = 1  # bump when what is stored, or how it is computed, changes
-_FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
+# Ops with an integer kernel in onnxruntime when their weight (this input index) is constant.
+WEIGHTED_OPS = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}
 # onnxruntime's CalibrationMethod names, as its cache file spells them
 _ORT_METHOD = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
@@ -50,6 +53,14 @@ class Samples(Protocol):
 
 
 @dataclass
+class ChannelRange:
+    """Per-channel min/max of a tensor along `axis` (the axis a weighted op mixes or produces)."""
+    axis: int
+    lowest: np.ndarray
+    highest: np.ndarray
+
+
+@dataclass
 class CalibrationResult:
     """The ranges file and what the manifest says about it."""
     path: Path
@@ -58,14 +69,16 @@ class CalibrationResult:
     samples_used: int
     seconds: float
     cached: bool
+    channels: dict[str, ChannelRange] = field(default_factory=dict)
+    model_sha256: str = ""
 
 
 def calibrate(model: onnx.ModelProto, samples: Samples, method: str = "minmax", cache_dir: str | Path = ".",
               *, percentile: float = DEFAULT_PERCENTILE) -> CalibrationResult:
-    """Ranges of every float tensor of `model` over `samples`, from `cache_dir` when this exact pass ran before.
+    """Ranges of every float tensor of `model` over `samples`, read from `cache_dir` when this exact pass ran before.
 
-    `model` must be the model the static recipes receive (the normalized one): the ranges are keyed by its
-    tensor names and its hash.
+    `model` must be the model the static recipes receive (the normalized one): ranges are keyed by its
+    tensor names and the cache by its hash.
     """
     if method not in METHODS:
         raise OnnxDtypeError(f"unknown calibration method {method!r}; valid: {', '.join(METHODS)}")
@@ -81,26 +94,36 @@ def calibrate(model: onnx.ModelProto, samples: Samples, method: str = "minmax", 
         return cached
     start = time.perf_counter()
     with temp_dir_in(cache_dir) as tmp:
-        tensors = float_tensors(model, tmp)
-        if method == "minmax":
-            ranges, used = _minmax(model, tensors, samples, tmp)
-        else:
-            ranges, used = _histogram_ranges(model, tensors, samples, tmp, method, percentile)
+        tensors, ranks = float_tensors(model, tmp)
+        axes = {name: axis % ranks[name] for name, axis in channel_axes(model).items()
+                if ranks.get(name) and name in tensors}
+        pass_ = _MinMaxPass if method == "minmax" else _HistogramPass
+        ranges, channels, used = pass_(model, tensors, ranks, axes, tmp, method, percentile).run(samples)
     seconds = round(time.perf_counter() - start, 3)
     meta.update(samples=used, seconds=seconds)
-    _write_cache(path, method, ranges, meta)
-    return CalibrationResult(path, ranges, method, used, seconds, cached=False)
+    _write_cache(path, method, ranges, channels, meta)
+    return CalibrationResult(path, ranges, method, used, seconds, False, channels, meta["model_sha256"])
 
 
-def read_ranges(path: str | Path) -> tuple[str, dict[str, tuple[float, float]], dict]:
-    """(method, ranges, meta) of a ranges file written by `calibrate`."""
+def read_ranges(path: str | Path) -> CalibrationResult:
+    """A ranges file written by `calibrate`, as the result it recorded (cached=True)."""
     try:
         payload = json.loads(Path(path).read_text())
         meta = payload["onnxdtype"]
         ranges = {name: (float(td["lowest"]), float(td["highest"])) for name, td in payload["data"].items()}
+        channels = {name: ChannelRange(int(c["axis"]), np.array(c["lowest"], np.float32),
+                                       np.array(c["highest"], np.float32)) for name, c in meta["channels"].items()}
+        return CalibrationResult(Path(path), ranges, meta["method"], int(meta["samples"]), float(meta["seconds"]),
+                                 True, channels, meta["model_sha256"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise OnnxDtypeError(f"{path}: not a calibration ranges file written by onnxdtype ({exc})") from None
-    return meta["method"], ranges, meta
+
+
+def write_ranges(path: Path, result: CalibrationResult) -> None:
+    """Write `result` (e.g. with ranges added for tensors a recipe created) in the cache format."""
+    meta = {"format": CACHE_FORMAT, "model_sha256": result.model_sha256, "method": result.method,
+            "samples": result.samples_used, "seconds": result.seconds}
+    _write_cache(path, result.method, result.ranges, result.channels, meta)
 
 
 def model_digest(model: onnx.ModelProto) -> str:
@@ -114,9 +137,40 @@ def model_digest(model: onnx.ModelProto) -> str:
     return digest.hexdigest()
 
 
-def float_tensors(model: onnx.ModelProto, tmp: Path) -> list[str]:
-    """Float activations of the main graph (inputs and node outputs) that onnx shape inference types,
-    i.e. every tensor onnxruntime's static quantizer could ask a range for (it runs the same inference)."""
+def weighted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Main-graph Conv/ConvTranspose/MatMul/Gemm nodes whose weight is a constant float tensor."""
+    inits = {t.name: t for t in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        index = WEIGHTED_OPS.get(node.op_type)
+        if index is None or node.domain not in ("", "ai.onnx") or len(node.input) <= index:
+            continue
+        weight = inits.get(node.input[index])
+        if weight is not None and weight.data_type in FLOAT_TYPES:
+            found.append(node)
+    return found
+
+
+def channel_axes(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensors worth per-channel statistics, with their channel axis (negative: from the end).
+
+    The activation input of each weighted op along the axis it reduces over (Conv: 1, MatMul: last),
+    and each Conv's output along its output channels: exactly what the static recipe can equalize.
+    """
+    axes: dict[str, int] = {}
+    for node in weighted_nodes(model):
+        if node.op_type in ("Conv", "ConvTranspose"):
+            axes[node.input[0]] = 1
+            if node.op_type == "Conv":
+                axes[node.output[0]] = 1
+        else:
+            axes[node.input[0]] = -1
+    return axes
+
+
+def float_tensors(model: onnx.ModelProto, tmp: Path) -> tuple[list[str], dict[str, int]]:
+    """Float activations of the main graph (inputs and node outputs) typed by onnx shape inference, i.e. every
+    tensor onnxruntime's static quantizer could ask a range for (it runs the same inference); with ranks."""
     source, inferred = tmp / "source.onnx", tmp / "inferred.onnx"
     write_model(model, source)
     try:
@@ -126,100 +180,159 @@ def float_tensors(model: onnx.ModelProto, tmp: Path) -> list[str]:
         raise OnnxDtypeError(f"calibration: onnx shape inference failed ({str(exc).splitlines()[0][:200]})") from None
     finally:
         source.unlink(missing_ok=True)
-    elem = {vi.name: vi.type.tensor_type.elem_type for vi in (*typed.value_info, *typed.output, *typed.input)}
+        inferred.unlink(missing_ok=True)
+    infos = {vi.name: vi.type.tensor_type for vi in (*typed.value_info, *typed.output, *typed.input)}
+    ranks = {name: len(t.shape.dim) for name, t in infos.items() if t.HasField("shape")}
     initializers = {t.name for t in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in initializers]
     names += [out for node in model.graph.node for out in node.output if out]
-    return list(dict.fromkeys(n for n in names if elem.get(n) in _FLOAT_TYPES))
+    floats = [n for n in dict.fromkeys(names) if n in infos and infos[n].elem_type in FLOAT_TYPES]
+    return floats, ranks
 
 
-def _session(model: onnx.ModelProto, path: Path):
-    import onnxruntime as ort
+class _Pass:
+    """One run of an augmented copy of the model over the samples, folding each sample into running stats."""
 
-    write_model(model, path)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # exact fp32 values, as quantized
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    def __init__(self, model: onnx.ModelProto, tensors: list[str], ranks: dict[str, int], axes: dict[str, int],
+                 tmp: Path, method: str, percentile: float) -> None:
+        self.inputs = {i.name for i in model.graph.input}
+        self.tensors, self.ranks, self.axes = tensors, ranks, axes
+        self.method, self.percentile = method, percentile
+        self.low = dict.fromkeys(tensors, np.inf)
+        self.high = dict.fromkeys(tensors, -np.inf)
+        self.channel_low: dict[str, np.ndarray] = {}
+        self.channel_high: dict[str, np.ndarray] = {}
+        augmented = onnx.ModelProto()
+        augmented.CopyFrom(model)
+        del augmented.graph.output[:]
+        self.outputs = self.augment(augmented)
+        for name in self.outputs:
+            augmented.graph.output.append(helper.make_empty_tensor_value_info(name))
+        write_model(augmented, tmp / "calibration.onnx")
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # exact fp32 values
+        self.session = ort.InferenceSession(str(tmp / "calibration.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def augment(self, model: onnx.ModelProto) -> list[str]:
+        raise NotImplementedError
+
+    def fold(self, feed: dict[str, np.ndarray], values: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> dict[str, tuple[float, float]]:
+        return {t: (self.low[t], self.high[t]) for t in self.tensors
+                if np.isfinite(self.low[t]) and np.isfinite(self.high[t])}
+
+    def run(self, samples: Iterable[dict[str, np.ndarray]]
+            ) -> tuple[dict[str, tuple[float, float]], dict[str, ChannelRange], int]:
+        used = 0
+        for used, feed in enumerate(samples, start=1):
+            try:
+                values = self.session.run(self.outputs, feed)
+            except Exception as exc:  # onnxruntime raises its own exception types per failure
+                raise OnnxDtypeError(f"calibration sample {used - 1}: onnxruntime failed "
+                                     f"({str(exc).strip().splitlines()[0][:200]})") from None
+            self.fold(feed, dict(zip(self.outputs, values)))
+            for name in self.axes.keys() & feed.keys():  # graph inputs feeding weighted ops
+                self.fold_channels(name, feed[name])
+        if not used:
+            raise OnnxDtypeError("calibration data has no samples")
+        channels = {name: ChannelRange(self.axes[name], self.channel_low[name], self.channel_high[name])
+                    for name in self.channel_low}
+        return self.finish(), channels, used
+
+    def fold_range(self, name: str, low: float, high: float) -> None:
+        self.low[name] = min(self.low[name], low)
+        self.high[name] = max(self.high[name], high)
+
+    def fold_channels(self, name: str, array: np.ndarray, reduced: bool = False) -> None:
+        """Merge per-channel min/max; a tensor whose channel count varies between samples gets none."""
+        if reduced:
+            low, high = array
+        else:
+            axes = tuple(i for i in range(array.ndim) if i != self.axes[name])
+            low, high = array.min(axis=axes), array.max(axis=axes)
+        if name in self.channel_low:
+            if self.channel_low[name].shape != low.shape:
+                self.axes.pop(name)
+                del self.channel_low[name], self.channel_high[name]
+                return
+            low, high = np.minimum(self.channel_low[name], low), np.maximum(self.channel_high[name], high)
+        if name in self.axes:
+            self.channel_low[name], self.channel_high[name] = low.astype(np.float32), high.astype(np.float32)
 
 
-def _run_all(session, outputs: list[str], samples: Iterable[dict[str, np.ndarray]]
-             ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
-    """(feed, outputs) for every sample; an onnxruntime failure becomes one line naming the sample."""
-    for index, feed in enumerate(samples):
-        try:
-            yield feed, session.run(outputs, feed)
-        except Exception as exc:  # onnxruntime raises its own exception types per failure
-            raise OnnxDtypeError(f"calibration sample {index}: onnxruntime failed "
-                                 f"({str(exc).strip().splitlines()[0][:200]})") from None
+class _MinMaxPass(_Pass):
+    """ReduceMin/ReduceMax nodes in the graph: each run returns a few numbers per tensor, never the tensors."""
+
+    def augment(self, model: onnx.ModelProto) -> list[str]:
+        axes_as_input = opset_version(model) >= 18
+        outputs = []
+        for i, name in enumerate(t for t in self.tensors if t not in self.inputs):
+            reductions = [("", None)]
+            if name in self.axes:
+                reductions.append(("c", [a for a in range(self.ranks[name]) if a != self.axes[name]]))
+            for tag, axes in reductions:
+                for op in ("ReduceMin", "ReduceMax"):
+                    out = f"onnxdtype_calib_{i}_{tag}{op}"
+                    inputs = [name]
+                    attrs: dict = {"keepdims": 0} if axes else {"keepdims": 1}  # keepdims=1 for whole-tensor:
+                    if axes and axes_as_input:  # onnxruntime refuses keepdims=0 reductions over a zero-sized axis
+                        axes_name = f"{out}_axes"
+                        model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), axes_name))
+                        inputs.append(axes_name)
+                    elif axes:
+                        attrs["axes"] = axes
+                    model.graph.node.append(helper.make_node(op, inputs, [out], **attrs))
+                    outputs.append(out)
+        self.names = [t for t in self.tensors if t not in self.inputs]
+        return outputs
+
+    def fold(self, feed: dict[str, np.ndarray], values: dict[str, np.ndarray]) -> None:
+        for name in self.tensors:
+            if name in self.inputs and feed[name].size:
+                self.fold_range(name, float(np.min(feed[name])), float(np.max(feed[name])))
+        for i, name in enumerate(self.names):
+            low, high = values[f"onnxdtype_calib_{i}_ReduceMin"], values[f"onnxdtype_calib_{i}_ReduceMax"]
+            if low.size:
+                self.fold_range(name, float(np.min(low)), float(np.max(high)))
+            if name in self.axes and f"onnxdtype_calib_{i}_cReduceMin" in values:
+                self.fold_channels(name, (values[f"onnxdtype_calib_{i}_cReduceMin"],
+                                          values[f"onnxdtype_calib_{i}_cReduceMax"]), reduced=True)
 
 
-def _minmax(model: onnx.ModelProto, tensors: list[str], samples: Samples, tmp: Path
-            ) -> tuple[dict[str, tuple[float, float]], int]:
-    inputs = {i.name for i in model.graph.input}
-    reduced = [t for t in tensors if t not in inputs]
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    del augmented.graph.output[:]
-    outputs: list[str] = []
-    for i, name in enumerate(reduced):
-        for op in ("ReduceMin", "ReduceMax"):
-            out = f"onnxdtype_calib_{i}_{op}"
-            # keepdims=1: onnxruntime refuses keepdims=0 reductions over a zero-sized axis
-            augmented.graph.node.append(helper.make_node(op, [name], [out], keepdims=1))
-            augmented.graph.output.append(helper.make_empty_tensor_value_info(out))
-            outputs.append(out)
-    session = _session(augmented, tmp / "minmax.onnx")
-    low = {t: np.inf for t in tensors}
-    high = {t: -np.inf for t in tensors}
-    used = 0
-    for feed, values in _run_all(session, outputs, samples):
-        used += 1
-        for name in tensors:
-            if name in inputs and feed[name].size:
-                low[name] = min(low[name], float(np.min(feed[name])))
-                high[name] = max(high[name], float(np.max(feed[name])))
-        for i, name in enumerate(reduced):
-            low[name] = min(low[name], float(np.min(values[2 * i])))
-            high[name] = max(high[name], float(np.max(values[2 * i + 1])))
-    _require_samples(used)
-    return {t: (low[t], high[t]) for t in tensors if np.isfinite(low[t]) and np.isfinite(high[t])}, used
-
-
-def _histogram_ranges(model: onnx.ModelProto, tensors: list[str], samples: Samples, tmp: Path, method: str,
-                      percentile: float) -> tuple[dict[str, tuple[float, float]], int]:
+class _HistogramPass(_Pass):
     """Entropy / Percentile thresholds by onnxruntime's own HistogramCollector, fed one sample at a time."""
-    from onnxruntime.quantization.calibrate import HistogramCollector
 
-    inputs = {i.name for i in model.graph.input}
-    fetched = [t for t in tensors if t not in inputs]
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    del augmented.graph.output[:]
-    for name in fetched:
-        augmented.graph.output.append(helper.make_empty_tensor_value_info(name))
-    session = _session(augmented, tmp / "histogram.onnx")
-    bins = {"entropy": 128, "percentile": 2048}[method]
-    collector = HistogramCollector(method=method, symmetric=False, num_bins=bins, num_quantized_bins=128,
-                                   percentile=percentile, scenario="same")
-    used = 0
-    with contextlib.redirect_stdout(io.StringIO()):  # the collector prints progress lines on every call
-        for feed, values in _run_all(session, fetched, samples):
-            used += 1
-            batch = {name: feed[name] for name in tensors if name in inputs}
-            batch.update(zip(fetched, values))
-            collector.collect({name: array for name, array in batch.items() if array.size})
-        _require_samples(used)
-        thresholds = collector.compute_collection_result()
-    return {name: (float(value[0]), float(value[1])) for name, value in thresholds.items()}, used
+    def augment(self, model: onnx.ModelProto) -> list[str]:
+        from onnxruntime.quantization.calibrate import HistogramCollector
+
+        bins = {"entropy": 128, "percentile": 2048}[self.method]
+        self.collector = HistogramCollector(method=self.method, symmetric=False, num_bins=bins, num_quantized_bins=128,
+                                            percentile=self.percentile, scenario="same")
+        return [t for t in self.tensors if t not in self.inputs]
+
+    def fold(self, feed: dict[str, np.ndarray], values: dict[str, np.ndarray]) -> None:
+        arrays = {**{name: feed[name] for name in self.tensors if name in self.inputs}, **values}
+        for name, array in values.items():
+            if name in self.axes:
+                self.fold_channels(name, array)
+        with contextlib.redirect_stdout(io.StringIO()):  # the collector prints progress on every call
+            self.collector.collect({name: array for name, array in arrays.items() if array.size})
+
+    def finish(self) -> dict[str, tuple[float, float]]:
+        with contextlib.redirect_stdout(io.StringIO()):
+            thresholds = self.collector.compute_collection_result()
+        return {name: (float(value[0]), float(value[1])) for name, value in thresholds.items()}
 
 
-def _require_samples(used: int) -> None:
-    if not used:
-        raise OnnxDtypeError("calibration data has no samples")
-
-
-def _write_cache(path: Path, method: str, ranges: dict[str, tuple[float, float]], meta: dict) -> None:
-    """onnxruntime's TensorsData JSON (what `quantize_static(calibration_cache_path=...)` reads) plus our key."""
+def _write_cache(path: Path, method: str, ranges: dict[str, tuple[float, float]],
+                 channels: dict[str, ChannelRange], meta: dict) -> None:
+    """onnxruntime's TensorsData JSON (what `quantize_static(calibration_cache_path=...)` reads) plus our part."""
+    meta = {**meta, "channels": {name: {"axis": c.axis, "lowest": c.lowest.tolist(), "highest": c.highest.tolist()}
+                                 for name, c in channels.items()}}
     payload = {
         "CLS": "TensorsData",
         "calibration_method": {"CLS": "CalibrationMethod", "value": f"CalibrationMethod.{_ORT_METHOD[method]}"},
@@ -227,6 +340,7 @@ def _write_cache(path: Path, method: str, ranges: dict[str, tuple[float, float]]
         "smooth_quant": False,
         "onnxdtype": meta,
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload))
     os.replace(tmp, path)
@@ -237,10 +351,9 @@ def _read_cache(path: Path, meta: dict) -> CalibrationResult | None:
     if not path.is_file():
         return None
     try:
-        method, ranges, stored = read_ranges(path)
-    except OnnxDtypeError:
+        stored = json.loads(path.read_text()).get("onnxdtype", {})
+        if any(stored.get(k) != v for k, v in meta.items()):
+            return None
+        return read_ranges(path)
+    except (OSError, ValueError, AttributeError, OnnxDtypeError):
         return None
-    if any(stored.get(k) != v for k, v in meta.items()):
-        return None
-    return CalibrationResult(path, ranges, method, int(stored.get("samples", 0)), float(stored.get("seconds", 0.0)),
-                             cached=True)

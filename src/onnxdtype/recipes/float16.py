@@ -65,6 +65,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     guarded = [n for n in out_of_range_consumers(model) if n not in options.block_nodes]
     block_nodes = [*options.block_nodes, *guarded]
     block_ops = sorted({*ort_float16.DEFAULT_OP_BLOCK_LIST, *EXTRA_BLOCKED_OPS, *options.block_ops})
+    model = _with_contrib_op_types(model)
     converted = ort_float16.convert_float_to_float16(
         model, keep_io_types=options.keep_io_types, op_block_list=block_ops, node_block_list=block_nodes,
         disable_shape_infer=needs_external_data(model))  # onnx shape inference refuses > 2 GiB protos
@@ -76,6 +77,20 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     return Variant(converted, params, kept_in_float=block_nodes, notes=notes)
 
 
+def _with_contrib_op_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give the converter the tensor types below contrib ops (MatMulNBits after q4), which onnx's shape
+    inference cannot see: without them it left a kept-fp32 MatMul fed by an fp16 tensor in PP-OCRv4 rec's
+    q4f16 ("Type parameter (T) bound to different types"). onnxruntime's symbolic inference knows them."""
+    if needs_external_data(model) or all(n.domain in ("", "ai.onnx") for g in iter_graphs(model.graph) for n in g.node):
+        return model
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # it gives up on some graphs; the converter then works as before
+        return model
+
+
 def skip_fp16_round_trips(model: onnx.ModelProto) -> int:
     """Rewire Cast(to=fp32)(Cast(to=fp16)(t)) to t when t is fp32.
 
@@ -83,10 +98,20 @@ def skip_fp16_round_trips(model: onnx.ModelProto) -> int:
     one) through an fp16 Cast pair, so a kept node still receives fp16-rounded values: keeping
     `(x + 1000.0123) - 1000` in fp32 still returned 0. Consumers of the pair get the fp32 tensor instead.
     """
+    if needs_external_data(model):
+        return 0  # shape inference (for the types) refuses > 2 GiB protos; the converter's casts stay
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    for graph in iter_graphs(bare.graph):
+        del graph.value_info[:]  # the converter leaves stale fp32 entries: infer every type afresh from the nodes
+    inferred = onnx.shape_inference.infer_shapes(bare)
+    float32 = {v.name for g in iter_graphs(inferred.graph) for v in [*g.value_info, *g.input, *g.output]
+               if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    float32 |= {t.name for g in iter_graphs(model.graph) for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT}
     rewired = 0
     for graph in iter_graphs(model.graph):
         to_fp16 = {n.output[0]: n.input[0] for n in graph.node
-                   if n.op_type == "Cast" and _cast_to(n) == onnx.TensorProto.FLOAT16}
+                   if n.op_type == "Cast" and _cast_to(n) == onnx.TensorProto.FLOAT16 and n.input[0] in float32}
         fp32_sources = {n.output[0]: to_fp16[n.input[0]] for n in graph.node
                         if n.op_type == "Cast" and _cast_to(n) == onnx.TensorProto.FLOAT and n.input[0] in to_fp16}
         if not fp32_sources:

@@ -76,16 +76,27 @@ def repair(source: onnx.ModelProto, steps: list[str], options: dict[str, object]
         # producers and consumers of out-of-range tensors: a consumer in fp16 would cast the value to inf
         kept = [n.name for n in source.graph.node
                 if any(peaks.get(t, 0.0) > FP16_MAX for t in [*n.output, *n.input])]
-    weighted = "float16" not in steps  # quantizers change weighted ops; fp16 changes every node
-    candidates = [n.name for n in source.graph.node if (n.op_type in WEIGHTED_OPS or not weighted) and n.name not in kept]
+    if steps == ["float16"]:  # fp16 changes every node
+        candidates = [n.name for n in source.graph.node if n.name not in kept]
+    else:  # quantizers: the nodes they replaced (q8, q4, bnb4), else the weighted ops (QDQ keeps node names)
+        variant_nodes = {(n.name, n.op_type) for n in first_model.graph.node}
+        replaced = [n.name for n in source.graph.node if (n.name, n.op_type) not in variant_nodes]
+        candidates = replaced or [n.name for n in source.graph.node if n.op_type in WEIGHTED_OPS]
+        candidates = [n for n in candidates if n not in kept]
     ranking_feeds = eval_data.feeds[:RANKING_SAMPLES]
     added = error_increase(source, first_model, ranking_feeds, candidates)
     ranked = sorted(added, key=added.get, reverse=True)
+    def share(names: list[str]) -> float:
+        return sum(shares.get(n, 0.0) for n in names)
+
+    # the longest prefix of the ranking that fits the weight budget: the last count worth trying
+    fits = max((k for k in range(len(ranked) + 1) if share(kept + ranked[:k]) <= budget.max_weight_fraction),
+               default=0)
     count = 0
     while True:
         trial = kept + ranked[:count]
-        fraction = sum(shares.get(n, 0.0) for n in trial)
-        if fraction > budget.max_weight_fraction and count:
+        fraction = share(trial)
+        if fraction > budget.max_weight_fraction and trial:
             return RepairOutcome(None, None, f"repair budget: keeping {len(trial)} nodes would keep "
                                  f"{fraction:.0%} of the weights in fp32 (limit {budget.max_weight_fraction:.0%})",
                                  trial, fraction, attempts)
@@ -101,4 +112,5 @@ def repair(source: onnx.ModelProto, steps: list[str], options: dict[str, object]
         if count >= len(ranked) or time.perf_counter() - start > budget.seconds:
             why = "no node left to keep" if count >= len(ranked) else f"repair time budget {budget.seconds:.0f} s"
             return RepairOutcome(None, None, why, trial, fraction, attempts)
-        count = max(1, count * 2)
+        doubled = max(1, count * 2)
+        count = fits if count < fits < doubled else doubled  # before giving up on the budget, try its edge

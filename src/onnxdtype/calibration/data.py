@@ -1,0 +1,493 @@
+"""Calibration and evaluation samples read from the user's files and checked against the model's inputs.
+
+Static quantization is only as good as the data its ranges come from, and a wrong array (name, dtype,
+layout) otherwise fails far from its cause, inside onnxruntime; so every sample is checked against the
+model's declared inputs and every mistake is one line naming the file, the input and what was expected.
+
+Accepted: a folder of .npz files (one feed each, arrays keyed by input name), one .npz whose arrays carry a
+leading sample axis, a folder of .npy files (single-input models), or a folder of images with a
+preprocessing spec. Samples are read lazily, one at a time, every time the set is iterated, so a large
+calibration set never sits in memory; a set has a fingerprint of its contents for caching and a
+deterministic split into calibration and held-out evaluation parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxdtype.errors import OnnxDtypeError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
+RESIZE_MODES = ("stretch", "letterbox", "short-side")
+PRESETS: dict[str, dict] = {
+    "unit": {"scale": 1 / 255, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)},
+    "imagenet": {"scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
+}
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """A graph input as the model declares it; None dims are dynamic, a None shape has unknown rank."""
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...] | None
+
+    def describe(self) -> str:
+        dims = "?" if self.shape is None else ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.dtype} [{dims}]"
+
+
+def model_inputs(model: onnx.ModelProto) -> list[ModelInput]:
+    """The inputs a feed must provide (graph inputs that are not initializers)."""
+    initializers = {t.name for t in model.graph.initializer}
+    found = []
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        tensor = vi.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)) if tensor.elem_type else np.dtype("float32")
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                      for d in tensor.shape.dim) if tensor.HasField("shape") else None
+        found.append(ModelInput(vi.name, dtype, shape))
+    return found
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How images become an input tensor: x = (pixel * scale - mean) / std, per channel in the model's order.
+
+    resize: "stretch" to size (height, width); "letterbox" keeps the aspect ratio inside size and pads the
+    rest with `pad`; "short-side" scales the short side to `short_side`, then pads height and width up to a
+    multiple of `multiple` (for models with dynamic height/width). size None: the input's static dims.
+    layout "auto" reads NCHW / NHWC off the input's shape; dtype None: the input's own.
+    """
+    size: tuple[int, int] | None = None
+    resize: str = "stretch"
+    short_side: int | None = None
+    multiple: int = 32
+    pad: float = 0.0
+    scale: float = 1 / 255
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    channels: str = "RGB"
+    layout: str = "auto"
+    dtype: str | None = None
+
+
+def load_image_spec(spec: str | Path | dict | ImageSpec) -> ImageSpec:
+    """A spec from a preset name ("imagenet", "unit"), a .json/.toml file, a dict, or an ImageSpec.
+
+    Files and dicts may start from a preset ({"preset": "imagenet", "size": [224, 224]}).
+    """
+    if isinstance(spec, ImageSpec):
+        return spec
+    where = "preprocessing spec"
+    if isinstance(spec, (str, Path)):
+        if str(spec).lower() in PRESETS:
+            return _spec_from_dict({"preset": str(spec).lower()}, where)
+        where = str(spec)
+        spec = _read_spec_file(Path(spec))
+    if not isinstance(spec, dict):
+        raise OnnxDtypeError(f"{where}: expected a table of settings, got {type(spec).__name__}")
+    return _spec_from_dict(spec, where)
+
+
+def _read_spec_file(path: Path) -> dict:
+    if not path.is_file():
+        raise OnnxDtypeError(f"{path}: no such preprocessing spec (or a preset: {', '.join(PRESETS)})")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib  # Python >= 3.11
+
+            return tomllib.loads(path.read_text())
+        return json.loads(path.read_text())
+    except ImportError:
+        raise OnnxDtypeError(f"{path}: TOML specs need Python >= 3.11; write the spec as JSON") from None
+    except (OSError, ValueError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise OnnxDtypeError(f"{path}: not a readable JSON/TOML spec ({str(exc).splitlines()[0]})") from None
+
+
+def _spec_from_dict(raw: dict, where: str) -> ImageSpec:
+    raw = dict(raw)
+    preset = raw.pop("preset", None)
+    values: dict = {}
+    if preset is not None:
+        if str(preset).lower() not in PRESETS:
+            raise OnnxDtypeError(f"{where}: unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        values.update(PRESETS[str(preset).lower()])
+    fields = {f.name for f in dataclasses.fields(ImageSpec)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise OnnxDtypeError(f"{where}: unknown setting {', '.join(unknown)}; valid: preset, {', '.join(sorted(fields))}")
+    values.update(raw)
+    try:
+        if values.get("size") is not None:
+            size = values["size"]
+            size = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
+            if len(size) != 2 or min(size) < 1:
+                raise ValueError("size must be [height, width] of positive integers")
+            values["size"] = size
+        for key in ("mean", "std"):
+            if key in values:
+                v = values[key]
+                values[key] = tuple(float(x) for x in ((v,) * 3 if isinstance(v, (int, float)) else v))
+                if len(values[key]) != 3:
+                    raise ValueError(f"{key} must be one number or three")
+        if any(s == 0 for s in values.get("std", (1.0,))):
+            raise ValueError("std must not be 0")
+        for key in ("scale", "pad"):
+            if key in values:
+                values[key] = float(values[key])
+        for key in ("short_side", "multiple"):
+            if values.get(key) is not None:
+                values[key] = int(values[key])
+                if values[key] < 1:
+                    raise ValueError(f"{key} must be a positive integer")
+        spec = ImageSpec(**values)
+    except (TypeError, ValueError) as exc:
+        raise OnnxDtypeError(f"{where}: {exc}") from None
+    choices = {"resize": RESIZE_MODES, "channels": ("RGB", "BGR"), "layout": ("auto", "NCHW", "NHWC")}
+    for key, allowed in choices.items():
+        if getattr(spec, key) not in allowed:
+            raise OnnxDtypeError(f"{where}: {key} {getattr(spec, key)!r} is not one of {', '.join(allowed)}")
+    if spec.resize == "short-side" and spec.short_side is None:
+        raise OnnxDtypeError(f"{where}: resize 'short-side' needs short_side (the short side's length in pixels)")
+    return spec
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One sample: a file, or one index along the sample axis of a single .npz."""
+    path: Path
+    index: int | None = None
+
+    @property
+    def key(self) -> str:
+        return self.path.name if self.index is None else f"{self.path.name}#{self.index}"
+
+
+class SampleSet:
+    """Samples of one source, read lazily and checked as they are read; iterable any number of times."""
+
+    def __init__(self, source: Path, kind: str, items: list[_Item], inputs: list[ModelInput],
+                 spec: ImageSpec | None = None, digests: dict[Path, str] | None = None) -> None:
+        self.source, self.kind, self.items, self.inputs, self.spec = source, kind, items, inputs, spec
+        self._digests = digests if digests is not None else {}
+        self._fingerprint: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        if self.kind == "npz-batch":
+            yield from _stream_npz_batch(self.source, self.inputs, [item.index for item in self.items])
+            return
+        for item in self.items:
+            if self.kind == "npz-files":
+                feed = _read_npz(item.path)
+            elif self.kind == "npy-files":
+                feed = {self.inputs[0].name: _read_npy(item.path)}
+            else:
+                feed = {self.inputs[0].name: _read_image(item.path, self.spec, self.inputs[0])}
+            check_feed(feed, self.inputs, str(item.path))
+            yield feed
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the files' bytes, the sample keys and the resolved preprocessing spec."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(self.kind.encode())
+            digest.update(json.dumps(dataclasses.asdict(self.spec) if self.spec else None, sort_keys=True).encode())
+            for item in self.items:
+                if item.path not in self._digests:
+                    self._digests[item.path] = _file_digest(item.path)
+                digest.update(f"{item.key}:{self._digests[item.path]};".encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def split(self, eval_fraction: float = 0.2) -> tuple[SampleSet, SampleSet]:
+        """(calibration, held-out evaluation) parts, the same for the same file names whatever the order
+        files were listed in: samples are ranked by a hash of their key and the last `eval_fraction` held out.
+
+        Fewer than two samples leave the held-out part empty (calibration needs at least one).
+        """
+        if not 0.0 <= eval_fraction < 1.0:
+            raise OnnxDtypeError(f"eval fraction must be in [0, 1), got {eval_fraction}")
+        held_count = min(len(self.items) - 1, math.ceil(len(self.items) * eval_fraction)) if len(self.items) > 1 else 0
+        ranked = sorted(self.items, key=lambda item: hashlib.sha256(item.key.encode()).hexdigest())
+        held = set(ranked[len(ranked) - held_count:]) if held_count else set()
+        return (self._subset([i for i in self.items if i not in held]),
+                self._subset([i for i in self.items if i in held]))
+
+    def _subset(self, items: list[_Item]) -> SampleSet:
+        return SampleSet(self.source, self.kind, items, self.inputs, self.spec, self._digests)
+
+    def describe(self) -> dict:
+        """What the manifest records about the data."""
+        return {"source": str(self.source), "format": self.kind, "samples": len(self.items),
+                "spec": dataclasses.asdict(self.spec) if self.spec else None, "fingerprint": self.fingerprint}
+
+
+def load_samples(path: str | Path, model: onnx.ModelProto, spec: str | Path | dict | ImageSpec | None = None
+                 ) -> SampleSet:
+    """The samples at `path` for `model`: a folder of .npz / .npy / images, or one .npz with a sample axis.
+
+    `spec` (images only): a preset name, a .json/.toml file, a dict or an ImageSpec; see ImageSpec.
+    """
+    path = Path(path)
+    inputs = model_inputs(model)
+    if not inputs:
+        raise OnnxDtypeError("the model has no inputs to feed calibration data to")
+    if not path.exists():
+        raise OnnxDtypeError(f"{path}: no such calibration data file or folder")
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise OnnxDtypeError(f"{path}: a single calibration file must be .npz with a leading sample axis; "
+                                 "otherwise give a folder of .npz, .npy or image files")
+        _refuse_spec(spec, path)
+        return SampleSet(path, "npz-batch", [_Item(path, i) for i in range(_npz_batch_size(path, inputs))], inputs)
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    by_kind = {
+        "npz-files": [p for p in files if p.suffix.lower() == ".npz"],
+        "npy-files": [p for p in files if p.suffix.lower() == ".npy"],
+        "images": [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES],
+    }
+    present = [kind for kind, found in by_kind.items() if found]
+    if not present:
+        raise OnnxDtypeError(f"{path}: no .npz, .npy or image files in this folder")
+    if len(present) > 1:
+        raise OnnxDtypeError(f"{path}: mixes {' and '.join(k.split('-')[0] for k in present)} files; "
+                             "keep one kind per folder")
+    kind = present[0]
+    items = [_Item(p) for p in by_kind[kind]]
+    if kind == "npz-files":
+        _refuse_spec(spec, path)
+        return SampleSet(path, kind, items, inputs)
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs)
+        raise OnnxDtypeError(f"{path}: {kind.split('-')[0]} files feed single-input models, this one has inputs "
+                             f"{names}; give .npz files with one array per input")
+    if kind == "npy-files":
+        _refuse_spec(spec, path)
+        return SampleSet(path, kind, items, inputs)
+    if spec is None:
+        raise OnnxDtypeError(f"{path}: images need a preprocessing spec (--calib-spec {'|'.join(PRESETS)}|FILE)")
+    return SampleSet(path, kind, items, inputs, resolve_image_spec(load_image_spec(spec), inputs[0]))
+
+
+def _refuse_spec(spec: object, path: Path) -> None:
+    if spec is not None:
+        raise OnnxDtypeError(f"{path}: a preprocessing spec applies to image folders only")
+
+
+def resolve_image_spec(spec: ImageSpec, model_input: ModelInput) -> ImageSpec:
+    """Fill layout, size and dtype from the input's own declaration; refuse what contradicts it."""
+    name, shape = model_input.name, model_input.shape
+    if shape is not None and len(shape) != 4:
+        raise OnnxDtypeError(f"input '{name}' is {model_input.describe()}; images feed 4-D NCHW or NHWC inputs")
+    layout = spec.layout
+    if layout == "auto":
+        if shape is not None and shape[1] == 3:
+            layout = "NCHW"
+        elif shape is not None and shape[3] == 3:
+            layout = "NHWC"
+        else:
+            raise OnnxDtypeError(f"input '{name}' is {model_input.describe()}: set layout NCHW or NHWC in the spec")
+    height_width = None if shape is None else (shape[2:4] if layout == "NCHW" else shape[1:3])
+    size = spec.size
+    if spec.resize != "short-side" and size is None:
+        if height_width is None or None in height_width:
+            raise OnnxDtypeError(f"input '{name}' is {model_input.describe()} with no static height/width: "
+                                 "give size [height, width] in the spec (or resize 'short-side')")
+        size = (int(height_width[0]), int(height_width[1]))
+    dtype = str(model_input.dtype)
+    if spec.dtype is not None and np.dtype(spec.dtype) != model_input.dtype:
+        raise OnnxDtypeError(f"spec dtype {spec.dtype} contradicts input '{name}', which is {model_input.describe()}")
+    return dataclasses.replace(spec, layout=layout, size=size, dtype=dtype)
+
+
+def check_feed(feed: dict[str, np.ndarray], inputs: list[ModelInput], where: str) -> None:
+    """Refuse, in one line naming `where` and the input, a feed the model would not take."""
+    by_name = {i.name: i for i in inputs}
+    names = ", ".join(by_name)
+    for key in feed:
+        if key not in by_name:
+            raise OnnxDtypeError(f"{where}: '{key}' is not an input of the model (its inputs: {names})")
+    for model_input in inputs:
+        if model_input.name not in feed:
+            raise OnnxDtypeError(f"{where}: no array for input '{model_input.name}' (the model's inputs: {names})")
+        array = feed[model_input.name]
+        shape = model_input.shape
+        if array.dtype != model_input.dtype:
+            raise OnnxDtypeError(f"{where}: input '{model_input.name}' is {array.dtype}, "
+                                 f"the model expects {model_input.describe()}")
+        if shape is not None and (array.ndim != len(shape) or any(d is not None and d != a
+                                                                  for d, a in zip(shape, array.shape))):
+            raise OnnxDtypeError(f"{where}: input '{model_input.name}' has shape {list(array.shape)}, "
+                                 f"the model expects {model_input.describe()}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise OnnxDtypeError(f"{where}: input '{model_input.name}' contains NaN or Inf")
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _unreadable(path: Path, what: str, exc: BaseException) -> OnnxDtypeError:
+    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return OnnxDtypeError(f"{path}: not a readable {what} ({reason})")
+
+
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, ".npz file", exc) from None
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, ".npy file", exc) from None
+
+
+def _npy_header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(stream)
+
+
+def _npz_batch_size(path: Path, inputs: list[ModelInput]) -> int:
+    """Samples in a single .npz: its arrays' shared leading axis, after checking names, ranks, dims, dtypes."""
+    sizes: dict[str, int] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            arrays = {m[:-4]: m for m in archive.namelist() if m.endswith(".npy")}
+            for name in arrays:
+                if name not in {i.name for i in inputs}:
+                    raise OnnxDtypeError(f"{path}: '{name}' is not an input of the model "
+                                         f"(its inputs: {', '.join(i.name for i in inputs)})")
+            for model_input in inputs:
+                if model_input.name not in arrays:
+                    raise OnnxDtypeError(f"{path}: no array for input '{model_input.name}' "
+                                         f"(the model's inputs: {', '.join(i.name for i in inputs)})")
+                with archive.open(arrays[model_input.name]) as stream:
+                    shape, _, dtype = _npy_header(stream)
+                _check_batch_header(path, model_input, shape, dtype)
+                sizes[model_input.name] = shape[0]
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, ".npz file", exc) from None
+    if len(set(sizes.values())) > 1:
+        counts = ", ".join(f"{name}: {n}" for name, n in sizes.items())
+        raise OnnxDtypeError(f"{path}: arrays hold different numbers of samples along axis 0 ({counts})")
+    count = next(iter(sizes.values()))
+    if count == 0:
+        raise OnnxDtypeError(f"{path}: holds no samples (axis 0 has length 0)")
+    return count
+
+
+def _check_batch_header(path: Path, model_input: ModelInput, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    expected = model_input.shape
+    if dtype.hasobject:
+        raise OnnxDtypeError(f"{path}: array '{model_input.name}' holds Python objects, not numbers")
+    if dtype != model_input.dtype:
+        raise OnnxDtypeError(f"{path}: input '{model_input.name}' is {dtype}, the model expects {model_input.describe()}")
+    if expected is not None and (len(shape) != len(expected) + 1 or any(
+            d is not None and d != a for d, a in zip(expected, shape[1:]))):
+        raise OnnxDtypeError(f"{path}: array '{model_input.name}' has shape {list(shape)}; a single .npz holds "
+                             f"samples along axis 0: expected [samples, {model_input.describe().split('[')[1]}")
+
+
+def _stream_npz_batch(path: Path, inputs: list[ModelInput], indices: list[int]) -> Iterator[dict[str, np.ndarray]]:
+    """The samples at `indices` (ascending) of a single .npz, reading each array's member one sample at a time."""
+    wanted = set(indices)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            streams, layouts = {}, {}
+            for model_input in inputs:
+                stream = archive.open(f"{model_input.name}.npy")
+                shape, fortran, dtype = _npy_header(stream)
+                if fortran:  # column-major: one sample is not contiguous, read the array whole
+                    streams[model_input.name] = np.asfortranarray(np.load(path, allow_pickle=False)[model_input.name])
+                else:
+                    streams[model_input.name] = stream
+                layouts[model_input.name] = (shape[1:], dtype, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+            for index in range(max(indices, default=-1) + 1):
+                feed = {}
+                for name, stream in streams.items():
+                    sample_shape, dtype, nbytes = layouts[name]
+                    if isinstance(stream, np.ndarray):
+                        feed[name] = np.ascontiguousarray(stream[index])
+                    else:
+                        feed[name] = np.frombuffer(stream.read(nbytes), dtype=dtype).reshape(sample_shape).copy()
+                if index in wanted:
+                    check_feed(feed, inputs, f"{path} (sample {index})")
+                    yield feed
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, ".npz file", exc) from None
+
+
+def _read_image(path: Path, spec: ImageSpec, model_input: ModelInput) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise OnnxDtypeError("reading images needs Pillow (pip install Pillow)") from None
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise _unreadable(path, "image", exc) from None
+    pixels = _resize(image, spec).astype(np.float32)
+    if spec.channels == "BGR":
+        pixels = pixels[..., ::-1]
+    pixels = (pixels * spec.scale - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
+    if spec.layout == "NCHW":
+        pixels = pixels.transpose(2, 0, 1)
+    dtype = model_input.dtype
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        pixels = np.clip(np.rint(pixels), info.min, info.max)
+    return np.ascontiguousarray(pixels[None], dtype=dtype)
+
+
+def _resize(image, spec: ImageSpec) -> np.ndarray:
+    """HxWx3 uint8 pixels at the spec's size: stretched, letterboxed (centred) or short-side scaled and padded."""
+    from PIL import Image
+
+    width, height = image.size
+    if spec.resize == "stretch":
+        return np.asarray(image.resize((spec.size[1], spec.size[0]), Image.BILINEAR))
+    if spec.resize == "letterbox":
+        out_h, out_w = spec.size
+        ratio = min(out_h / height, out_w / width)
+    else:
+        ratio = spec.short_side / min(height, width)
+    new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+    if spec.resize == "short-side":
+        out_h, out_w = (math.ceil(n / spec.multiple) * spec.multiple for n in (new_h, new_w))
+        top = left = 0
+    else:
+        top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+    canvas = np.full((out_h, out_w, 3), spec.pad, np.float32)
+    canvas[top:top + new_h, left:left + new_w] = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
+    return canvas
