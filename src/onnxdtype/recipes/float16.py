@@ -104,6 +104,7 @@ def skip_fp16_round_trips(model: onnx.ModelProto) -> int:
     bare.CopyFrom(model)
     for graph in iter_graphs(bare.graph):
         del graph.value_info[:]  # the converter leaves stale fp32 entries: infer every type afresh from the nodes
+        _sort_topologically(graph)  # the converter appends its Casts at the end; inference reads nodes in order
     inferred = onnx.shape_inference.infer_shapes(bare)
     float32 = {v.name for g in iter_graphs(inferred.graph) for v in [*g.value_info, *g.input, *g.output]
                if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
@@ -130,6 +131,24 @@ def skip_fp16_round_trips(model: onnx.ModelProto) -> int:
             used = {i for g in iter_graphs(graph) for n in g.node for i in n.input} | graph_outputs
             kept = [n for n in graph.node if n.op_type != "Cast" or n.output[0] in used]
     return rewired
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    produced_here = {o for n in graph.node for o in n.output}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available or i not in produced_here for i in n.input)]
+        if not ready:  # a cycle or dangling input: keep the rest as it was
+            ordered += pending
+            break
+        for node in ready:
+            available.update(node.output)
+        ordered += ready
+        taken = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in taken]
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def _cast_to(node: onnx.NodeProto) -> int:
