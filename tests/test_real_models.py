@@ -16,7 +16,9 @@ import pytest
 
 import realmodels
 from onnxdtype.build import quantize
+from onnxdtype.dtype import INFO, DType
 from onnxdtype.model import op_counts
+from onnxdtype.verify.accuracy import EvalData
 
 pytestmark = pytest.mark.real
 
@@ -43,22 +45,39 @@ def assert_really_converted(path: Path, dtype: str) -> None:
         assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
 
 
+def ocr_eval_data() -> dict[str, EvalData]:
+    lines = realmodels.text_line_images()
+    return {"det": EvalData([realmodels.ocr_det_feed(im) for im in realmodels.scene_images()], "photos", False),
+            "cls": EvalData([realmodels.ocr_cls_feed(line) for line in lines], "text lines", False),
+            "rec": EvalData([realmodels.ocr_rec_feed(line) for line in lines], "text lines", False)}
+
+
 @pytest.fixture(scope="module")
 def ocr_build(ocr_dir, tmp_path_factory):
+    """Every dtype, verified on real images and text lines, repaired where needed; failed files kept to inspect."""
     out = tmp_path_factory.mktemp("ocr-variants")
-    return quantize(ocr_dir, "all", out)
+    return quantize(ocr_dir, "all", out, eval_data=ocr_eval_data(), keep_failed=True, latency_runs=0)
 
 
 def test_ocr_build_statuses(ocr_build):
-    built = {(r.module, r.dtype): r.status for r in ocr_build.results if r.status in ("ok", "not_applicable")}
+    built = {(r.module, r.dtype): r.status for r in ocr_build.results if r.status != "skipped"}
     assert built == {
         ("det", "fp16"): "ok", ("det", "q8"): "not_applicable", ("det", "q4"): "not_applicable",
         ("det", "q4f16"): "not_applicable", ("det", "bnb4"): "not_applicable",
         ("cls", "fp16"): "ok", ("cls", "q8"): "ok", ("cls", "q4"): "ok", ("cls", "q4f16"): "ok", ("cls", "bnb4"): "ok",
-        ("rec", "fp16"): "ok", ("rec", "q8"): "ok", ("rec", "q4"): "ok", ("rec", "q4f16"): "ok", ("rec", "bnb4"): "ok",
+        ("rec", "fp16"): "ok", ("rec", "q8"): "ok",
+        # 4-bit weights flip the recognizer's per-time-step distributions (worst step cosine 0.83 for q4) and
+        # keeping enough MatMuls in fp32 would exceed the repair budget: honestly failed, files kept
+        ("rec", "q4"): "failed", ("rec", "q4f16"): "failed", ("rec", "bnb4"): "failed",
     }
     assert "Conv" in ocr_build.by("det", "q8").reason
     assert ocr_build.by("det", "fp16").kept_in_float  # the BatchNormalization with 1e7 variances stays fp32
+    for dtype in ("q4", "q4f16", "bnb4"):
+        assert ocr_build.by("rec", dtype).reason.startswith("verification: output softmax_11.tmp_0: channel")
+        assert "repair budget" in ocr_build.by("rec", dtype).reason
+    for r in ocr_build.results:
+        if r.status == "ok":
+            assert r.worst_cosine >= {"16": 0.9999, "8": 0.99}.get(INFO[DType(r.dtype)].bits, 0.98)
 
 
 def test_ocr_det_fp16_finds_the_same_text(ocr_build):
@@ -101,7 +120,9 @@ def test_ocr_cls_keeps_the_orientation(ocr_build, dtype):
 
 @pytest.fixture(scope="module")
 def minilm_build(minilm_path, tmp_path_factory):
-    return quantize(minilm_path, "all", tmp_path_factory.mktemp("minilm-variants"))
+    """Verified on the 24 real sentences one at a time (no padding tokens), repaired where needed."""
+    data = EvalData([realmodels.minilm_feeds([s]) for s in realmodels.SENTENCES], "24 sentences", False)
+    return quantize(minilm_path, "all", tmp_path_factory.mktemp("minilm-variants"), eval_data=data, latency_runs=3)
 
 
 def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
@@ -110,10 +131,10 @@ def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
     return similarity.argmax(1)
 
 
-# Raw recipes on MiniLM (before verification/repair): measured min embedding cosine q8 0.9896, q4 0.960,
-# bnb4 0.962; nearest-neighbour agreement q8 1.0, q4 0.958, bnb4 0.833. Bounds sit below with a margin.
-MINILM_EMBEDDING = {"fp16": (0.9999, 1.0), "q8": (0.985, 0.95), "q4": (0.95, 0.9), "q4f16": (0.95, 0.9),
-                    "bnb4": (0.95, 0.75)}
+# After verification and repair every variant meets SPEC.md's cosine on every output; the sentence-level
+# task check below (min embedding cosine, nearest-neighbour agreement) is stated with a margin.
+MINILM_EMBEDDING = {"fp16": (0.9999, 1.0), "q8": (0.985, 0.95), "q4": (0.98, 0.9), "q4f16": (0.98, 0.9),
+                    "bnb4": (0.98, 0.9)}
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "q8", "q4", "q4f16", "bnb4"])
@@ -133,4 +154,16 @@ def test_minilm_embeddings_stay_close(minilm_build, dtype):
 def test_minilm_q8_uses_int8_per_channel_weights(minilm_build):
     params = minilm_build.by("model", "q8").params["dynamic"]
     assert params["weight_type"] == "int8" and params["per_channel"] is True
-    assert minilm_build.by("model", "q4").size_ratio < 0.65
+    assert minilm_build.by("model", "q8").size_ratio < 0.3
+
+
+def test_minilm_repairs_stay_within_budget_and_are_recorded(minilm_build):
+    for dtype in ("q8", "q4", "q4f16", "bnb4"):
+        r = minilm_build.by("model", dtype)
+        assert r.worst_cosine >= r.verification["min_cosine"]
+        repair = r.verification.get("repair")
+        if repair:  # what repair cost is in the manifest: nodes and share of weights kept in fp32
+            assert repair["failure"] is None and 0 < repair["kept_weight_fraction"] <= 0.25
+            assert set(repair["kept"]) <= set(r.kept_in_float)
+            assert r.verification["before_repair"]["failure"]
+    assert minilm_build.by("model", "q8").latency["threads_1"]["speedup"] > 0

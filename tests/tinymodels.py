@@ -143,3 +143,35 @@ def fp16_precision_loss() -> onnx.ModelProto:
     nodes = [helper.make_node("Add", ["x", "offset"], ["shifted"], name="shift"),
              helper.make_node("Sub", ["shifted", "thousand"], ["y"], name="unshift")]
     return _model(nodes, [_io("x", "N", 8)], [_io("y", "N", 8)], inits)
+
+
+def detector(classes: int = 3) -> onnx.ModelProto:
+    """A YOLO-like detector: conv backbone, one head conv, then decode and one output [1, 4+C, 64 anchors].
+
+    The head's box channels are distances in pixels (0..~640) and its class channels logits (about +-5);
+    boxes and sigmoid scores are concatenated into one output, the layout that loses the scores when one
+    per-tensor scale covers both (SPEC.md's YOLO case).
+    """
+    rng = np.random.default_rng(0)
+    channels = [3, 8, 16, 16]
+    inits, nodes, x = [], [], "x"
+    for i, (cin, cout) in enumerate(zip(channels, channels[1:])):
+        inits += [numpy_helper.from_array(_weight(rng, cout, cin, 3, 3, scale=0.4), f"k{i}"),
+                  numpy_helper.from_array(_weight(rng, cout, scale=0.1), f"kb{i}")]
+        nodes += [helper.make_node("Conv", [x, f"k{i}", f"kb{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1],
+                                   strides=[2, 2]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        x = f"r{i}"
+    head = _weight(rng, 4 + classes, 16, 1, 1, scale=0.3)
+    head[:4] *= 150.0  # box distances in pixels
+    inits += [numpy_helper.from_array(head, "head_w"),
+              numpy_helper.from_array(np.array([300.0] * 4 + [0.0] * classes, np.float32), "head_b"),
+              numpy_helper.from_array(np.array([4, classes], np.int64), "split"),
+              numpy_helper.from_array(np.array([1, 4 + classes, -1], np.int64), "flat")]
+    nodes += [helper.make_node("Conv", [x, "head_w", "head_b"], ["raw"], name="head"),
+              helper.make_node("Split", ["raw", "split"], ["box_raw", "cls_raw"], name="split", axis=1),
+              helper.make_node("Relu", ["box_raw"], ["boxes"], name="box_decode"),
+              helper.make_node("Sigmoid", ["cls_raw"], ["scores"], name="score_decode"),
+              helper.make_node("Concat", ["boxes", "scores"], ["joined"], name="concat", axis=1),
+              helper.make_node("Reshape", ["joined", "flat"], ["y"], name="flatten")]
+    return _model(nodes, [_io("x", 1, 3, 64, 64)], [_io("y", 1, 4 + classes, 64)], inits, opset=13)
