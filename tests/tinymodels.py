@@ -175,3 +175,17 @@ def detector(classes: int = 3) -> onnx.ModelProto:
               helper.make_node("Concat", ["boxes", "scores"], ["joined"], name="concat", axis=1),
               helper.make_node("Reshape", ["joined", "flat"], ["y"], name="flatten")]
     return _model(nodes, [_io("x", 1, 3, 64, 64)], [_io("y", 1, 4 + classes, 64)], inits, opset=13)
+
+
+def masked_encoder() -> onnx.ModelProto:
+    """Two inputs with dynamic dims, x float [N, T, 16] and mask int64 [N, T]: masked x -> MatMul -> y [N, T, 8]."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(_weight(rng, 16, 8, scale=0.3), "w"),
+             numpy_helper.from_array(np.array([2], np.int64), "last")]
+    nodes = [helper.make_node("Cast", ["mask"], ["maskf"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["maskf", "last"], ["mask3"], name="unsqueeze"),
+             helper.make_node("Mul", ["x", "mask3"], ["masked"], name="apply_mask"),
+             helper.make_node("MatMul", ["masked", "w"], ["h"], name="mm"),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    inputs = [_io("x", "N", "T", 16), helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", "T"])]
+    return _model(nodes, inputs, [_io("y", "N", "T", 8)], inits, opset=13)

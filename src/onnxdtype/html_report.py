@@ -63,7 +63,7 @@ def _scatter(title: str, points: list[tuple[float, float, VariantResult]], x_lab
     for i in range(5):
         xv = x0 + (x1 - x0) * i / 4
         yv = y0 + (y1 - y0) * i / 4
-        label = f"1e{yv:.1f}" if log_y else f"{yv:.2f}"
+        label = f"{10 ** yv:.1e}" if log_y else f"{yv:.2f}"
         parts.append(f'<text x="{sx(xv):.1f}" y="{HEIGHT - PAD + 16}" font-size="10" text-anchor="middle">{xv:.2f}</text>')
         parts.append(f'<text x="{PAD - 6}" y="{sy(yv) + 3:.1f}" font-size="10" text-anchor="end">{label}</text>')
     parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT - 10}" font-size="11" text-anchor="middle">{html.escape(x_label)}</text>')
@@ -114,7 +114,7 @@ pre {{ font-size: 11px; background: #f7f7f7; padding: 8px; overflow-x: auto; }}
 <p>{len(result.results)} results in <code>{html.escape(str(result.out_dir))}</code>. Cosine is the worst over outputs and
 their feature channels against fp32; speed × is fp32 / variant median latency (all threads), measured interleaved
 in one process. Green: ok; red: failed; ringed: repaired by keeping nodes in fp32.</p>
-{_scatter("error (1 - worst cosine) vs size", error_points, "size × fp32", "1 - cosine (log10)", log_y=True)}
+{_scatter("error (1 - worst cosine) vs size", error_points, "size × fp32", "1 - cosine (log scale)", log_y=True)}
 {_scatter("speed vs size", speed_points, "size × fp32", "speedup × fp32")}
 <table><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr>
 {"".join(rows)}

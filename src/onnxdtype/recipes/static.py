@@ -156,19 +156,17 @@ def _quantize_static():
 def float_tail(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes no weighted op follows on any path (post-processing up to the outputs), plus the
     weighted ops that feed only those nodes or the outputs (the last layer before them)."""
-    weighted = {id(n) for n in weighted_nodes(model)}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
+    nodes = list(model.graph.node)
+    weighted = {n.output[0] for n in weighted_nodes(model)}
+    consumers: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
         for name in _consumed(node):
-            consumers.setdefault(name, []).append(node)
-    feeds_weighted: dict[int, bool] = {}
-    tail = []
-    for node in reversed(model.graph.node):  # graphs are topologically sorted: consumers come later
-        after = [c for out in node.output for c in consumers.get(out, [])]
-        feeds_weighted[id(node)] = any(id(c) in weighted or feeds_weighted.get(id(c), False) for c in after)
-        if not feeds_weighted[id(node)]:
-            tail.append(node.name or node.output[0])
-    return tail[::-1]
+            consumers.setdefault(name, []).append(index)
+    feeds_weighted = [False] * len(nodes)
+    for index in reversed(range(len(nodes))):  # graphs are topologically sorted: consumers come later
+        after = [c for out in nodes[index].output for c in consumers.get(out, [])]
+        feeds_weighted[index] = any(nodes[c].output[0] in weighted or feeds_weighted[c] for c in after)
+    return [n.name or n.output[0] for n, feeds in zip(nodes, feeds_weighted) if not feeds]
 
 
 def _consumed(node: onnx.NodeProto) -> set[str]:
