@@ -325,7 +325,8 @@ class _HistogramPass(_Pass):
     def finish(self) -> dict[str, tuple[float, float]]:
         with contextlib.redirect_stdout(io.StringIO()):
             thresholds = self.collector.compute_collection_result()
-        return {name: (float(value[0]), float(value[1])) for name, value in thresholds.items()}
+        # a constant tensor can come back with its upper threshold one bin below the lower one
+        return {name: (float(value[0]), max(float(value[0]), float(value[1]))) for name, value in thresholds.items()}
 
 
 def _write_cache(path: Path, method: str, ranges: dict[str, tuple[float, float]],

@@ -65,7 +65,8 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     guarded = [n for n in out_of_range_consumers(model) if n not in options.block_nodes]
     block_nodes = [*options.block_nodes, *guarded]
     block_ops = sorted({*ort_float16.DEFAULT_OP_BLOCK_LIST, *EXTRA_BLOCKED_OPS, *options.block_ops})
-    model = _with_contrib_op_types(model)
+    if block_nodes or any(n.op_type in block_ops for g in iter_graphs(model.graph) for n in g.node):
+        model = _with_contrib_op_types(model)  # only fp32-kept nodes need the converter to know types
     converted = ort_float16.convert_float_to_float16(
         model, keep_io_types=options.keep_io_types, op_block_list=block_ops, node_block_list=block_nodes,
         disable_shape_infer=needs_external_data(model))  # onnx shape inference refuses > 2 GiB protos
