@@ -8,7 +8,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import tinymodels
 from onnxdtype.build import find_modules, quantize
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import LOCK_NAME, MANIFEST_NAME

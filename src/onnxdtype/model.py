@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
 
 from onnxdtype.errors import OnnxDtypeError
 
@@ -96,10 +95,6 @@ def opset_version(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def initializer_map(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    return {init.name: init for init in graph.initializer}
-
-
 def is_float_initializer(tensor: onnx.TensorProto) -> bool:
     return tensor.data_type in FLOAT_TYPES
 
@@ -134,7 +129,6 @@ def base_precision_problem(model: onnx.ModelProto) -> str | None:
     return None
 
 
-NO_CONSTANT_MATMUL = "no MatMul with a constant 2-D weight (Gemm included, after rewriting); 4-bit weight-only recipes need one"
 
 
 def constant_2d_matmuls(model: onnx.ModelProto, exclude: list[str]) -> list[str]:
@@ -148,8 +142,11 @@ def constant_2d_matmuls(model: onnx.ModelProto, exclude: list[str]) -> list[str]
     return found
 
 
-def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
-    return numpy_helper.to_array(tensor)
+def missing_constant_matmul(model: onnx.ModelProto, exclude: list[str]) -> str | None:
+    """Why the 4-bit weight-only quantizers would change nothing here, or None when they have work."""
+    if constant_2d_matmuls(model, exclude):
+        return None
+    return "no MatMul with a constant 2-D weight (Gemm included, after rewriting); 4-bit weight-only recipes need one"
 
 
 def sha256_file(path: str | Path) -> str:

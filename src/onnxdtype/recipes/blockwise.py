@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import onnx
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-from onnxdtype.model import NO_CONSTANT_MATMUL, constant_2d_matmuls
+from onnxdtype.model import missing_constant_matmul
 from onnxdtype.recipes import NotApplicable, Variant
 
 NAME = "blockwise4"
@@ -28,9 +28,7 @@ class Options:
 
 
 def check(model: onnx.ModelProto, options: Options) -> str | None:
-    if constant_2d_matmuls(model, options.nodes_to_exclude):
-        return None
-    return NO_CONSTANT_MATMUL
+    return missing_constant_matmul(model, options.nodes_to_exclude)
 
 
 def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
