@@ -532,8 +532,12 @@ def _verify_and_repair(source: onnx.ModelProto, built: onnx.ModelProto, steps: t
         verification.update(note=SYNTHESIZED_NOTE, failure=None, unjudged_failure=failure)
         failure = None
     if failure and check["repair"]:
+        trial = VariantResult(result.module, result.dtype, "ok")
+
         def rebuild(trial_options: dict) -> onnx.ModelProto | None:
-            return _run_steps(source, steps, trial_options)
+            nonlocal trial  # the last trial is the one repair returns when it succeeds
+            trial = VariantResult(result.module, result.dtype, "ok")
+            return _run_steps(source, steps, trial_options, trial)
 
         outcome = repair(source, list(steps), options, eval_data, criteria, rebuild, built,
                          RepairBudget(**check["budget"]))
@@ -543,9 +547,9 @@ def _verify_and_repair(source: onnx.ModelProto, built: onnx.ModelProto, steps: t
         if outcome.model is not None:
             built, failure = outcome.model, None
             verification.update(**outcome.figures, failure=None)
-            result.kept_in_float += [n for n in outcome.kept if n not in result.kept_in_float]
-            result.notes.append(f"repaired: {len(outcome.kept)} nodes kept fp32 "
-                                f"({outcome.kept_weight_fraction:.1%} of weights)")
+            result.params, result.kept_in_float = trial.params, trial.kept_in_float
+            result.notes = trial.notes + [f"repaired: {len(outcome.kept)} nodes kept in higher precision "
+                                          f"({outcome.kept_weight_fraction:.1%} of weights)"]
     result.verification = verification
     if failure:
         result.status, result.reason = "failed", f"verification: {failure}" + (

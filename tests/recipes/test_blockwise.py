@@ -58,3 +58,11 @@ def test_matmul_inside_if_branch_is_quantized():
     assert op_counts(variant.model)["MatMulNBits"] == 2
     sess = ort.InferenceSession(variant.model.SerializeToString())
     assert sess.run(None, {"x": np.ones((2, 64), np.float32)})[0].shape == (2, 16)
+
+
+def test_q4_can_keep_chosen_matmuls_at_8_bits():
+    variant = build(blockwise, tinymodels.mlp(), nodes_in_8bit=["mm2"])
+    bits = {n.name: onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "bits"))
+            for n in variant.model.graph.node if n.op_type == "MatMulNBits"}
+    assert bits == {"mm1_Q4": 4, "mm2_Q8": 8}
+    assert variant.params["nodes_in_8bit"] == ["mm2"] and variant.kept_in_float == []

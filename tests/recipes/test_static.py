@@ -128,8 +128,7 @@ def test_equalization_is_exact_in_float(detector, monkeypatch):
                                    rtol=1e-4, atol=1e-2)
 
 
-def test_not_applicable_reasons(detector, tmp_path):
-    _, calibration, _ = detector
+def test_not_applicable_reasons():
     assert static.check(tinymodels.no_weights(), static.Options(ranges_file="x")).startswith("no Conv")
     assert "float-tail" in static.check(tinymodels.conv(), static.Options(ranges_file="x"))  # one layer: the tail
     assert static.check(tinymodels.detector(), static.Options()) == static.NEEDS_CALIBRATION

@@ -63,6 +63,9 @@ def test_outlier_matmul_fails_raw_and_passes_after_keeping_it_in_fp32(tiny, tmp_
     assert result.verification["repair"]["kept"] == ["mm2"]
     assert 0.15 < result.verification["repair"]["kept_weight_fraction"] < 0.25
     assert result.verification["outputs"]["y"]["cosine"] >= result.verification["min_cosine"]
+    if dtype == "q4":  # 8 bits tried first for MatMulNBits; this outlier needs fp32
+        assert [a["precision"] for a in result.verification["repair"]["attempts"]] == ["8-bit", "fp32"]
+    assert result.kept_in_float == ["mm2"]
 
 
 def test_keep_failed_keeps_the_file_marked_failed(tiny, tmp_path):

@@ -13,6 +13,7 @@ deterministic split into calibration and held-out evaluation parts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -422,29 +423,26 @@ def _stream_npz_batch(path: Path, inputs: list[ModelInput], indices: list[int]) 
     """The samples at `indices` (ascending) of a single .npz, reading each array's member one sample at a time."""
     wanted = set(indices)
     try:
-        with zipfile.ZipFile(path) as archive:
-            streams, layouts = {}, {}
-            for model_input in inputs:
-                stream = archive.open(f"{model_input.name}.npy")
-                shape, fortran, dtype = _npy_header(stream)
-                if fortran:  # column-major: one sample is not contiguous, read the array whole
-                    streams[model_input.name] = np.asfortranarray(np.load(path, allow_pickle=False)[model_input.name])
-                else:
-                    streams[model_input.name] = stream
-                layouts[model_input.name] = (shape[1:], dtype, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+        with zipfile.ZipFile(path) as archive, contextlib.ExitStack() as members:
+            readers = {i.name: _sample_reader(archive, members, path, i.name) for i in inputs}
             for index in range(max(indices, default=-1) + 1):
-                feed = {}
-                for name, stream in streams.items():
-                    sample_shape, dtype, nbytes = layouts[name]
-                    if isinstance(stream, np.ndarray):
-                        feed[name] = np.ascontiguousarray(stream[index])
-                    else:
-                        feed[name] = np.frombuffer(stream.read(nbytes), dtype=dtype).reshape(sample_shape).copy()
+                feed = {name: read(index) for name, read in readers.items()}  # in order: skipped samples too
                 if index in wanted:
                     check_feed(feed, inputs, f"{path} (sample {index})")
                     yield feed
     except _READ_ERRORS as exc:
         raise _unreadable(path, ".npz file", exc) from None
+
+
+def _sample_reader(archive: zipfile.ZipFile, members: contextlib.ExitStack, path: Path, name: str):
+    """index -> that sample of array `name`; called with ascending indices, it reads the member sequentially."""
+    stream = members.enter_context(archive.open(f"{name}.npy"))
+    shape, fortran, dtype = _npy_header(stream)
+    if fortran:  # column-major: one sample is not contiguous, so the array is read whole
+        whole = np.load(path, allow_pickle=False)[name]
+        return lambda index: np.ascontiguousarray(whole[index])
+    nbytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    return lambda index: np.frombuffer(stream.read(nbytes), dtype=dtype).reshape(shape[1:]).copy()
 
 
 def _read_image(path: Path, spec: ImageSpec, model_input: ModelInput) -> np.ndarray:

@@ -73,7 +73,7 @@ class CalibrationResult:
     model_sha256: str = ""
 
 
-def calibrate(model: onnx.ModelProto, samples: Samples, method: str = "minmax", cache_dir: str | Path = ".",
+def calibrate(model: onnx.ModelProto, samples: Samples, method: str, cache_dir: str | Path,
               *, percentile: float = DEFAULT_PERCENTILE) -> CalibrationResult:
     """Ranges of every float tensor of `model` over `samples`, read from `cache_dir` when this exact pass ran before.
 
@@ -269,8 +269,9 @@ class _MinMaxPass(_Pass):
 
     def augment(self, model: onnx.ModelProto) -> list[str]:
         axes_as_input = opset_version(model) >= 18
+        self.names = [t for t in self.tensors if t not in self.inputs]  # graph inputs are read off the feeds
         outputs = []
-        for i, name in enumerate(t for t in self.tensors if t not in self.inputs):
+        for i, name in enumerate(self.names):
             reductions = [("", None)]
             if name in self.axes:
                 reductions.append(("c", [a for a in range(self.ranks[name]) if a != self.axes[name]]))
@@ -278,8 +279,9 @@ class _MinMaxPass(_Pass):
                 for op in ("ReduceMin", "ReduceMax"):
                     out = f"onnxdtype_calib_{i}_{tag}{op}"
                     inputs = [name]
-                    attrs: dict = {"keepdims": 0} if axes else {"keepdims": 1}  # keepdims=1 for whole-tensor:
-                    if axes and axes_as_input:  # onnxruntime refuses keepdims=0 reductions over a zero-sized axis
+                    # whole-tensor reductions keep dims: onnxruntime refuses keepdims=0 over a zero-sized axis
+                    attrs: dict = {"keepdims": 0 if axes else 1}
+                    if axes and axes_as_input:
                         axes_name = f"{out}_axes"
                         model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), axes_name))
                         inputs.append(axes_name)
@@ -287,7 +289,6 @@ class _MinMaxPass(_Pass):
                         attrs["axes"] = axes
                     model.graph.node.append(helper.make_node(op, inputs, [out], **attrs))
                     outputs.append(out)
-        self.names = [t for t in self.tensors if t not in self.inputs]
         return outputs
 
     def fold(self, feed: dict[str, np.ndarray], values: dict[str, np.ndarray]) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import onnx
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-from onnxdtype.model import missing_constant_matmul
+from onnxdtype.model import constant_2d_matmuls, missing_constant_matmul
 from onnxdtype.recipes import NotApplicable, Variant
 
 NAME = "blockwise4"
@@ -24,7 +24,8 @@ class Options:
     symmetric: bool = True
     accuracy_level: int | None = None  # MatMulNBits compute type: 0/None default, 1 fp32, 2 fp16, 3 bf16, 4 int8
     bits: int = 4
-    nodes_to_exclude: list[str] = field(default_factory=list)
+    nodes_to_exclude: list[str] = field(default_factory=list)  # stay fp32
+    nodes_in_8bit: list[str] = field(default_factory=list)  # MatMulNBits with 8 bits: where 4 bits lose too much
 
 
 def check(model: onnx.ModelProto, options: Options) -> str | None:
@@ -35,12 +36,22 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     reason = check(model, options)
     if reason:
         return NotApplicable(reason)
-    quantizer = MatMulNBitsQuantizer(
-        model, bits=options.bits, block_size=options.block_size, is_symmetric=options.symmetric,
-        accuracy_level=options.accuracy_level, nodes_to_exclude=list(options.nodes_to_exclude),
-        op_types_to_quantize=("MatMul",))
-    quantizer.process()
+    model = _quantize(model, options, options.bits, [*options.nodes_to_exclude, *options.nodes_in_8bit])
+    notes = []
+    if options.nodes_in_8bit:
+        others = [n for n in constant_2d_matmuls(model, []) if n not in options.nodes_in_8bit]
+        model = _quantize(model, options, 8, others + options.nodes_to_exclude)
+        notes.append(f"{len(options.nodes_in_8bit)} MatMuls at 8 bits")
     params = {"bits": options.bits, "block_size": options.block_size, "symmetric": options.symmetric,
               "accuracy_level": options.accuracy_level, "nodes_to_exclude": list(options.nodes_to_exclude),
+              "nodes_in_8bit": list(options.nodes_in_8bit),
               "quantizer": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer"}
-    return Variant(quantizer.model.model, params, kept_in_float=list(options.nodes_to_exclude))
+    return Variant(model, params, kept_in_float=list(options.nodes_to_exclude), notes=notes)
+
+
+def _quantize(model: onnx.ModelProto, options: Options, bits: int, exclude: list[str]) -> onnx.ModelProto:
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=bits, block_size=options.block_size, is_symmetric=options.symmetric,
+        accuracy_level=options.accuracy_level, nodes_to_exclude=exclude, op_types_to_quantize=("MatMul",))
+    quantizer.process()
+    return quantizer.model.model

@@ -25,7 +25,7 @@ RANKING_SAMPLES = 8
 
 @dataclass
 class RepairBudget:
-    max_weight_fraction: float = 0.25  # share of float weights that may stay fp32
+    max_weight_fraction: float = 0.25  # share of the weights that may stay in higher precision (8-bit or fp32)
     seconds: float = 300.0
 
 
@@ -39,13 +39,36 @@ class RepairOutcome:
     attempts: list[dict] = field(default_factory=list)
 
 
-def with_kept(options: object, names: list[str]) -> object:
-    """Options with `names` added to whichever exclusion list the recipe has (nodes_to_exclude / block_nodes)."""
-    for list_field in ("nodes_to_exclude", "block_nodes"):
-        if any(f.name == list_field for f in fields(options)):  # type: ignore[arg-type]
-            current = list(getattr(options, list_field))
-            return replace(options, **{list_field: current + [n for n in names if n not in current]})  # type: ignore[type-var]
-    return options
+def with_kept(options: dict[str, object], in_float: list[str], ranked: list[str], use_8bit: bool = True
+              ) -> dict[str, object]:
+    """Options for a rebuild. `in_float` (fp16 range) nodes stay fp32 in every step. `ranked` nodes go to the
+    weight quantizer's higher precision — 8-bit for q4's MatMulNBits (`nodes_in_8bit`), fp32 for the others —
+    and stay fp32 in the fp16 step only when fp16 is the whole recipe (q4f16's error is the 4-bit part)."""
+    only_fp16 = all(not _has(opts, "nodes_to_exclude") for opts in options.values())
+    rebuilt = {}
+    for step, opts in options.items():
+        if _has(opts, "nodes_in_8bit") and use_8bit:
+            opts = _extend(_extend(opts, "nodes_to_exclude", in_float), "nodes_in_8bit", ranked)
+        elif _has(opts, "nodes_to_exclude"):
+            opts = _extend(opts, "nodes_to_exclude", in_float + ranked)
+        elif _has(opts, "block_nodes"):
+            opts = _extend(opts, "block_nodes", in_float + (ranked if only_fp16 else []))
+        rebuilt[step] = opts
+    return rebuilt
+
+
+def _precisions(options: dict[str, object]) -> tuple[bool, ...]:
+    """Try 8 bits before fp32 where the recipe has an 8-bit form (q4's MatMulNBits), else fp32 only."""
+    return (True, False) if any(_has(o, "nodes_in_8bit") for o in options.values()) else (False,)
+
+
+def _has(options: object, name: str) -> bool:
+    return any(f.name == name for f in fields(options))  # type: ignore[arg-type]
+
+
+def _extend(options: object, name: str, names: list[str]) -> object:
+    current = list(getattr(options, name))
+    return replace(options, **{name: current + [n for n in names if n not in current]})  # type: ignore[type-var]
 
 
 def weight_shares(model: onnx.ModelProto) -> dict[str, float]:
@@ -98,15 +121,17 @@ def repair(source: onnx.ModelProto, steps: list[str], options: dict[str, object]
         fraction = share(trial)
         if fraction > budget.max_weight_fraction and trial:
             return RepairOutcome(None, None, f"repair budget: keeping {len(trial)} nodes would keep "
-                                 f"{fraction:.0%} of the weights in fp32 (limit {budget.max_weight_fraction:.0%})",
+                                 f"{fraction:.0%} of the weights in higher precision (limit {budget.max_weight_fraction:.0%})",
                                  trial, fraction, attempts)
-        if trial:
-            model = rebuild({step: with_kept(opts, trial) for step, opts in options.items()})
+        for use_8bit in _precisions(options) if trial else ():
+            model = rebuild(with_kept(options, kept, ranked[:count], use_8bit))
             if model is None:
                 return RepairOutcome(None, None, "nothing left to quantize after keeping the guilty nodes",
                                      trial, fraction, attempts)
             figures, reason = evaluate(base, session(model.SerializeToString()), eval_data.feeds, criteria)
-            attempts.append({"kept_nodes": len(trial), "kept_weight_fraction": round(fraction, 4), "failure": reason})
+            attempts.append({"kept_nodes": len(trial), "kept_weight_fraction": round(fraction, 4),
+                             "precision": "8-bit" if use_8bit else "fp32",
+                             "failure": reason})
             if reason is None:
                 return RepairOutcome(model, figures, None, trial, fraction, attempts)
         if count >= len(ranked) or time.perf_counter() - start > budget.seconds:

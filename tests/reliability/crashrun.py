@@ -1,0 +1,69 @@
+"""`python crashrun.py ARGS...` runs `onnxdtype ARGS...` with a SIGKILL armed at a deterministic point.
+
+Used by test_crash_safety.py; onnxdtype itself has no test hook. The events are the main process's file
+renames (before and after every os.replace: variants, external data, the base copy, the manifest) and
+model writes (write_model: normalized models, inline-built variants).
+
+  ONNXDTYPE_CRASH_AT=N    SIGKILL the whole process group (workers too, as a CI job kill does) at event N
+                          (1-based); at a "write" event, half of the file is written first.
+  ONNXDTYPE_CRASH_LOG=F   append each event's name to F, one per line (a dry run counts them).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    kill_at = int(os.environ.get("ONNXDTYPE_CRASH_AT", "0"))
+    log = os.environ.get("ONNXDTYPE_CRASH_LOG")
+    count = 0
+
+    def event(name: str, before_kill=None) -> None:
+        nonlocal count
+        count += 1
+        if log:
+            with open(log, "a", encoding="utf-8") as handle:
+                handle.write(f"{name}\n")
+        if count == kill_at:
+            if before_kill is not None:
+                before_kill()
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    import onnxdtype.build as build
+    import onnxdtype.model as model
+
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        event(f"before-replace {Path(dst).name}")
+        real_replace(src, dst, *args, **kwargs)
+        event(f"after-replace {Path(dst).name}")
+
+    real_write = model.write_model
+
+    def write_model(proto, path):
+        def half() -> None:
+            data = proto.SerializeToString()
+            with open(path, "wb") as handle:
+                handle.write(data[: len(data) // 2])
+                handle.flush()
+                os.fsync(handle.fileno())
+
+        event(f"write {Path(path).name}", half)
+        real_write(proto, path)
+
+    os.replace = replace
+    model.write_model = build.write_model = write_model
+
+    from onnxdtype.cli import main as cli_main
+
+    sys.argv = ["onnxdtype", *sys.argv[1:]]
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
