@@ -196,3 +196,41 @@ def test_a_worker_process_that_dies_fails_only_its_variant(tiny, tmp_path, monke
     assert {r.status for r in result.results} == {"failed"}
     assert all("worker process died (exit code 9)" in r.reason for r in result.results)
     assert listing(out) == {"mlp.onnx", MANIFEST_NAME, LOCK_NAME}
+
+
+def test_static_dtypes_share_one_calibration_and_verify_on_held_out_samples(tiny, tmp_path, monkeypatch):
+    import numpy as np
+
+    import onnxdtype.calibration.ranges as ranges
+    from onnxdtype.build import Calibration
+
+    data = tmp_path / "calib"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        np.savez(data / f"{i}.npz", x=rng.standard_normal((4, 64)).astype(np.float32))
+    passes = []
+    real_run = ranges._MinMaxPass.run
+    monkeypatch.setattr(ranges._MinMaxPass, "run", lambda self, samples: passes.append(1) or real_run(self, samples))
+    out = tmp_path / "out"
+    result = quantize(tiny("mlp"), "s8s8,s8u8,u8u8", out, calib=Calibration(data), latency_runs=0, workers=1)
+    assert [r.status for r in result.results] == ["ok", "ok", "ok"]
+    assert passes == [1]  # one pass of the fp32 model over the data for three dtypes
+    manifest = json.loads((out / MANIFEST_NAME).read_text())["modules"]["mlp"]
+    calibration = manifest["calibration"]
+    assert calibration["samples_used"] == 8 and calibration["held_out_for_eval"] == 2
+    assert (out / calibration["ranges_file"]).exists()
+    assert result.by("mlp", "s8u8").verification["data"].startswith("held-out 2 of the calibration samples")
+    assert not result.by("mlp", "s8u8").verification["synthesized"]
+    again = quantize(tiny("mlp"), "s8s8", tmp_path / "again", calib=Calibration(data), latency_runs=0, workers=1)
+    assert again.by("mlp", "s8s8").status == "ok" and passes == [1, 1]  # another folder: its own cache
+
+
+def test_calibration_data_for_a_folder_of_modules_needs_one_subfolder_each(tiny, tmp_path):
+    from onnxdtype.build import Calibration
+
+    tiny("mlp", filename="a.onnx")
+    folder = tiny("mlp", filename="b.onnx").parent
+    (tmp_path / "calib").mkdir()
+    with pytest.raises(OnnxDtypeError, match="one subfolder per module"):
+        quantize(folder, "s8u8", tmp_path / "out", calib=Calibration(tmp_path / "calib"))

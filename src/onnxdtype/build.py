@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -37,7 +37,21 @@ from onnxdtype.verify.latency import measure
 from onnxdtype.verify.repair import RepairBudget, repair
 
 VARIANT_NAME = re.compile(r"^(?P<stem>.+?)[_.-](?P<tag>[A-Za-z0-9]+)$")
-NEEDS_CALIBRATION = "needs calibration data (--calib); static recipes are not in this version yet"
+NEEDS_CALIBRATION = "needs calibration data (--calib DATA)"
+NO_RECIPE_YET = "the TensorRT int8 recipe is not in this version yet (s8s8 is the closest static dtype)"
+
+
+@dataclass
+class Calibration:
+    """Calibration data for the static dtypes: a path (or one per module name), image preprocessing, method.
+
+    A folder holding one subfolder per module name gives each module its own data. When no evaluation data
+    is given, the held-out `eval_fraction` of the samples verifies the variants.
+    """
+    data: str | Path | dict[str, str | Path]
+    image_spec: str | Path | dict | None = None
+    method: str = "minmax"
+    eval_fraction: float = 0.2
 
 
 @dataclass
@@ -145,12 +159,14 @@ def quantize(
     latency_runs: int = 20,
     repair_budget: RepairBudget | None = None,
     metric: str | None = None,
+    calib: Calibration | None = None,
 ) -> BuildResult:
     """Build the requested dtype variants of a model (or of every module in a folder) into `out_dir`,
     verify each against fp32, repair those that miss their tolerance, and time them.
 
     `options` maps recipe names ("float16", "dynamic", "blockwise4", "bnb4") to their Options dataclass.
-    `eval_data` is one EvalData, or one per module name; without it inputs are synthesized (loading only).
+    `eval_data` is one EvalData or a data path (see Calibration), or one per module name; without it the
+    held-out part of `calib` is used, else inputs are synthesized (which proves loading only).
     `tolerances` overrides minimum cosines by dtype name or "default" (and "atol"). `latency_runs=0` skips
     timing. `metric` is a user task metric "module:function" (see verify.accuracy.evaluate).
     """
@@ -163,11 +179,13 @@ def quantize(
     recipe_options = {**default_options(), **(options or {})}
     if metric:
         load_metric(metric)  # a wrong --metric is a user error now, not a failure in every worker later
-    calib = [d for d in wanted if INFO[d].needs_calibration]
-    if calib and explicit:
-        raise OnnxDtypeError(f"{', '.join(map(str, calib))}: {NEEDS_CALIBRATION}")
+    uncalibrated = [d for d in wanted if INFO[d].needs_calibration and calib is None]
+    unbuildable = [d for d in wanted if any(step not in RECIPES for step in INFO[d].steps)]
+    if explicit and (uncalibrated or unbuildable):
+        d = (uncalibrated or unbuildable)[0]
+        raise OnnxDtypeError(f"{d}: {NEEDS_CALIBRATION if d in uncalibrated else NO_RECIPE_YET}")
 
-    buildable = len(modules) * sum(not INFO[d].needs_calibration for d in wanted)
+    buildable = len(modules) * sum(d not in uncalibrated and d not in unbuildable for d in wanted)
     largest_file = max(m.path.stat().st_size for m in modules)
     with folder_lock(out), WorkerPool(_worker_count(workers, buildable, largest_file)) as pool:
         bases = {m.name: load_model(m.path) for m in modules}
@@ -180,21 +198,26 @@ def quantize(
         results: list[VariantResult] = []
         with temp_dir_in(out) as tmp:
             tasks: list[dict] = []
+            checks: dict[str, EvalData | None] = {}
             for m in modules:
                 base_entry = _place_base(m, bases[m.name], out, force)
                 update_manifest(out, lambda data, m=m, e=base_entry: _set_base(data, m.name, e))
                 normalized = _normalize_once(m, bases[m.name], wanted, tmp)
-                check = _check_spec(m, bases[m.name], eval_data, tmp, wanted, tolerances, repair,
+                module_options, held_out = _calibrate(m, len(modules), calib, wanted, normalized, recipe_options, out)
+                data = _module_eval_data(m, len(modules), eval_data, normalized, calib) or held_out
+                check = _check_spec(m, bases[m.name], data, tmp, wanted, tolerances, repair,
                                     repair_budget, metric) if verify else None
+                checks[m.name] = data
                 for dtype in wanted:
-                    known = _known_outcome(m, dtype, out, manifest, force, explicit, normalized, recipe_options)
+                    known = _known_outcome(m, dtype, out, manifest, force, explicit, normalized, module_options,
+                                           calib is not None)
                     if known is not None:
                         known.base_bytes = base_entry["bytes"]
                         results.append(_record(out, known, progress))
                         continue
                     norm = normalized[_passes_for(dtype)]
                     tasks.append({"module": m.name, "dtype_name": dtype.value, "norm_path": str(norm.path),
-                                  "normalized": norm.done, "recipe_options": _options_as_dicts(recipe_options),
+                                  "normalized": norm.done, "recipe_options": _options_as_dicts(module_options),
                                   "tmp": str(tmp), "base_bytes": base_entry["bytes"], "check": check})
             finished = []
             for result in pool.run(tasks):
@@ -205,7 +228,8 @@ def quantize(
                     result.file = None
                 finished.append(result)
             for result in finished:  # timed one at a time, after the parallel builds, so they do not compete
-                feed = _latency_feed(result.module, eval_data, bases) if result.file and latency_runs > 0 else None
+                feed = _latency_feed(result.module, checks.get(result.module), bases) \
+                    if result.file and latency_runs > 0 else None
                 if feed is not None:
                     result.latency = measure(out / f"{result.module}.onnx", out / result.file, feed, latency_runs)
                 results.append(_record(out, result, progress))
@@ -214,11 +238,62 @@ def quantize(
     return BuildResult(out, results, explicit)
 
 
-def _check_spec(m: Module, model: onnx.ModelProto, eval_data: EvalData | dict | None, tmp: Path,
+def _module_path(path: str | Path | dict, module: Module, modules: int, what: str) -> Path:
+    """The data path for one module: its entry in a dict, DATA/<module>/ when that folder exists, else DATA."""
+    if isinstance(path, dict):
+        if module.name not in path:
+            raise OnnxDtypeError(f"{what}: no data given for module {module.name} (given: {', '.join(path)})")
+        return Path(path[module.name])
+    own = Path(path) / module.name
+    if own.is_dir():
+        return own
+    if modules > 1:
+        raise OnnxDtypeError(f"{what} {path}: with several modules it needs one subfolder per module ({module.name}/ missing)")
+    return Path(path)
+
+
+def _calibrate(m: Module, modules: int, calib: Calibration | None, wanted: list[DType], normalized: dict,
+               recipe_options: dict, out: Path) -> tuple[dict, EvalData | None]:
+    """One calibration pass per module serves every static dtype; returns the module's recipe options
+    (with the ranges file) and the held-out samples for verification."""
+    static_dtypes = [d for d in wanted if "static" in INFO[d].steps]
+    if calib is None or not static_dtypes:
+        return recipe_options, None
+    from onnxdtype.calibration import calibrate, load_samples
+
+    norm = normalized[_passes_for(static_dtypes[0])]
+    samples = load_samples(_module_path(calib.data, m, modules, "--calib"), norm.model, calib.image_spec)
+    calib_part, held_out = samples.split(calib.eval_fraction)
+    done = calibrate(norm.model, calib_part, calib.method, out)
+    entry = {**samples.describe(), "method": done.method, "ranges_file": done.path.name,
+             "samples_used": done.samples_used, "seconds": done.seconds, "cached": done.cached,
+             "held_out_for_eval": len(held_out)}
+    update_manifest(out, lambda data: data["modules"][m.name].__setitem__("calibration", entry))
+    options = {**recipe_options, "static": replace(recipe_options["static"], ranges_file=str(done.path),
+                                                    method=done.method)}
+    eval_part = EvalData(list(held_out), f"held-out {len(held_out)} of the calibration samples ({samples.source})",
+                         False) if len(held_out) else None
+    return options, eval_part
+
+
+def _module_eval_data(m: Module, modules: int, eval_data: EvalData | dict | str | Path | None, normalized: dict,
+                      calib: Calibration | None) -> EvalData | None:
+    """The module's evaluation data: given as EvalData, or read from a path like calibration data."""
+    if isinstance(eval_data, dict) and all(isinstance(v, EvalData) for v in eval_data.values()):
+        return eval_data.get(m.name)
+    if eval_data is None or isinstance(eval_data, EvalData):
+        return eval_data
+    from onnxdtype.calibration import load_samples
+
+    model = next(iter(normalized.values())).model if normalized else None
+    samples = load_samples(_module_path(eval_data, m, modules, "--eval"), model, calib.image_spec if calib else None)
+    return EvalData(list(samples), f"{len(samples)} samples from {samples.source}", False)
+
+
+def _check_spec(m: Module, model: onnx.ModelProto, data: EvalData | None, tmp: Path,
                 wanted: list[DType], tolerances: dict | None, repair: bool, budget: RepairBudget | None,
                 metric: str | None) -> dict:
     """What the workers need to verify a module's variants: evaluation data saved in `tmp`, tolerances, repair."""
-    data = eval_data.get(m.name) if isinstance(eval_data, dict) else eval_data
     data = data or synthesize(model)
     return {"eval_dir": str(data.save(tmp / f"eval-{m.name}")), "source": data.source, "synthesized": data.synthesized,
             "min_cosine": {d.value: min_cosine_for(d, tolerances) for d in wanted}, "repair": repair,
@@ -226,9 +301,7 @@ def _check_spec(m: Module, model: onnx.ModelProto, eval_data: EvalData | dict | 
             "budget": asdict(budget or RepairBudget())}
 
 
-def _latency_feed(name: str, eval_data: EvalData | dict | None,
-                  bases: dict[str, onnx.ModelProto]) -> dict:
-    data = eval_data.get(name) if isinstance(eval_data, dict) else eval_data
+def _latency_feed(name: str, data: EvalData | None, bases: dict[str, onnx.ModelProto]) -> dict | None:
     feeds = (data or synthesize(bases[name], samples=1)).feeds
     return feeds[0] if feeds else None
 
@@ -242,13 +315,16 @@ def applicability(model: onnx.ModelProto) -> dict[str, str | None]:
         info = INFO[dtype]
         if not info.steps:
             continue
-        if info.needs_calibration:
-            verdicts[dtype.value] = NEEDS_CALIBRATION
+        if any(step not in RECIPES for step in info.steps):
+            verdicts[dtype.value] = NO_RECIPE_YET
             continue
         passes = _passes_for(dtype)
         if passes not in normalized:
             normalized[passes] = normalize(model, passes)[0]
-        verdicts[dtype.value] = RECIPES[info.steps[0]].check(normalized[passes], options[info.steps[0]])
+        reason = RECIPES[info.steps[0]].check(normalized[passes], options[info.steps[0]])
+        if info.needs_calibration and reason in (None, getattr(RECIPES[info.steps[0]], "NEEDS_CALIBRATION", None)):
+            reason = None  # it applies; building it takes calibration data (--calib DATA)
+        verdicts[dtype.value] = reason
     return verdicts
 
 
@@ -308,9 +384,7 @@ def _set_base(data: dict, name: str, base: dict) -> None:
 
 
 def _passes_for(dtype: DType) -> tuple[str, ...]:
-    if INFO[dtype].needs_calibration:
-        return ()
-    passes = {p for step in INFO[dtype].steps for p in RECIPES[step].PASSES}
+    passes = {p for step in INFO[dtype].steps if step in RECIPES for p in RECIPES[step].PASSES}
     return tuple(sorted(passes))
 
 
@@ -327,7 +401,7 @@ def _normalize_once(m: Module, model: onnx.ModelProto, wanted: list[DType], tmp:
     by_done: dict[tuple[str, ...], Normalized] = {}
     for dtype in wanted:
         passes = _passes_for(dtype)
-        if INFO[dtype].needs_calibration or passes in by_passes:
+        if not passes or passes in by_passes:
             continue
         norm, done = normalize(model, passes)
         if tuple(done) not in by_done:  # e.g. no Gemm to rewrite: the "constants" and "constants+gemm" models are one
@@ -340,10 +414,12 @@ def _normalize_once(m: Module, model: onnx.ModelProto, wanted: list[DType], tmp:
 
 
 def _known_outcome(m: Module, dtype: DType, out: Path, manifest: dict, force: bool, explicit: bool,
-                   normalized: dict, recipe_options: dict) -> VariantResult | None:
-    """Results decided without building: needs calibration, vouched existing file, recipe does not apply."""
+                   normalized: dict, recipe_options: dict, calibrated: bool) -> VariantResult | None:
+    """Results decided without building: no recipe yet, needs calibration, vouched existing file, does not apply."""
     info = INFO[dtype]
-    if info.needs_calibration:
+    if any(step not in RECIPES for step in info.steps):
+        return VariantResult(m.name, dtype.value, "skipped", NO_RECIPE_YET)
+    if info.needs_calibration and not calibrated:
         return VariantResult(m.name, dtype.value, "skipped", NEEDS_CALIBRATION)
     target = out / variant_filename(m.name, dtype)
     if not force and target.exists() and _vouched(out, manifest, m.name, dtype):

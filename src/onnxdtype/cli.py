@@ -41,6 +41,10 @@ def quantize(
     bnb4_type: Annotated[str, typer.Option(help="bnb4 codebook: nf4 or fp4")] = "nf4",
     bnb4_block_size: Annotated[int, typer.Option(help="bnb4 block size")] = 64,
     workers: Annotated[Optional[int], typer.Option(help="Parallel worker processes (default: by cores and memory)")] = None,
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration data: folder of .npz/.npy/images or one .npz (DATA/<module>/ per module)")] = None,
+    calib_spec: Annotated[Optional[str], typer.Option(help="Image preprocessing: imagenet, unit, or a .json/.toml spec")] = None,
+    calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile")] = "minmax",
+    eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation data, same formats as --calib (default: held-out calibration data)")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Task metric module:function or file.py:function")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine, e.g. q8=0.98, default=0.99, atol=1e-4 (repeatable)")] = None,
     repair: Annotated[bool, typer.Option(help="Repair variants that miss their tolerance")] = True,
@@ -53,6 +57,7 @@ def quantize(
     """Build every requested dtype variant, verify and repair it, and write onnxdtype.json and report.html."""
     if verbose:
         os.environ["ONNXDTYPE_VERBOSE"] = "1"
+    from onnxdtype.build import Calibration
     from onnxdtype.build import quantize as build_quantize
     from onnxdtype.recipes import blockwise, bnb4, dynamic, float16
     from onnxdtype.verify.repair import RepairBudget
@@ -84,7 +89,8 @@ def quantize(
             result = build_quantize(
                 model, dtype, out, force=force, options=options, workers=workers, progress=on_result, metric=metric,
                 tolerances=_tolerances(tolerance), repair=repair, keep_failed=keep_failed, latency_runs=latency_runs,
-                repair_budget=RepairBudget(max_weight_fraction=repair_max_weights))
+                repair_budget=RepairBudget(max_weight_fraction=repair_max_weights), eval_data=eval_data,
+                calib=Calibration(calib, calib_spec, calib_method) if calib else None)
         except OnnxDtypeError as exc:
             progress.stop()
             hint = " (--dtype all skips what does not apply)" if "is not applicable" in str(exc) else ""

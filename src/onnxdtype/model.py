@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.checker
+import onnx.defs
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 
 from onnxdtype.errors import OnnxDtypeError
 
@@ -48,8 +51,14 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         raise OnnxDtypeError(f"{path}: external data file missing ({_first_line(exc)})") from None
     except OSError as exc:
         raise OnnxDtypeError(f"{path}: cannot read ({_first_line(exc)})") from None
+    except onnx.checker.ValidationError as exc:  # external data missing, not a file, or outside the model's folder
+        raise OnnxDtypeError(f"{path}: bad external data ({_first_line(exc)})") from None
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise OnnxDtypeError(f"{path}: not an ONNX model (no graph nodes)")
+    newest = onnx.defs.onnx_opset_version()
+    if opset_version(model) > newest:
+        raise OnnxDtypeError(f"{path}: opset {opset_version(model)} is newer than this onnx {onnx.__version__} "
+                             f"supports (up to {newest}); upgrade onnx and onnxruntime, or export at opset {newest}")
     return model
 
 
@@ -126,7 +135,48 @@ def base_precision_problem(model: onnx.ModelProto) -> str | None:
                 counts[init.data_type] += int(np.prod(init.dims)) if init.dims else 1
     if counts and counts.most_common(1)[0][0] == onnx.TensorProto.FLOAT16:
         return "weights are stored in fp16; give the fp32 export"
+    return nonfinite_weight_problem(model)
+
+
+# Ops whose float inputs the recipes scale or convert as weights: ±Inf there is never meant.
+WEIGHT_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention", "LSTM", "GRU", "RNN"})
+
+
+def nonfinite_weight_problem(model: onnx.ModelProto) -> str | None:
+    """NaN in any float initializer, or ±Inf in one feeding a weight op: the fp32 model computes NaN from it,
+    so no variant can be verified against it. (-Inf elsewhere, as in attention masks, is legitimate.)"""
+    consumers: dict[str, onnx.NodeProto] = {}
+    for graph in iter_graphs(model.graph):
+        for node in graph.node:
+            if node.op_type in WEIGHT_OPS:
+                for name in node.input:
+                    consumers.setdefault(name, node)
+    for graph in iter_graphs(model.graph):
+        for init in graph.initializer:
+            if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+                continue
+            try:
+                values = _float_values(init)
+            except ValueError as exc:  # raw bytes that do not fit the declared type or shape
+                return f"initializer '{init.name}' is corrupt ({_first_line(exc)})"
+            if values.size == 0:
+                continue
+            low, high = values.min(), values.max()  # NaN propagates: two reductions, no copy
+            if np.isnan(low) or np.isnan(high):
+                return f"initializer '{init.name}' holds NaN; the fp32 model itself computes NaN (fix the export)"
+            node = consumers.get(init.name)
+            if node is not None and (np.isinf(low) or np.isinf(high)):
+                return (f"weight '{init.name}' of {node.op_type} node '{node.name or node.output[0]}' holds Inf; "
+                        f"the fp32 model itself computes Inf/NaN (fix the export)")
     return None
+
+
+def _float_values(tensor: onnx.TensorProto) -> np.ndarray:
+    if tensor.raw_data:
+        dtype = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+                 onnx.TensorProto.DOUBLE: np.float64}[tensor.data_type]
+        return np.frombuffer(tensor.raw_data, dtype)  # no copy, large weights included
+    return numpy_helper.to_array(tensor).ravel()
 
 
 

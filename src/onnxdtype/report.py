@@ -23,8 +23,10 @@ def build_table(result: BuildResult) -> Table:
         table.add_column(column, justify="right" if column in numeric else "left")
     for r in result.results:
         status = r.status if r.status in ("ok", "kept") else f"{r.status}: {r.reason}"
-        if r.status == "ok" and r.notes:
-            status += " (" + "; ".join(r.notes) + ")"
+        if r.repaired:
+            status += f" (repaired: {len(r.verification['repair']['kept'])} nodes in higher precision)"
+        elif r.status == "ok" and r.kept_in_float:
+            status += f" ({len(r.kept_in_float)} nodes kept fp32)"
         verification = r.verification or {}
         if verification.get("synthesized"):
             status += " [dim](accuracy not judged: synthesized inputs)[/]"
