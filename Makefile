@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Every dtype of PP-OCRv4 det/cls/rec, calibrated and verified on real images and text lines. Variants that miss
+# their tolerance even after repair are reported failed (exit 1): the demo shows them rather than stopping.
 demo: $(STAMP)
 	$(BIN)/python examples/ocr_models.py demo-out/ocr
 	$(BIN)/onnxdtype inspect demo-out/ocr/rec.onnx
-	$(BIN)/onnxdtype quantize demo-out/ocr --dtype all --out demo-out/ocr-variants
+	-$(BIN)/onnxdtype quantize demo-out/ocr --dtype all --calib demo-out/ocr-data --eval demo-out/ocr-data \
+		--out demo-out/ocr-variants --latency-runs 10
+	@echo "report: demo-out/ocr-variants/report.html   manifest: demo-out/ocr-variants/onnxdtype.json"
 
 demo-minilm: $(STAMP)
 	$(BIN)/python -c "import sys; sys.path.insert(0, 'tests'); import realmodels, pathlib; realmodels.export_minilm(pathlib.Path('demo-out/minilm/model.onnx'))"

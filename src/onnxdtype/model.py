@@ -55,11 +55,33 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         raise OnnxDtypeError(f"{path}: bad external data ({_first_line(exc)})") from None
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise OnnxDtypeError(f"{path}: not an ONNX model (no graph nodes)")
+    garbled = _non_text_name(model)
+    if garbled:
+        raise OnnxDtypeError(f"{path}: not a readable ONNX model ({garbled} is not UTF-8 text)")
     newest = onnx.defs.onnx_opset_version()
     if opset_version(model) > newest:
         raise OnnxDtypeError(f"{path}: opset {opset_version(model)} is newer than this onnx {onnx.__version__} "
                              f"supports (up to {newest}); upgrade onnx and onnxruntime, or export at opset {newest}")
     return model
+
+
+def _non_text_name(model: onnx.ModelProto) -> str | None:
+    """The first name that is not valid UTF-8 (protobuf hands such proto2 strings over as bytes; onnxruntime
+    and JSON both choke on them), or None."""
+    def named(kind: str, values) -> str | None:
+        bad = next((v for v in values if isinstance(v, bytes)), None)
+        return None if bad is None else f"{kind} {bad!r}"
+
+    checks = [("opset domain", [o.domain for o in model.opset_import]),
+              ("metadata", [t for p in model.metadata_props for t in (p.key, p.value)])]
+    for graph in iter_graphs(model.graph):
+        checks += [("graph name", [graph.name]),
+                   ("tensor name", [v.name for v in (*graph.input, *graph.output, *graph.value_info)]),
+                   ("initializer name", [t.name for t in graph.initializer])]
+        for node in graph.node:
+            checks += [("node name", [node.name, node.op_type, node.domain]),
+                       ("tensor name", [*node.input, *node.output]), ("attribute name", [a.name for a in node.attribute])]
+    return next((found for kind, values in checks if (found := named(kind, values))), None)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -256,6 +278,8 @@ def publish(tmp_file: Path, dest: Path) -> SavedFile:
     data = tmp_file.with_name(tmp_file.name + ".data")
     dest_data = dest.with_name(dest.name + ".data")
     if data.exists():
+        if data.name != dest_data.name:  # the model names its data file: make it name the one it will have
+            _rename_external_data(tmp_file, data.name, dest_data.name)
         os.replace(data, dest_data)
     elif dest_data.exists():
         dest_data.unlink()  # a stale .data from an earlier, larger build would mislead readers
@@ -264,6 +288,19 @@ def publish(tmp_file: Path, dest: Path) -> SavedFile:
     digest = sha256_file(tmp_file)
     os.replace(tmp_file, dest)
     return SavedFile(dest, size, digest, dest_data if has_data else None)
+
+
+def _rename_external_data(path: Path, old: str, new: str) -> None:
+    """Point every tensor of the model file at `path` whose external data is in `old` to `new` (weights not read)."""
+    model = onnx.load(str(path), load_external_data=False)
+    tensors = [t for g in iter_graphs(model.graph) for t in g.initializer]
+    tensors += [a.t for n in iter_nodes(model) for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    for tensor in tensors:
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    with open(path, "wb") as handle:
+        handle.write(model.SerializeToString())
 
 
 def save_model(model: onnx.ModelProto, dest: Path) -> SavedFile:

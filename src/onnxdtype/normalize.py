@@ -33,7 +33,25 @@ def normalize(model: onnx.ModelProto, passes: tuple[str, ...]) -> tuple[onnx.Mod
         before = opset_version(out)
         out = raise_opset(out, 13)
         done.append(f"opset {before} -> 13")
+    if named := name_unnamed_nodes(out):  # last: the version converter drops some names
+        done.append(f"{named} unnamed nodes named")
     return out, done
+
+
+def name_unnamed_nodes(model: onnx.ModelProto) -> int:
+    """Give every nameless node a unique name: exclusion lists, repair and reports refer to nodes by name."""
+    taken = {n.name for g in iter_graphs(model.graph) for n in g.node if n.name}
+    named = 0
+    for graph_index, graph in enumerate(iter_graphs(model.graph)):
+        for node_index, node in enumerate(graph.node):
+            if not node.name:
+                name = f"{node.op_type}_{graph_index}_{node_index}"
+                while name in taken:
+                    name += "_"
+                node.name = name
+                taken.add(name)
+                named += 1
+    return named
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> int:

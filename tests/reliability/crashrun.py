@@ -6,7 +6,11 @@ model writes (write_model: normalized models, inline-built variants).
 
   ONNXDTYPE_CRASH_AT=N    SIGKILL the whole process group (workers too, as a CI job kill does) at event N
                           (1-based); at a "write" event, half of the file is written first.
+  ONNXDTYPE_CRASH_SCOPE=process   SIGKILL this process only (its workers are orphaned, as when the OOM killer
+                          picks the main process); default "group".
   ONNXDTYPE_CRASH_LOG=F   append each event's name to F, one per line (a dry run counts them).
+
+Run it in a session of its own (start_new_session=True): "group" kills the process group.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from pathlib import Path
 
 def main() -> None:
     kill_at = int(os.environ.get("ONNXDTYPE_CRASH_AT", "0"))
+    group = os.environ.get("ONNXDTYPE_CRASH_SCOPE", "group") == "group"
+    if kill_at and group and os.getpgrp() != os.getpid():
+        sys.exit("crashrun.py: run me in a session of my own (start_new_session=True)")
     log = os.environ.get("ONNXDTYPE_CRASH_LOG")
     count = 0
 
@@ -31,7 +38,9 @@ def main() -> None:
         if count == kill_at:
             if before_kill is not None:
                 before_kill()
-            os.killpg(os.getpgrp(), signal.SIGKILL)
+            if group:
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     import onnxdtype.build as build
     import onnxdtype.model as model

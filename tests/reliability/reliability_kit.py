@@ -106,10 +106,16 @@ class FolderState:
     listed: dict[str, str]  # file -> status ("base", "ok", "failed")
     missing: list[str]  # listed but absent
     leftovers: list[str]
+    unlisted: list[str]  # complete model files the manifest does not list (only with allow_unlisted_complete)
 
 
-def check_folder(folder: Path, *, allow_listed_missing: bool = False) -> FolderState:
-    """Assert the folder invariant (module docstring); return what the manifest lists."""
+def check_folder(folder: Path, *, allow_listed_missing: bool = False, base_sha: dict[str, str] | None = None,
+                 allow_unlisted_complete: bool = False) -> FolderState:
+    """Assert the folder invariant (module docstring); return what the manifest lists.
+
+    `base_sha` names base copies that may be there unlisted when byte-identical to the input (the base is
+    placed before the manifest first lists it: such a copy is the input itself, not an untrusted variant).
+    """
     import onnxruntime as ort
 
     manifest = read_manifest(folder)  # raises on a corrupt manifest
@@ -129,13 +135,14 @@ def check_folder(folder: Path, *, allow_listed_missing: bool = False) -> FolderS
         assert sha256_file(path) == digest, f"{file}: sha256 differs from the manifest"
     assert allow_listed_missing or not missing, f"listed but missing: {missing}"
     models = sorted(p.name for p in folder.glob("*.onnx"))
-    unlisted = [m for m in models if m not in listed]
-    assert not unlisted, f"model files the manifest does not vouch for: {unlisted}"
+    unlisted = [m for m in models if m not in listed
+                and not (base_sha and m in base_sha and sha256_file(folder / m) == base_sha[m])]
+    assert allow_unlisted_complete or not unlisted, f"model files the manifest does not vouch for: {unlisted}"
     options = ort.SessionOptions()
     options.log_severity_level = 4
     for name in models:
         ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
-    return FolderState({f: s for f, (s, _) in listed.items()}, missing, leftovers(folder))
+    return FolderState({f: s for f, (s, _) in listed.items()}, missing, leftovers(folder), unlisted)
 
 
 # ---------------------------------------------------------------------------------------------- mounts

@@ -61,7 +61,6 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     reason = check(model, options)
     if reason:
         return NotApplicable(reason)
-    _name_unnamed_nodes(model)
     guarded = [n for n in out_of_range_consumers(model) if n not in options.block_nodes]
     block_nodes = [*options.block_nodes, *guarded]
     block_ops = sorted({*ort_float16.DEFAULT_OP_BLOCK_LIST, *EXTRA_BLOCKED_OPS, *options.block_ops})
@@ -154,11 +153,3 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
 
 def _cast_to(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "to"), 0)
-
-
-def _name_unnamed_nodes(model: onnx.ModelProto) -> None:
-    """Node-level blocking and reports need names; exporters sometimes leave them empty."""
-    for gi, graph in enumerate(iter_graphs(model.graph)):
-        for ni, node in enumerate(graph.node):
-            if not node.name:
-                node.name = f"{node.op_type}_{gi}_{ni}"

@@ -105,7 +105,7 @@ def repair(source: onnx.ModelProto, steps: list[str], options: dict[str, object]
         variant_nodes = {(n.name, n.op_type) for n in first_model.graph.node}
         replaced = [n.name for n in source.graph.node if (n.name, n.op_type) not in variant_nodes]
         candidates = replaced or [n.name for n in source.graph.node if n.op_type in WEIGHTED_OPS]
-        candidates = [n for n in candidates if n not in kept]
+        candidates = [n for n in candidates if n and n not in kept]
     ranking_feeds = eval_data.feeds[:RANKING_SAMPLES]
     added = error_increase(source, first_model, ranking_feeds, candidates)
     ranked = sorted(added, key=added.get, reverse=True)

@@ -1,0 +1,236 @@
+"""SIGKILL during `onnxdtype quantize`: the folder stays trustworthy and a rerun finishes the job.
+
+Each crash runs the real command line in a child process (crashrun.py) that SIGKILLs its process group, workers
+included, at a chosen event of the main process: before or after a rename into the output folder (the base copy,
+each variant, each manifest write, the report), or halfway through writing a model. After the kill:
+  - the input is unchanged;
+  - the folder is as before, or `check_folder` holds: the manifest parses, every model file there is complete,
+    loads, and is vouched for by the manifest's sha256, and every file the manifest lists is there;
+then a rerun without --force finishes the job, keeping ("kept") what was complete and vouched, and leaves the
+folder exactly listed. Leftover `.onnxdtype-tmp-*` entries must not get in the rerun's way.
+
+Two schedules: named points, one per phase of the build (strict: points where today's build.py leaves a variant
+published but not yet listed are xfails naming the fix); and a seeded random sample of all events plus a few
+kills after seeded random delays (checks safety; counts reruns refused by the known gap). For a long local
+run: ONNXDTYPE_CRASH_POINTS=all (every event of the dry run) or a number (sample size; default 5), and
+ONNXDTYPE_CRASH_SEED.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import reliability_kit as kit
+import tinymodels
+from onnxdtype.build import quantize
+from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.model import sha256_file
+
+DTYPES = "fp16,q8,q4"
+VARIANTS = {"fp16": "mlp_fp16.onnx", "q8": "mlp_q8.onnx", "q4": "mlp_q4.onnx"}
+SEED = int(os.environ.get("ONNXDTYPE_CRASH_SEED", "20240607"))
+SAMPLE = os.environ.get("ONNXDTYPE_CRASH_POINTS", "5")
+TALLY: dict[str, int] = {"crashes": 0, "reruns kept": 0, "reruns refused (known gap)": 0}
+
+XFAIL_UNLISTED = pytest.mark.xfail(strict=True, reason=(
+    "build.py quantize publishes every variant as it finishes but records them in the manifest only after "
+    "all are built (and timed): killed in between, the folder holds complete variants the manifest does not "
+    "list, and a rerun refuses them without --force. Fix: record each result right after it is built, writing "
+    "the manifest entry (sha256 of the temp file) before publish() renames it into place; add latency later"))
+
+
+def run_crashing(model: Path, out: Path, kill_at: int = 0, *, workers: int = 1, scope: str = "group",
+                 log: Path | None = None, kill_after: float | None = None) -> int:
+    """quantize in a child session, SIGKILLed at event `kill_at` (or `kill_after` seconds); its return code."""
+    env = kit.env_for_children(ONNXDTYPE_CRASH_AT=str(kill_at), ONNXDTYPE_CRASH_SCOPE=scope)
+    if log is not None:
+        env["ONNXDTYPE_CRASH_LOG"] = str(log)
+    child = subprocess.Popen([sys.executable, str(kit.CRASHRUN), "quantize", str(model), "-d", DTYPES, "-o", str(out),
+                              "--workers", str(workers), "--latency-runs", "0"], env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        if kill_after is not None:
+            try:
+                child.wait(timeout=kill_after)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+        _, err = child.communicate(timeout=120)
+    finally:
+        if scope == "group":
+            _kill_group(child.pid)
+    if child.returncode not in (0, -signal.SIGKILL):
+        raise AssertionError(f"crash run ended {child.returncode}: {err[-2000:]}")
+    return child.returncode
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tinymodels.save(tinymodels.mlp(), tmp_path_factory.mktemp("crash-src") / "mlp.onnx")
+
+
+@pytest.fixture(scope="module")
+def events(model, tmp_path_factory) -> list[str]:
+    """The main process's events in one uninterrupted build (the same every run: workers=1)."""
+    folder = tmp_path_factory.mktemp("dry")
+    log = folder / "events.txt"
+    assert run_crashing(model, folder / "out", log=log) == 0
+    kit.check_folder(folder / "out")
+    return log.read_text().splitlines()
+
+
+def index_of(events: list[str], name: str, occurrence: int = 1) -> int:
+    hits = [i for i, e in enumerate(events, 1) if e == name]
+    assert len(hits) >= occurrence, (name, events)
+    return hits[occurrence - 1]
+
+
+def after_crash(model: Path, out: Path, model_sha: str) -> kit.FolderState | None:
+    """The crash invariant; None when the folder is as before (nothing but the lock file)."""
+    TALLY["crashes"] += 1
+    assert sha256_file(model) == model_sha, "the input changed"
+    if not kit.names(out) - set(kit.leftovers(out)):
+        return None
+    return kit.check_folder(out, base_sha={"mlp.onnx": model_sha})
+
+
+def rerun_finishes(model: Path, out: Path, state: kit.FolderState | None) -> None:
+    """A rerun without --force completes: what was vouched is kept, the rest built, the folder exactly listed."""
+    vouched = {d for d, f in VARIANTS.items() if state and state.listed.get(f) == "ok" and f not in state.missing}
+    result = quantize(model, DTYPES, out, workers=1, latency_runs=0)
+    TALLY["reruns kept"] += len(vouched)
+    assert {r.dtype: r.status for r in result.results} == {d: "kept" if d in vouched else "ok" for d in VARIANTS}
+    final = kit.check_folder(out)
+    assert final.listed == {"mlp.onnx": "base", **{f: "ok" for f in VARIANTS.values()}}
+
+
+NAMED_POINTS = [
+    pytest.param("write mlp.normalized0.onnx", 1, id="half-written-normalized-model"),
+    pytest.param("after-replace mlp.onnx", 1, id="base-copied-not-listed"),
+    pytest.param("before-replace onnxdtype.json", 1, id="first-manifest-not-renamed"),
+    pytest.param("write mlp.fp16.onnx", 1, id="half-written-variant-in-temp"),
+    pytest.param("before-replace mlp_fp16.onnx", 1, id="variant-complete-in-temp"),
+    pytest.param("after-replace mlp_fp16.onnx", 1, id="variant-published-not-listed", marks=XFAIL_UNLISTED),
+    pytest.param("write mlp.q4.onnx", 1, id="two-published-third-half-written", marks=XFAIL_UNLISTED),
+    pytest.param("after-replace onnxdtype.json", 2, id="one-of-three-listed", marks=XFAIL_UNLISTED),
+    pytest.param("before-replace report.html", 1, id="all-listed-report-pending"),
+]
+
+
+@pytest.mark.parametrize("event, occurrence", NAMED_POINTS)
+def test_sigkill_at_each_phase_leaves_a_trustworthy_folder_and_a_rerun_finishes(model, events, tmp_path, event,
+                                                                                occurrence):
+    out = tmp_path / "out"
+    assert run_crashing(model, out, index_of(events, event, occurrence)) == -signal.SIGKILL
+    state = after_crash(model, out, sha256_file(model))
+    rerun_finishes(model, out, state)
+
+
+def test_main_process_killed_with_workers_running_orphans_exit_and_rerun_finishes(model, tmp_path):
+    """The OOM killer's pick: only the main process dies, as the first worker result comes in; the workers see
+    their pipes close and exit by themselves."""
+    out = tmp_path / "out"
+    log = tmp_path / "events.txt"
+    env = kit.env_for_children(ONNXDTYPE_CRASH_AT="6", ONNXDTYPE_CRASH_SCOPE="process", ONNXDTYPE_CRASH_LOG=str(log))
+    child = subprocess.Popen([sys.executable, str(kit.CRASHRUN), "quantize", str(model), "-d", DTYPES, "-o", str(out),
+                              "--workers", "2", "--latency-runs", "0"], env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert child.wait(timeout=120) == -signal.SIGKILL
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _group_alive(child.pid):
+            time.sleep(0.1)
+        assert not _group_alive(child.pid), "orphaned workers still running 30 s after the main process died"
+    finally:
+        _kill_group(child.pid)
+    assert log.read_text().splitlines()[5].startswith("before-replace mlp_"), log.read_text()
+    rerun_finishes(model, out, after_crash(model, out, sha256_file(model)))
+
+
+def _group_alive(pgid: int) -> bool:
+    """Any live (not zombie) process left in the group."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _schedule(count: int) -> list[tuple[str, float]]:
+    """('event', index) for a seeded sample of the dry run's events, and ('delay', seconds) kills."""
+    rng = random.Random(SEED)
+    points = list(range(1, count + 1))
+    chosen = points if SAMPLE == "all" else sorted(rng.sample(points, min(int(SAMPLE), count)))
+    delays = [round(rng.uniform(0.5, 1.6), 2) for _ in range(2)]
+    return [("event", float(i)) for i in chosen] + [("delay", d) for d in delays]
+
+
+def test_sigkill_at_seeded_random_points(model, events, tmp_path):
+    """Safety at every sampled point; a rerun finishes (with --force only where the known gap left an unlisted
+    but complete variant: counted, and shown strictly by the xfails above)."""
+    model_sha = sha256_file(model)
+    for n, (kind, value) in enumerate(_schedule(len(events))):
+        out = tmp_path / f"out{n}"
+        if kind == "event":
+            code = run_crashing(model, out, int(value))
+            assert code == -signal.SIGKILL, f"event {int(value)} ({events[int(value) - 1]}) never came"
+        else:
+            run_crashing(model, out, kill_after=value)
+        assert sha256_file(model) == model_sha
+        TALLY["crashes"] += 1
+        if kit.names(out) - set(kit.leftovers(out)):
+            state = kit.check_folder(out, base_sha={"mlp.onnx": model_sha}, allow_unlisted_complete=True)
+        else:
+            state = None
+        if state is not None and state.unlisted:
+            with pytest.raises(OnnxDtypeError, match="exists and is not a verified onnxdtype output; use --force"):
+                quantize(model, DTYPES, out, workers=1, latency_runs=0)
+            TALLY["reruns refused (known gap)"] += 1
+            quantize(model, DTYPES, out, workers=1, latency_runs=0, force=True)
+            kit.check_folder(out)
+        else:
+            rerun_finishes(model, out, state)
+    print(f"\ncrash schedule (seed {SEED}): {_schedule(len(events))}; tally so far: {TALLY}")
+
+
+@pytest.mark.parametrize("event, occurrence", [("before-replace mlp_fp16.onnx", 1), ("before-replace onnxdtype.json", 1)],
+                         ids=["temp-folder", "temp-manifest"])
+def test_leftover_temp_entries_do_not_stop_a_rerun(model, events, tmp_path, event, occurrence):
+    out = tmp_path / "out"
+    run_crashing(model, out, index_of(events, event, occurrence))
+    assert kit.leftovers(out), "the kill left no temp entry to test with"
+    rerun_finishes(model, out, after_crash(model, out, sha256_file(model)))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "build.py quantize never removes .onnxdtype-tmp-* entries a killed build left (temp folders with "
+    "complete or half-written models, temp manifests): they pile up. Fix: right after taking folder_lock(out), "
+    "remove every TEMP_PREFIX entry in out (no other build can be using them while the lock is held)"))
+@pytest.mark.parametrize("event, occurrence", [("before-replace mlp_fp16.onnx", 1), ("before-replace onnxdtype.json", 1)],
+                         ids=["temp-folder", "temp-manifest"])
+def test_rerun_removes_leftover_temp_entries(model, events, tmp_path, event, occurrence):
+    out = tmp_path / "out"
+    run_crashing(model, out, index_of(events, event, occurrence))
+    assert kit.leftovers(out)
+    quantize(model, DTYPES, out, workers=1, latency_runs=0)
+    assert kit.leftovers(out) == []
