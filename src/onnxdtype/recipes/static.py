@@ -46,6 +46,7 @@ from onnxdtype.calibration.ranges import (
 )
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import needs_external_data
+from onnxdtype.normalize import name_unnamed_nodes
 from onnxdtype.recipes import NotApplicable, Variant
 
 NAME = "static"
@@ -147,14 +148,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
 def _named_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    taken = {n.name for n in copy.graph.node}
-    for index, node in enumerate(copy.graph.node):
-        if not node.name:
-            name = f"onnxdtype_node_{index}"
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
+    name_unnamed_nodes(copy)  # quantize_static cannot exclude nameless nodes
     return copy
 
 
