@@ -38,7 +38,6 @@ from onnxdtype.verify.repair import RepairBudget, repair
 
 VARIANT_NAME = re.compile(r"^(?P<stem>.+?)[_.-](?P<tag>[A-Za-z0-9]+)$")
 NEEDS_CALIBRATION = "needs calibration data (--calib DATA)"
-NO_RECIPE_YET = "the TensorRT int8 recipe is not in this version yet (s8s8 is the closest static dtype)"
 
 
 @dataclass
@@ -180,12 +179,10 @@ def quantize(
     if metric:
         load_metric(metric)  # a wrong --metric is a user error now, not a failure in every worker later
     uncalibrated = [d for d in wanted if INFO[d].needs_calibration and calib is None]
-    unbuildable = [d for d in wanted if any(step not in RECIPES for step in INFO[d].steps)]
-    if explicit and (uncalibrated or unbuildable):
-        d = (uncalibrated or unbuildable)[0]
-        raise OnnxDtypeError(f"{d}: {NEEDS_CALIBRATION if d in uncalibrated else NO_RECIPE_YET}")
+    if explicit and uncalibrated:
+        raise OnnxDtypeError(f"{', '.join(map(str, uncalibrated))}: {NEEDS_CALIBRATION}")
 
-    buildable = len(modules) * sum(d not in uncalibrated and d not in unbuildable for d in wanted)
+    buildable = len(modules) * sum(d not in uncalibrated for d in wanted)
     largest_file = max(m.path.stat().st_size for m in modules)
     with folder_lock(out), WorkerPool(_worker_count(workers, buildable, largest_file)) as pool:
         bases = {m.name: load_model(m.path) for m in modules}
@@ -254,9 +251,9 @@ def _module_path(path: str | Path | dict, module: Module, modules: int, what: st
 
 def _calibrate(m: Module, modules: int, calib: Calibration | None, wanted: list[DType], normalized: dict,
                recipe_options: dict, out: Path) -> tuple[dict, EvalData | None]:
-    """One calibration pass per module serves every static dtype; returns the module's recipe options
+    """One calibration pass per module serves every static dtype and int8; returns the module's recipe options
     (with the ranges file) and the held-out samples for verification."""
-    static_dtypes = [d for d in wanted if "static" in INFO[d].steps]
+    static_dtypes = [d for d in wanted if {"static", "tensorrt"} & set(INFO[d].steps)]
     if calib is None or not static_dtypes:
         return recipe_options, None
     from onnxdtype.calibration import calibrate, load_samples
@@ -269,8 +266,8 @@ def _calibrate(m: Module, modules: int, calib: Calibration | None, wanted: list[
              "samples_used": done.samples_used, "seconds": done.seconds, "cached": done.cached,
              "held_out_for_eval": len(held_out)}
     update_manifest(out, lambda data: data["modules"][m.name].__setitem__("calibration", entry))
-    options = {**recipe_options, "static": replace(recipe_options["static"], ranges_file=str(done.path),
-                                                    method=done.method)}
+    options = {**recipe_options, **{name: replace(recipe_options[name], ranges_file=str(done.path), method=done.method)
+                                    for name in ("static", "tensorrt")}}
     eval_part = EvalData(list(held_out), f"held-out {len(held_out)} of the calibration samples ({samples.source})",
                          False) if len(held_out) else None
     return options, eval_part
@@ -314,9 +311,6 @@ def applicability(model: onnx.ModelProto) -> dict[str, str | None]:
     for dtype in DType:
         info = INFO[dtype]
         if not info.steps:
-            continue
-        if any(step not in RECIPES for step in info.steps):
-            verdicts[dtype.value] = NO_RECIPE_YET
             continue
         passes = _passes_for(dtype)
         if passes not in normalized:
@@ -384,7 +378,7 @@ def _set_base(data: dict, name: str, base: dict) -> None:
 
 
 def _passes_for(dtype: DType) -> tuple[str, ...]:
-    passes = {p for step in INFO[dtype].steps if step in RECIPES for p in RECIPES[step].PASSES}
+    passes = {p for step in INFO[dtype].steps for p in RECIPES[step].PASSES}
     return tuple(sorted(passes))
 
 
@@ -415,10 +409,8 @@ def _normalize_once(m: Module, model: onnx.ModelProto, wanted: list[DType], tmp:
 
 def _known_outcome(m: Module, dtype: DType, out: Path, manifest: dict, force: bool, explicit: bool,
                    normalized: dict, recipe_options: dict, calibrated: bool) -> VariantResult | None:
-    """Results decided without building: no recipe yet, needs calibration, vouched existing file, does not apply."""
+    """Results decided without building: needs calibration, vouched existing file, does not apply."""
     info = INFO[dtype]
-    if any(step not in RECIPES for step in info.steps):
-        return VariantResult(m.name, dtype.value, "skipped", NO_RECIPE_YET)
     if info.needs_calibration and not calibrated:
         return VariantResult(m.name, dtype.value, "skipped", NEEDS_CALIBRATION)
     target = out / variant_filename(m.name, dtype)
@@ -534,7 +526,7 @@ def build_variant(module: str, dtype_name: str, norm_path: str, normalized: list
     Takes and returns plain data so it can run in a worker process; a recipe that raises fails only
     this variant, with the error as its reason.
     """
-    _quiet_onnxruntime()
+    quiet_onnxruntime()
     info = INFO[DType(dtype_name)]
     result = VariantResult(module, dtype_name, "ok", recipe=list(info.steps), normalized=normalized, base_bytes=base_bytes)
     start = time.perf_counter()
@@ -664,7 +656,7 @@ def _load_error(path: Path) -> str | None:
     return None
 
 
-def _quiet_onnxruntime() -> None:
+def quiet_onnxruntime() -> None:
     """onnxruntime floods stderr with warnings during quantization; the CLI's --verbose turns them back on."""
     if os.environ.get("ONNXDTYPE_VERBOSE"):
         return

@@ -41,6 +41,8 @@ def quantize(
     bnb4_type: Annotated[str, typer.Option(help="bnb4 codebook: nf4 or fp4")] = "nf4",
     bnb4_block_size: Annotated[int, typer.Option(help="bnb4 block size")] = 64,
     workers: Annotated[Optional[int], typer.Option(help="Parallel worker processes (default: by cores and memory)")] = None,
+    int8_float: Annotated[str, typer.Option(help="int8 (TensorRT): precision of the non-quantized rest, fp32 or fp16")] = "fp32",
+    int8_backend: Annotated[str, typer.Option(help="int8 (TensorRT): onnxruntime, or modelopt (NVIDIA Model-Optimizer, if installed)")] = "onnxruntime",
     calib: Annotated[Optional[Path], typer.Option(help="Calibration data: folder of .npz/.npy/images or one .npz (DATA/<module>/ per module)")] = None,
     calib_spec: Annotated[Optional[str], typer.Option(help="Image preprocessing: imagenet, unit, or a .json/.toml spec")] = None,
     calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile")] = "minmax",
@@ -59,11 +61,15 @@ def quantize(
         os.environ["ONNXDTYPE_VERBOSE"] = "1"
     from onnxdtype.build import Calibration
     from onnxdtype.build import quantize as build_quantize
-    from onnxdtype.recipes import blockwise, bnb4, dynamic, float16
+    from onnxdtype.recipes import blockwise, bnb4, dynamic, float16, tensorrt
     from onnxdtype.verify.repair import RepairBudget
 
     if q8_weight_type not in ("auto", "int8", "uint8"):
         _fail(f"--q8-weight-type must be auto, int8 or uint8, not {q8_weight_type!r}")
+    if int8_float not in tensorrt.FLOAT_TYPES:
+        _fail(f"--int8-float must be fp32 or fp16, not {int8_float!r}")
+    if int8_backend not in tensorrt.BACKENDS:
+        _fail(f"--int8-backend must be onnxruntime or modelopt, not {int8_backend!r}")
     if bnb4_type not in bnb4.CODEBOOKS:
         _fail(f"--bnb4-type must be nf4 or fp4, not {bnb4_type!r}")
     for name, size in (("--q4-block-size", q4_block_size), ("--bnb4-block-size", bnb4_block_size)):
@@ -76,6 +82,7 @@ def quantize(
         blockwise.NAME: blockwise.Options(block_size=q4_block_size, symmetric=not q4_asymmetric,
                                           accuracy_level=q4_accuracy_level),
         bnb4.NAME: bnb4.Options(quant_type=bnb4_type, block_size=bnb4_block_size),
+        tensorrt.NAME: tensorrt.Options(float_type=int8_float, backend=int8_backend),
     }
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, transient=True, disable=not err_console.is_terminal)
@@ -151,6 +158,41 @@ def verify(
     except OnnxDtypeError as exc:
         _fail(str(exc))
     _finish(result, as_json)
+
+
+@app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="An fp32 .onnx file (the one TensorRT will be given)")],
+    calib: Annotated[Path, typer.Option(help="Calibration data: folder of .npz/.npy/images or one .npz")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the table files and the cached calibration")],
+    calib_spec: Annotated[Optional[str], typer.Option(help="Image preprocessing: imagenet, unit, or a .json/.toml spec")] = None,
+    calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile")] = "minmax",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+) -> None:
+    """Write the TensorRT EP's own int8 calibration table (calibration.flatbuffers, .cache, .json) for an fp32 model."""
+    import json
+
+    from onnxdtype.build import quiet_onnxruntime
+    from onnxdtype.calibration.tensorrt_table import calibrate_for_tensorrt
+
+    quiet_onnxruntime()
+    try:
+        result = calibrate_for_tensorrt(model, calib, out, spec=calib_spec, method=calib_method)
+    except OnnxDtypeError as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result, indent=1, default=str))
+        return
+    console.print(f"{result['tensors']} tensors, {result['method']} over {result['samples']} samples"
+                  f"{' (cached calibration)' if result['cached'] else ''}", highlight=False)
+    for file in result["files"]:
+        console.print(f"  {file}", highlight=False)
+    if result["without_range"]:
+        console.print(f"no finite range (TensorRT keeps them out of int8): {', '.join(result['without_range'])}",
+                      highlight=False)
+    console.print("Config: .with_tensorrt_int8_all(True).with_tensorrt_int8_calibration_table_name_all("
+                  f"\"calibration.flatbuffers\").with_tensorrt_engine_cache_path_all("
+                  f"\"{result['config']['tensorrt_engine_cache_path']}\")", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -32,9 +32,9 @@ class NotApplicable:
 
 
 def _registry() -> dict[str, ModuleType]:
-    from onnxdtype.recipes import blockwise, bnb4, dynamic, float16, static
+    from onnxdtype.recipes import blockwise, bnb4, dynamic, float16, static, tensorrt
 
-    return {module.NAME: module for module in (float16, dynamic, static, blockwise, bnb4)}
+    return {module.NAME: module for module in (float16, dynamic, static, tensorrt, blockwise, bnb4)}
 
 
 RECIPES: dict[str, ModuleType] = _registry()
