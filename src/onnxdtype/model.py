@@ -22,6 +22,7 @@ import onnx.checker
 import onnx.defs
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
+from onnx.external_data_helper import load_external_data_for_model
 
 from onnxdtype.errors import OnnxDtypeError
 
@@ -254,6 +255,10 @@ def write_model(model: onnx.ModelProto, path: Path) -> None:
     if needs_external_data(model):
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
+        # save_model moved the weights out of `model` (references to the .data file left in their place, relative
+        # to a folder the caller knows nothing of): put them back, so the caller's model is whole as before
+        load_external_data_for_model(model, str(path.parent))
+        os.chmod(path.with_name(path.name + ".data"), 0o644)  # onnx creates it owner-only; it is for every reader
     else:
         with open(path, "wb") as handle:
             handle.write(model.SerializeToString())

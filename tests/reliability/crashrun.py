@@ -6,6 +6,7 @@ model writes (write_model: normalized models, inline-built variants).
 
   ONNXDTYPE_CRASH_AT=N    SIGKILL the whole process group (workers too, as a CI job kill does) at event N
                           (1-based); at a "write" event, half of the file is written first.
+  ONNXDTYPE_CRASH_MATCH=RE[#K]  instead, at the K-th (default 1st) event whose name matches the regex RE.
   ONNXDTYPE_CRASH_SCOPE=process   SIGKILL this process only (its workers are orphaned, as when the OOM killer
                           picks the main process); default "group".
   ONNXDTYPE_CRASH_LOG=F   append each event's name to F, one per line (a dry run counts them).
@@ -16,6 +17,7 @@ Run it in a session of its own (start_new_session=True): "group" kills the proce
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -24,26 +26,28 @@ from pathlib import Path
 def main() -> None:
     kill_at = int(os.environ.get("ONNXDTYPE_CRASH_AT", "0"))
     group = os.environ.get("ONNXDTYPE_CRASH_SCOPE", "group") == "group"
-    if kill_at and group and os.getpgrp() != os.getpid():
+    if (kill_at or os.environ.get("ONNXDTYPE_CRASH_MATCH")) and group and os.getpgrp() != os.getpid():
         sys.exit("crashrun.py: run me in a session of my own (start_new_session=True)")
+    pattern, _, nth = os.environ.get("ONNXDTYPE_CRASH_MATCH", "").partition("#")
+    match_at = int(nth or 1) if pattern else 0
     log = os.environ.get("ONNXDTYPE_CRASH_LOG")
-    count = 0
+    count = matched = 0
 
     def event(name: str, before_kill=None) -> None:
-        nonlocal count
+        nonlocal count, matched
         count += 1
+        matched += bool(pattern and re.fullmatch(pattern, name))
         if log:
             with open(log, "a", encoding="utf-8") as handle:
                 handle.write(f"{name}\n")
-        if count == kill_at:
+        if count == kill_at or (match_at and matched == match_at and re.fullmatch(pattern, name)):
             if before_kill is not None:
                 before_kill()
             if group:
                 os.killpg(os.getpgrp(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    import onnxdtype.build as build
-    import onnxdtype.model as model
+    from onnxdtype import build, model
 
     real_replace = os.replace
 

@@ -24,7 +24,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from onnxdtype.manifest import LOCK_NAME, MANIFEST_NAME, read_manifest
+from onnxdtype.manifest import LOCK_NAME, read_manifest
 from onnxdtype.model import TEMP_PREFIX, sha256_file
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -120,10 +120,10 @@ def check_folder(folder: Path, *, allow_listed_missing: bool = False, base_sha: 
 
     manifest = read_manifest(folder)  # raises on a corrupt manifest
     listed: dict[str, tuple[str, str]] = {}
-    for module, entry in manifest["modules"].items():
+    for entry in manifest["modules"].values():
         if entry.get("base"):
             listed[entry["base"]["file"]] = ("base", entry["base"]["sha256"])
-        for dtype, variant in entry.get("variants", {}).items():
+        for variant in entry.get("variants", {}).values():
             if variant.get("file"):
                 listed[variant["file"]] = (variant["status"], variant["sha256"])
     missing = []

@@ -17,15 +17,14 @@ import os
 import resource
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-
 import reliability_kit as kit
 import tinymodels
+
 from onnxdtype.build import quantize
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import MANIFEST_NAME
@@ -186,6 +185,59 @@ def test_eval_data_for_an_unknown_module_is_refused(tiny, tmp_path):
     assert kit.names(tmp_path / "out") == set()
 
 
+def _data_folder(root: Path, case: str) -> Path:
+    """A folder of .npz samples for mlp (input x: float32 [N, 64]) with one kind of mistake."""
+    folder = root / case
+    folder.mkdir(parents=True)
+    samples = {
+        "wrong-name": [{"z": X}], "wrong-shape": [{"x": np.zeros((2, 63), np.float32)}],
+        "wrong-dtype": [{"x": X.astype(np.float64)}], "nan": [{"x": np.full((2, 64), np.nan, np.float32)}],
+        "empty-folder": [], "good-and-bad": [{"x": X}, {"x": X}, {"x": np.zeros((2, 3), np.float32)}],
+    }.get(case)
+    for i, feed in enumerate(samples or []):
+        np.savez(folder / f"{i:03d}.npz", **feed)
+    if case == "corrupt-file":
+        np.savez(folder / "000.npz", x=X)
+        (folder / "001.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    return folder
+
+
+DATA_CASES = {
+    "wrong-name": ["000.npz: 'z' is not an input of the model"],
+    "wrong-shape": ["000.npz: input 'x' has shape [2, 63]"],
+    "wrong-dtype": ["000.npz: input 'x' is float64"],
+    "nan": ["000.npz: input 'x' contains NaN or Inf"],
+    "empty-folder": ["no .npz, .npy or image files"],
+    "good-and-bad": ["002.npz: input 'x' has shape [2, 3]"],
+    "corrupt-file": ["001.npz: not a readable .npz file"],
+}
+
+
+@pytest.mark.parametrize("option", ["--eval", "--calib"])
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_bad_eval_or_calibration_folder_is_one_line_naming_file_and_input(tiny, tmp_path, case, option):
+    data = _data_folder(tmp_path / "data", case)
+    dtypes = "fp16,q8" if option == "--eval" else "s8s8"
+    out = tmp_path / "out"
+    kit.assert_one_line_error(quantize_cli(tiny("mlp"), out, "-d", dtypes, option, data), 2, *DATA_CASES[case])
+    # the strict "nothing written" is the xfail below; a calibration cache of the good samples may stay
+    assert {n for n in kit.names(out) if not n.startswith("calibration-")} <= {"mlp.onnx", MANIFEST_NAME}
+    kit.check_folder(out)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "build.py quantize reads --eval/--calib data only after _place_base and the first manifest update, so a "
+    "refused data set leaves the base copy and a manifest behind; load and check every module's data (and "
+    "decide every other user error) before the first write"))
+@pytest.mark.parametrize("option, case", [("--eval", "wrong-name"), ("--calib", "nan")])
+def test_bad_eval_or_calibration_folder_writes_nothing(tiny, tmp_path, option, case):
+    data = _data_folder(tmp_path / "data", case)
+    out = tmp_path / "out"
+    kit.assert_one_line_error(quantize_cli(tiny("mlp"), out, "-d", "fp16" if option == "--eval" else "s8s8",
+                                           option, data), 2)
+    assert kit.names(out) == set()
+
+
 def test_calibration_folder_with_good_and_bad_files_names_the_bad_one(tmp_path):
     from onnxdtype.calibration.data import load_samples
 
@@ -268,13 +320,14 @@ def test_read_only_output_folder_real_mount(tiny, tmp_path):
 
 @XFAIL_OSERROR
 def test_folder_turning_read_only_mid_build_fault_injection(tiny, tmp_path, monkeypatch):
-    """EROFS from the first rename of a variant into the folder (the base copy and first manifest went in)."""
+    """EROFS from every rename into the folder once the first variant is to be renamed into place (the base copy
+    and the first manifest went in): one line, exit 2, nothing but complete files the manifest vouches for."""
     real_replace = os.replace
-    calls = []
+    failed = []
 
     def replace(src, dst, *args, **kwargs):
-        calls.append(Path(dst).name)
-        if len(calls) > 2:
+        if failed or Path(dst).name in ("mlp_fp16.onnx", "mlp_q8.onnx"):
+            failed.append(Path(dst).name)
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
         return real_replace(src, dst, *args, **kwargs)
 
@@ -282,17 +335,17 @@ def test_folder_turning_read_only_mid_build_fault_injection(tiny, tmp_path, monk
     out = tmp_path / "out"
     outcome = quantize_cli(tiny("mlp"), out, "-d", "fp16,q8")
     monkeypatch.setattr(os, "replace", real_replace)
-    assert calls[2] == "mlp_fp16.onnx"
+    assert failed[0] in ("mlp_fp16.onnx", "mlp_q8.onnx")
     kit.assert_one_line_error(outcome, 2, "Read-only file system")
     assert kit.names(out) == {"mlp.onnx", MANIFEST_NAME}
-    kit.check_folder(out)
+    kit.check_folder(out, allow_listed_missing=True)  # an entry written before its failed rename names no file there
 
 
 @XFAIL_OSERROR
 def test_disk_full_on_a_manifest_write_fault_injection(tiny, tmp_path, monkeypatch):
     """ENOSPC from fsync of the first manifest write: the manifest stays as it was (absent), the only file
     is the base copy, byte-identical to the input."""
-    import onnxdtype.manifest as manifest
+    from onnxdtype import manifest
 
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -310,12 +363,12 @@ def test_disk_full_on_a_manifest_write_fault_injection(tiny, tmp_path, monkeypat
 def test_disk_full_inside_a_variant_build_fails_that_variant_cleanly(tiny, tmp_path, monkeypatch):
     """ENOSPC while a recipe's output is written (in the builder, as a worker would): that variant fails, with
     the reason, one line each, exit 1; no partial file; the other variant and the manifest are complete."""
-    import onnxdtype.build as build
+    from onnxdtype import build
 
     real_write = build.write_model
 
     def write_model(model, path):
-        if Path(path).name == "mlp.q8.onnx":
+        if Path(path).name in ("mlp.q8.onnx", "mlp_q8.onnx"):  # the q8 variant's temp file, whatever its name
             with open(path, "wb") as handle:
                 handle.write(model.SerializeToString()[:100])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
@@ -518,7 +571,7 @@ def test_sha256_mismatch_is_refused_by_the_runtime_and_by_a_rerun(built, tmp_pat
 @pytest.fixture
 def external_built(tmp_path, monkeypatch) -> Path:
     """fp16 of mlp written with external data (the >2 GB path, forced by a low threshold)."""
-    import onnxdtype.model as model
+    from onnxdtype import model
 
     monkeypatch.setattr(model, "EXTERNAL_DATA_THRESHOLD", 1000)
     out = tmp_path / "ext"
@@ -547,3 +600,32 @@ def test_tampered_external_data_is_refused(external_built):
     _flip_last_byte(external_built / "mlp_fp16.onnx.data")
     with pytest.raises(OnnxDtypeError, match="sha256"):
         Config.from_dir(external_built, dtype="fp16").commit()
+
+
+def test_the_over_2gb_path_external_data_input_builds_verified_variants(tmp_path, monkeypatch):
+    """What a >2 GB model goes through (weights in external data on the way in and out), forced on a tiny model by
+    a low threshold: the base copy must not strip the weights from the in-memory model (it did: every later
+    step then saw references to a data file relative to nowhere), and each variant's .data keeps its name."""
+    import onnxdtype.model as model_module
+
+    monkeypatch.setattr(model_module, "EXTERNAL_DATA_THRESHOLD", 1000)
+    source = kit.save_external(tinymodels.mlp(), tmp_path / "in" / "mlp.onnx")
+    out = tmp_path / "out"
+    result = quantize(source, "fp16,q8,q4", out, workers=1, latency_runs=0)
+    assert {r.dtype: r.status for r in result.results} == {"fp16": "ok", "q8": "ok", "q4": "ok"}
+    assert {p.name for p in out.glob("*.data")} == {"mlp.onnx.data", "mlp_fp16.onnx.data", "mlp_q8.onnx.data",
+                                                    "mlp_q4.onnx.data"}
+    assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in out.glob("*.data"))  # readable on shared folders
+    kit.check_folder(out)
+
+
+def test_write_model_leaves_the_callers_model_whole(tmp_path, monkeypatch):
+    import onnxdtype.model as model_module
+
+    monkeypatch.setattr(model_module, "EXTERNAL_DATA_THRESHOLD", 1000)
+    model = tinymodels.mlp()
+    before = [(t.name, t.raw_data) for t in model.graph.initializer]
+    model_module.write_model(model, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx.data").exists()
+    assert [(t.name, t.raw_data) for t in model.graph.initializer] == before
+    assert not any(t.external_data or t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tinymodels
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import tinymodels
 from onnxdtype.dtype import INFO, DType, parse_dtype, parse_dtype_list
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import MANIFEST_NAME, confined_path, read_manifest
@@ -314,6 +314,7 @@ def test_load_model_on_mutated_bytes(edits):
 def test_quantize_on_mutated_models(edits):
     """Only an OnnxDtypeError or a finished build; a finished build leaves a folder check_folder accepts."""
     import reliability_kit as kit
+
     from onnxdtype.build import quantize
 
     with tempfile.TemporaryDirectory() as folder:

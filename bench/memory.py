@@ -1,0 +1,281 @@
+"""Peak memory of `onnxdtype quantize --dtype all` on a synthetic ~2.5 GB model, and of calibration/verification
+as the number of samples grows. A benchmark (minutes, ~15 GB of disk under --dir), not a CI test.
+
+    python bench/memory.py                   # both parts
+    python bench/memory.py build --gb 2.5    # the big build only (--workers N to force a worker count,
+                                             # --no-verify to build without verification, through the API)
+    python bench/memory.py samples           # calibration and verification, 16 vs 256 samples
+
+The model: x[N, 4096] -> (MatMul 4096x4096 -> Relu) x L -> y, its weights in external data (written straight
+to the .data file, so generating it needs no more memory than one layer). The build runs as a child process;
+a sampler thread sums the resident set (VmRSS) of the child and all its descendants (worker processes) every
+0.1 s, and getrusage(RUSAGE_CHILDREN) gives the largest single process. Figures are printed as multiples of
+the model's size on disk (.onnx + .data).
+
+Measured here (24 GB RAM, 2 cores, onnxruntime 1.32, 2.50 GiB model, --no-verify --workers 1, 2026-11):
+  --dtype all    peak RSS 22.7 GiB = 9.1x the model (one process), 195 s; output folder peaked at 3.2x on disk
+  one dtype      fp16 9.0x, q8 >= 9.5x (OOM-killed at 23.7 GiB in one of two runs), q4 6.5x, q4f16 7.2x, bnb4 6.5x
+  calibration    minmax +51 MiB, entropy +58 MiB for 16 and for 256 one-MiB samples alike: it does not grow
+  verification   +52 MiB with 16 samples, +292 MiB with 256: it grows (each worker loads every sample at once)
+With verification on (the command line's default) a model over 2 GiB fails before building, and the default
+worker count ignores external data (two workers, OOM): see the reliability suite's report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto, helper
+
+GB = 1 << 30
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def _children_of() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def tree_rss(root: int) -> tuple[int, int]:
+    """(sum of RSS bytes over `root` and its descendants, number of processes)."""
+    tree, total, count, stack = _children_of(), 0, 0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            with open(f"/proc/{pid}/statm") as handle:
+                total += int(handle.read().split()[1]) * PAGE
+            count += 1
+        except (OSError, ValueError):
+            pass
+        stack.extend(tree.get(pid, []))
+    return total, count
+
+
+def folder_bytes(folder: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def run_measured(args: list[str], watch: Path | None = None, env: dict | None = None) -> dict:
+    """Run a child process; its peak process-tree RSS, largest single RSS, peak disk under `watch`, seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = {"rss": 0, "processes": 0, "disk": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        last_disk = 0.0
+        while not stop.is_set():
+            rss, count = tree_rss(child.pid)
+            if rss > peak["rss"]:
+                peak["rss"], peak["processes"] = rss, count
+            if watch is not None and time.monotonic() - last_disk > 1.0:
+                peak["disk"] = max(peak["disk"], folder_bytes(watch))
+                last_disk = time.monotonic()
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = child.communicate()
+    stop.set()
+    sampler.join()
+    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # kB on Linux
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({child.returncode}):\n{err[-4000:]}")
+    return {"seconds": round(time.perf_counter() - start, 1), "tree_peak": peak["rss"], "processes": peak["processes"],
+            "largest_single": largest if largest > before * 1024 else None, "disk_peak": peak["disk"],
+            "stdout": out, "stderr": err}
+
+
+# ---------------------------------------------------------------------------------------------- the big model
+def synthetic_model(folder: Path, gb: float, hidden: int = 4096) -> tuple[Path, int]:
+    """An MLP of ~`gb` GiB of fp32 MatMul weights in external data; returns its path and size on disk."""
+    layer_bytes = hidden * hidden * 4
+    layers = max(1, round(gb * GB / layer_bytes))
+    folder.mkdir(parents=True, exist_ok=True)
+    path, data = folder / "big.onnx", folder / "big.onnx.data"
+    rng = np.random.default_rng(0)
+    initializers, nodes, x = [], [], "x"
+    with open(data, "wb") as handle:
+        for i in range(layers):
+            weight = (rng.standard_normal((hidden, hidden), dtype=np.float32) / np.sqrt(hidden)).astype(np.float32)
+            tensor = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[hidden, hidden])
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", data.name), ("offset", str(handle.tell())), ("length", str(layer_bytes))):
+                tensor.external_data.add(key=key, value=value)
+            handle.write(weight.tobytes())
+            initializers.append(tensor)
+            y = "y" if i == layers - 1 else f"h{i}"
+            nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}" if y != "y" else y], name=f"mm{i}"))
+            if y != "y":
+                nodes.append(helper.make_node("Relu", [f"m{i}"], [y], name=f"relu{i}"))
+            x = y
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", hidden])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", hidden])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench-memory")
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path, path.stat().st_size + data.stat().st_size
+
+
+def bench_build(gb: float, workdir: Path, workers: int | None, keep: bool, verify: bool = True,
+                dtype: str = "all") -> dict:
+    print(f"building a synthetic {gb} GiB model in {workdir} ...", flush=True)
+    started = time.perf_counter()
+    model, size = synthetic_model(workdir / "model", gb)
+    print(f"  {size / GB:.2f} GiB on disk ({time.perf_counter() - started:.0f} s)", flush=True)
+    out = workdir / "variants"
+    if verify:
+        args = [sys.executable, "-m", "onnxdtype.cli", "quantize", str(model), "--dtype", dtype, "--out", str(out),
+                "--latency-runs", "0", "--json"] + (["--workers", str(workers)] if workers is not None else [])
+        print(f"  {' '.join(args[2:])}", flush=True)
+    else:  # the API: the command line has no switch to skip verification
+        call = f"quantize({str(model)!r}, {dtype!r}, {str(out)!r}, workers={workers}, latency_runs=0, verify=False)"
+        script = ("import json, dataclasses; from onnxdtype.build import quantize; "
+                  f"r = {call}; print(json.dumps({{'results': [dataclasses.asdict(x) for x in r.results]}}, default=str))")
+        args = [sys.executable, "-c", script]
+        print(f"  {call}", flush=True)
+    figures = run_measured(args, watch=out)
+    results = json.loads(figures.pop("stdout").strip().splitlines()[-1])["results"]
+    figures.pop("stderr")
+    report = {"model_bytes": size, **figures,
+              "variants": {r["dtype"]: {"status": r["status"], "bytes": r["bytes"], "seconds": r["seconds"],
+                                        "reason": r["reason"]} for r in results}}
+    print(f"  quantize --dtype {dtype}: {figures['seconds']:.0f} s")
+    print(f"  peak RSS, process tree: {figures['tree_peak'] / GB:.2f} GiB = {figures['tree_peak'] / size:.2f} x model "
+          f"({figures['processes']} processes at the peak)")
+    if figures["largest_single"]:
+        print(f"  peak RSS, largest single process: {figures['largest_single'] / GB:.2f} GiB = "
+              f"{figures['largest_single'] / size:.2f} x model")
+    print(f"  peak disk in the output folder: {figures['disk_peak'] / GB:.2f} GiB = {figures['disk_peak'] / size:.2f} x model")
+    for name, r in report["variants"].items():
+        extra = f"{r['bytes'] / size:.2f} x, {r['seconds']} s" if r["bytes"] else (r["reason"] or "")
+        print(f"    {name:6} {r['status']:14} {extra}")
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- samples
+SAMPLES_CHILD = textwrap.dedent("""
+    import sys, resource, tempfile
+    from pathlib import Path
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    what, count, folder = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((2048, 512)) * 0.02).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((512, 64)) * 0.05).astype(np.float32), "w2")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2048])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], [w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    data = folder / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for i in range(count):  # 1 MiB per sample
+        np.savez(data / f"{i:05d}.npz", x=rng.standard_normal((128, 2048)).astype(np.float32))
+    def rss():
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * resource.getpagesize()
+    if what in ("minmax", "entropy"):
+        base = rss()
+        from onnxdtype.calibration import calibrate, load_samples
+        result = calibrate(model, load_samples(data, model), what, folder / "cache")
+        assert result.samples_used == count
+    else:  # verification: quantize q8 with these samples as evaluation data (loaded by the caller, as the API takes them)
+        from onnxdtype.build import quantize
+        from onnxdtype.verify.accuracy import EvalData
+        onnx.save(model, str(folder / "m.onnx"))
+        feeds = [dict(np.load(p)) for p in sorted(data.glob("*.npz"))]
+        base = rss()  # the caller's own list of samples is not counted
+        quantize(folder / "m.onnx", "q8", folder / "out", workers=1, latency_runs=0,
+                 eval_data=EvalData(feeds, f"{count} samples", False))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(base, peak)
+""")
+
+
+def bench_samples(workdir: Path, counts: tuple[int, ...] = (16, 256)) -> dict:
+    """Peak RSS of calibration (minmax, entropy) and verification with few vs many 1 MiB samples."""
+    report: dict = {}
+    print("calibration / verification memory vs number of samples (1 MiB each):", flush=True)
+    for what in ("minmax", "entropy", "verification"):
+        row = {}
+        for count in counts:
+            folder = Path(tempfile.mkdtemp(prefix=f"{what}-{count}-", dir=workdir))
+            proc = subprocess.run([sys.executable, "-c", SAMPLES_CHILD, what, str(count), str(folder)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(proc.stderr[-4000:])
+            base, peak = map(int, proc.stdout.split()[-2:])
+            row[count] = {"before": base, "peak": peak, "growth": peak - base}
+            shutil.rmtree(folder, ignore_errors=True)
+        report[what] = row
+        cells = ", ".join(f"{c} samples: peak {r['peak'] / 2**20:.0f} MiB (+{r['growth'] / 2**20:.0f} MiB during the "
+                          f"call)" for c, r in row.items())
+        print(f"  {what:12} {cells}", flush=True)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", nargs="?", choices=("all", "build", "samples"), default="all")
+    parser.add_argument("--gb", type=float, default=2.5, help="model size in GiB (default 2.5)")
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "onnxdtype-memory-bench")
+    parser.add_argument("--workers", type=int, default=None, help="quantize --workers (default: onnxdtype decides)")
+    parser.add_argument("--keep", action="store_true", help="keep the model and variants")
+    parser.add_argument("--dtype", default="all", help="what to build (default all; e.g. q8 to see one recipe's peak)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="build without verification (through the API: the command line always verifies)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    free = shutil.disk_usage(args.dir.parent if not args.dir.exists() else args.dir).free
+    if args.part in ("all", "build") and free < 7 * args.gb * GB:
+        raise SystemExit(f"need ~{7 * args.gb:.0f} GiB free under {args.dir}, have {free / GB:.0f} GiB")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    report = {}
+    try:
+        if args.part in ("all", "samples"):
+            report["samples"] = bench_samples(args.dir)
+        if args.part in ("all", "build"):
+            report["build"] = bench_build(args.gb, args.dir / "build", args.workers, args.keep, args.verify, args.dtype)
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.dir, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
