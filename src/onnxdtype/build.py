@@ -26,7 +26,7 @@ from onnxdtype import __version__
 from onnxdtype.dtype import INFO, DType, parse_dtype_list, variant_filename
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import folder_lock, read_manifest, update_manifest
-from onnxdtype.model import (base_precision_problem, iter_graphs, load_model, op_counts, publish, save_model,
+from onnxdtype.model import (TEMP_PREFIX, base_precision_problem, iter_graphs, load_model, op_counts, publish, save_model,
                              sha256_file, temp_dir_in, write_model)
 from onnxdtype.normalize import keep_metadata, normalize
 from onnxdtype.recipes import RECIPES, NotApplicable, default_options
@@ -184,52 +184,70 @@ def quantize(
 
     buildable = len(modules) * sum(d not in uncalibrated for d in wanted)
     largest_file = max(m.path.stat().st_size for m in modules)
-    with folder_lock(out), WorkerPool(_worker_count(workers, buildable, largest_file)) as pool:
-        bases = {m.name: load_model(m.path) for m in modules}
-        for m in modules:
-            problem = base_precision_problem(bases[m.name])
-            if problem:
-                raise OnnxDtypeError(f"{m.path}: {problem}")
-        manifest = read_manifest(out)
-        _refuse_clobber(out, modules, wanted, manifest, force)
-        results: list[VariantResult] = []
-        with temp_dir_in(out) as tmp:
-            tasks: list[dict] = []
-            checks: dict[str, EvalData | None] = {}
+    try:
+        with folder_lock(out), WorkerPool(_worker_count(workers, buildable, largest_file)) as pool:
+            bases = {m.name: load_model(m.path) for m in modules}
             for m in modules:
-                base_entry = _place_base(m, bases[m.name], out, force)
-                update_manifest(out, lambda data, m=m, e=base_entry: _set_base(data, m.name, e))
-                normalized = _normalize_once(m, bases[m.name], wanted, tmp)
-                module_options, held_out = _calibrate(m, len(modules), calib, wanted, normalized, recipe_options, out)
-                data = _module_eval_data(m, len(modules), eval_data, normalized, calib) or held_out
-                check = _check_spec(m, bases[m.name], data, tmp, wanted, tolerances, repair,
-                                    repair_budget, metric) if verify else None
-                checks[m.name] = data
-                for dtype in wanted:
-                    known = _known_outcome(m, dtype, out, manifest, force, explicit, normalized, module_options,
-                                           calib is not None)
-                    if known is not None:
-                        known.base_bytes = base_entry["bytes"]
-                        results.append(_record(out, known, progress))
-                        continue
-                    norm = normalized[_passes_for(dtype)]
-                    tasks.append({"module": m.name, "dtype_name": dtype.value, "norm_path": str(norm.path),
-                                  "normalized": norm.done, "recipe_options": _options_as_dicts(module_options),
-                                  "tmp": str(tmp), "base_bytes": base_entry["bytes"], "check": check})
-            finished = []
-            for result in pool.run(tasks):
-                if result.file and (result.status == "ok" or keep_failed):
-                    saved = publish(Path(result.file), out / variant_filename(result.module, DType(result.dtype)))
-                    result.file, result.bytes, result.sha256 = saved.path.name, saved.bytes, saved.sha256
-                else:
-                    result.file = None
-                finished.append(result)
-            for result in finished:  # timed one at a time, after the parallel builds, so they do not compete
-                feed = _latency_feed(result.module, checks.get(result.module), bases) \
-                    if result.file and latency_runs > 0 else None
-                if feed is not None:
-                    result.latency = measure(out / f"{result.module}.onnx", out / result.file, feed, latency_runs)
-                results.append(_record(out, result, progress))
+                problem = base_precision_problem(bases[m.name]) or _load_error(m.path)
+                if problem:
+                    raise OnnxDtypeError(f"{m.path}: {problem}")
+            _check_eval_data(modules, bases, eval_data)
+            _remove_stale_temp(out)
+            manifest = read_manifest(out)
+            _refuse_clobber(out, modules, wanted, manifest, force)
+            results: list[VariantResult] = []
+            with temp_dir_in(out) as tmp:
+                tasks: list[dict] = []
+                checks: dict[str, EvalData | None] = {}
+                all_normalized: dict[str, dict] = {}
+                given_data: dict[str, EvalData | None] = {}
+                for m in modules:  # every user error is found before the first write into the folder
+                    all_normalized[m.name] = _normalize_once(m, bases[m.name], wanted, tmp)
+                    _refuse_not_applicable(m, wanted, all_normalized[m.name], recipe_options, explicit)
+                    given_data[m.name] = _module_eval_data(m, len(modules), eval_data, all_normalized[m.name], calib)
+                    _check_calibration_data(m, len(modules), calib, wanted, all_normalized[m.name])
+                for m in modules:
+                    base_entry = _place_base(m, bases[m.name], out, force)
+                    update_manifest(out, lambda data, m=m, e=base_entry: _set_base(data, m.name, e))
+                    normalized = all_normalized[m.name]
+                    module_options, held_out = _calibrate(m, len(modules), calib, wanted, normalized,
+                                                          recipe_options, out)
+                    data = given_data[m.name] or held_out
+                    check = _check_spec(m, bases[m.name], data, tmp, wanted, tolerances, repair,
+                                        repair_budget, metric) if verify else None
+                    checks[m.name] = data
+                    for dtype in wanted:
+                        known = _known_outcome(m, dtype, out, manifest, force, normalized, module_options,
+                                               calib is not None)
+                        if known is not None:
+                            known.base_bytes = base_entry["bytes"]
+                            results.append(_record(out, known, progress))
+                            continue
+                        norm = normalized[_passes_for(dtype)]
+                        tasks.append({"module": m.name, "dtype_name": dtype.value, "norm_path": str(norm.path),
+                                      "normalized": norm.done, "recipe_options": _options_as_dicts(module_options),
+                                      "tmp": str(tmp), "base_bytes": base_entry["bytes"], "check": check})
+                finished = []
+                for result in pool.run(tasks):
+                    if result.file and (result.status == "ok" or keep_failed):
+                        built, target = Path(result.file), out / variant_filename(result.module, DType(result.dtype))
+                        data_file = built.with_name(built.name + ".data")
+                        result.file, result.sha256 = target.name, sha256_file(built)
+                        result.bytes = built.stat().st_size + (data_file.stat().st_size if data_file.exists() else 0)
+                        _record(out, result, None)  # the manifest vouches for these bytes before they take the name
+                        publish(built, target)
+                    else:
+                        result.file = None
+                    finished.append(result)
+                for result in finished:  # timed one at a time, after the parallel builds, so they do not compete
+                    feed = _latency_feed(result.module, checks.get(result.module), bases) \
+                        if result.file and latency_runs > 0 else None
+                    if feed is not None:
+                        result.latency = measure(out / f"{result.module}.onnx", out / result.file, feed, latency_runs)
+                    results.append(_record(out, result, progress))
+    except OSError as exc:  # a full disk, a folder turned read-only, a file size limit: one line, not a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise OnnxDtypeError(f"{out}: {exc.strerror or exc}{where}") from None
     order = {(m.name, d.value): i for i, (m, d) in enumerate((m, d) for m in modules for d in wanted)}
     results.sort(key=lambda r: order[(r.module, r.dtype)])
     return BuildResult(out, results, explicit)
@@ -407,7 +425,7 @@ def _normalize_once(m: Module, model: onnx.ModelProto, wanted: list[DType], tmp:
     return by_passes
 
 
-def _known_outcome(m: Module, dtype: DType, out: Path, manifest: dict, force: bool, explicit: bool,
+def _known_outcome(m: Module, dtype: DType, out: Path, manifest: dict, force: bool,
                    normalized: dict, recipe_options: dict, calibrated: bool) -> VariantResult | None:
     """Results decided without building: needs calibration, vouched existing file, does not apply."""
     info = INFO[dtype]
@@ -419,13 +437,67 @@ def _known_outcome(m: Module, dtype: DType, out: Path, manifest: dict, force: bo
         return VariantResult(m.name, dtype.value, "kept", "up to date (use --force to rebuild)",
                              file=entry.get("file"), bytes=entry.get("bytes"), sha256=entry.get("sha256"),
                              recipe=list(info.steps), params=entry.get("params", {}))
-    first = info.steps[0]
-    reason = RECIPES[first].check(normalized[_passes_for(dtype)].model, recipe_options[first])
+    reason = _not_applicable(dtype, normalized, recipe_options)
     if reason:
-        if explicit:
-            raise OnnxDtypeError(f"{m.name}: {dtype} is not applicable: {reason}")
         return VariantResult(m.name, dtype.value, "not_applicable", reason, recipe=list(info.steps))
     return None
+
+
+def _not_applicable(dtype: DType, normalized: dict, recipe_options: dict) -> str | None:
+    first = INFO[dtype].steps[0]
+    return RECIPES[first].check(normalized[_passes_for(dtype)].model, recipe_options[first])
+
+
+def _refuse_not_applicable(m: Module, wanted: list[DType], normalized: dict, recipe_options: dict,
+                           explicit: bool) -> None:
+    """A dtype asked for by name that would change nothing is an error, raised before anything is written."""
+    for dtype in wanted if explicit else []:
+        reason = None if INFO[dtype].needs_calibration else _not_applicable(dtype, normalized, recipe_options)
+        if reason:
+            raise OnnxDtypeError(f"{m.name}: {dtype} is not applicable: {reason}")
+
+
+def _check_calibration_data(m: Module, modules: int, calib: Calibration | None, wanted: list[DType],
+                            normalized: dict) -> None:
+    """Read every calibration sample once (each is checked as it is read) before anything is written."""
+    static_dtypes = [d for d in wanted if {"static", "tensorrt"} & set(INFO[d].steps)]
+    if calib is None or not static_dtypes:
+        return
+    from onnxdtype.calibration import load_samples
+
+    norm = normalized[_passes_for(static_dtypes[0])]
+    for _ in load_samples(_module_path(calib.data, m, modules, "--calib"), norm.model, calib.image_spec):
+        pass
+
+
+def _check_eval_data(modules: list[Module], bases: dict[str, onnx.ModelProto],
+                     eval_data: EvalData | dict | str | Path | None) -> None:
+    """EvalData given through the API meets the same checks as data read from files."""
+    from onnxdtype.calibration.data import check_feed, model_inputs
+
+    if isinstance(eval_data, dict) and all(isinstance(v, EvalData) for v in eval_data.values()):
+        unknown = sorted(set(eval_data) - {m.name for m in modules})
+        if unknown:
+            raise OnnxDtypeError(f"eval_data names no module {', '.join(map(repr, unknown))} "
+                                 f"(modules: {', '.join(m.name for m in modules)})")
+    for m in modules:
+        data = eval_data.get(m.name) if isinstance(eval_data, dict) else eval_data
+        if not isinstance(data, EvalData):
+            continue
+        if not data.feeds:
+            raise OnnxDtypeError(f"{m.name}: evaluation data {data.source!r} holds no samples")
+        inputs = model_inputs(bases[m.name])
+        for i, feed in enumerate(data.feeds):
+            check_feed(feed, inputs, f"{m.name}: evaluation data {data.source!r} sample {i}")
+
+
+def _remove_stale_temp(out: Path) -> None:
+    """Temp entries a killed build left: no one else can be using them while this process holds the folder lock."""
+    for entry in out.glob(TEMP_PREFIX + "*"):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _worker_count(workers: int | None, tasks: int, largest_file: int) -> int:
@@ -530,7 +602,7 @@ def build_variant(module: str, dtype_name: str, norm_path: str, normalized: list
     info = INFO[DType(dtype_name)]
     result = VariantResult(module, dtype_name, "ok", recipe=list(info.steps), normalized=normalized, base_bytes=base_bytes)
     start = time.perf_counter()
-    path = Path(tmp) / f"{module}.{dtype_name}.onnx"
+    path = Path(tmp) / variant_filename(module, DType(dtype_name))
     try:
         source = load_model(norm_path)
         options = {step: _as_options(step, recipe_options[step], dtype_name) for step in info.steps}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -72,6 +73,12 @@ def quantize(
         _fail(f"--int8-backend must be onnxruntime or modelopt, not {int8_backend!r}")
     if bnb4_type not in bnb4.CODEBOOKS:
         _fail(f"--bnb4-type must be nf4 or fp4, not {bnb4_type!r}")
+    if workers is not None and workers < 1:
+        _fail(f"--workers must be >= 1, not {workers}")
+    if latency_runs < 0:
+        _fail(f"--latency-runs must be >= 0, not {latency_runs}")
+    if not 0.0 <= repair_max_weights <= 1.0:
+        _fail(f"--repair-max-weights must be in [0, 1], not {repair_max_weights}")
     for name, size in (("--q4-block-size", q4_block_size), ("--bnb4-block-size", bnb4_block_size)):
         if size < 16 or size & (size - 1):
             _fail(f"{name} must be a power of two >= 16, not {size}")
@@ -117,6 +124,8 @@ def _tolerances(items: list[str] | None) -> dict[str, float]:
         except ValueError:
             _fail(f"--tolerance {item!r}: expected NAME=NUMBER, e.g. q8=0.98")
         name = key.strip().lower()
+        if not math.isfinite(number) or number < 0 or (name != "atol" and number > 1):
+            _fail(f"--tolerance {item!r}: a cosine is in [0, 1], atol >= 0")
         parsed[name if name in ("default", "atol") else parse_dtype(name).value] = number
     return parsed
 
@@ -129,7 +138,10 @@ def _finish(result, as_json: bool) -> None:
     from onnxdtype.html_report import write_report
     from onnxdtype.report import build_table
 
-    report = write_report(result)
+    try:
+        report = write_report(result)
+    except OSError as exc:
+        _fail(f"{result.out_dir}: cannot write report.html ({exc.strerror or exc})")
     if as_json:
         print(json.dumps({"out_dir": str(result.out_dir), "report": str(report),
                           "results": [asdict(r) for r in result.results]}, indent=1, default=str))
@@ -138,7 +150,8 @@ def _finish(result, as_json: bool) -> None:
         console.print(f"manifest: {result.out_dir / 'onnxdtype.json'}\nreport:   {report}", highlight=False)
     if result.problems:
         for r in result.problems:
-            err_console.print(f"[bold red]error:[/] {r.module} {r.dtype}: {r.status}: {r.reason}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {r.module} {r.dtype}: {r.status}: {r.reason}", highlight=False,
+                              soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -83,6 +83,8 @@ def parse_dtype_list(text: str | list[str] | list[DType]) -> list[DType]:
     if not names:
         raise OnnxDtypeError("no dtype given; use 'all' or a list such as fp16,q8")
     if any(n.lower() == "all" for n in names):
+        if len(names) > 1:
+            raise OnnxDtypeError(f"'all' cannot be combined with dtype names ({', '.join(names)})")
         return [d for d in DType if d is not DType.FP32]
     wanted = {parse_dtype(n) for n in names}
     return [d for d in DType if d in wanted and d is not DType.FP32]

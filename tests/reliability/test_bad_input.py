@@ -6,7 +6,7 @@ The command line runs in process (typer's CliRunner) unless the kernel has to do
 full filesystems are real where `mount` is permitted (a read-only bind mount, a small tmpfs; skipped
 elsewhere) and always also simulated: RLIMIT_FSIZE in a child process (every write past the limit fails
 with EFBIG, in Python, numpy and onnx's C++ alike) and EROFS/ENOSPC raised from os.replace/fsync in process.
-Cases that fail today because of code outside this suite's reach are strict xfails naming the fix.
+Known gaps are strict xfails naming the fix.
 """
 
 from __future__ import annotations
@@ -32,15 +32,6 @@ from onnxdtype.model import sha256_file
 from onnxdtype.verify.accuracy import EvalData
 
 FAST = ("--workers", "1", "--latency-runs", "0")
-XFAIL_ORT_LOAD = pytest.mark.xfail(strict=True, reason=(
-    "build.py quantize: a base onnxruntime cannot load escapes as a raw onnxruntime exception from "
-    "synthesize() after the base copy and manifest are written; check _load_error(base) before _place_base"))
-XFAIL_NOT_APPLICABLE_WRITES = pytest.mark.xfail(strict=True, reason=(
-    "build.py quantize: an explicit not-applicable dtype raises only after _place_base and the manifest "
-    "update; README says nothing is written. Decide _known_outcome for every module before placing bases"))
-XFAIL_OSERROR = pytest.mark.xfail(strict=True, reason=(
-    "build.py quantize (and cli._finish's write_report): OSError (ENOSPC, EROFS, EFBIG) escapes as a traceback; "
-    "wrap the build in `except OSError` -> OnnxDtypeError naming strerror and the path"))
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -81,10 +72,8 @@ BAD_MODELS = [
     pytest.param(lambda d: write(d / "m.onnx", mlp_bytes()[: len(mlp_bytes()) // 2]), ["not a readable ONNX model"],
                  id="truncated"),
     pytest.param(lambda d: write(d / "m.onnx", b""), ["not an ONNX model"], id="empty-file"),
-    pytest.param(lambda d: kit.save(kit.unknown_op(), d / "m.onnx"), ["FrobnicateX"], id="unknown-op",
-                 marks=XFAIL_ORT_LOAD),
-    pytest.param(lambda d: kit.save(kit.unknown_domain(), d / "m.onnx"), ["com.example"], id="unknown-domain",
-                 marks=XFAIL_ORT_LOAD),
+    pytest.param(lambda d: kit.save(kit.unknown_op(), d / "m.onnx"), ["FrobnicateX"], id="unknown-op"),
+    pytest.param(lambda d: kit.save(kit.unknown_domain(), d / "m.onnx"), ["com.example"], id="unknown-domain"),
     pytest.param(lambda d: kit.save(kit.already_quantized(), d / "m.onnx"), ["already quantized", "DequantizeLinear"],
                  id="already-quantized"),
     pytest.param(lambda d: kit.save(kit.fp16_base(), d / "m.onnx"), ["weights are stored in fp16"], id="fp16-base"),
@@ -139,7 +128,6 @@ def test_odd_but_legitimate_models_build_what_applies(tmp_path, make, stem, buil
     kit.check_folder(out)
 
 
-@XFAIL_NOT_APPLICABLE_WRITES
 def test_no_float_weights_with_a_dtype_asked_by_name_writes_nothing(tmp_path):
     model = kit.save(tinymodels.no_weights(), tmp_path / "in" / "plain.onnx")
     out = tmp_path / "out"
@@ -161,10 +149,6 @@ BAD_EVAL = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "build.py quantize: eval data is never checked against the model's inputs, so each mistake fails every "
-    "variant deep inside onnxruntime (or, for NaN and empty sets, passes unjudged) after the base and manifest "
-    "are written; check every feed with calibration.data.check_feed before _place_base"))
 @pytest.mark.parametrize("case", BAD_EVAL)
 def test_bad_eval_data_is_one_error_naming_sample_and_input_and_writes_nothing(tiny, tmp_path, case):
     feeds, fragments = BAD_EVAL[case]
@@ -175,9 +159,6 @@ def test_bad_eval_data_is_one_error_naming_sample_and_input_and_writes_nothing(t
     assert kit.names(out) == set()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "build.py quantize: eval_data={module: ...} naming a module that is not there is silently ignored "
-    "(synthesized inputs used instead); refuse unknown module names"))
 def test_eval_data_for_an_unknown_module_is_refused(tiny, tmp_path):
     with pytest.raises(OnnxDtypeError, match="'textual'"):
         quantize(tiny("mlp"), "fp16", tmp_path / "out", workers=1, latency_runs=0,
@@ -220,15 +201,11 @@ def test_bad_eval_or_calibration_folder_is_one_line_naming_file_and_input(tiny, 
     dtypes = "fp16,q8" if option == "--eval" else "s8s8"
     out = tmp_path / "out"
     kit.assert_one_line_error(quantize_cli(tiny("mlp"), out, "-d", dtypes, option, data), 2, *DATA_CASES[case])
-    # the strict "nothing written" is the xfail below; a calibration cache of the good samples may stay
+    # a calibration cache of the good samples may stay
     assert {n for n in kit.names(out) if not n.startswith("calibration-")} <= {"mlp.onnx", MANIFEST_NAME}
     kit.check_folder(out)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "build.py quantize reads --eval/--calib data only after _place_base and the first manifest update, so a "
-    "refused data set leaves the base copy and a manifest behind; load and check every module's data (and "
-    "decide every other user error) before the first write"))
 @pytest.mark.parametrize("option, case", [("--eval", "wrong-name"), ("--calib", "nan")])
 def test_bad_eval_or_calibration_folder_writes_nothing(tiny, tmp_path, option, case):
     data = _data_folder(tmp_path / "data", case)
@@ -269,26 +246,18 @@ def test_unknown_dtype_names(tiny, tmp_path, dtype, fragment):
     assert kit.names(tmp_path / "out") == set()
 
 
-XFAIL_RANGE = pytest.mark.xfail(strict=True, reason=(
-    "cli.py quantize: numbers out of range are accepted silently; check them like --q4-block-size "
-    "(tolerance cosines finite in [0, 1], atol >= 0, --repair-max-weights in [0, 1], --workers >= 1, "
-    "--latency-runs >= 0)"))
 
 
 @pytest.mark.parametrize("args, fragment", [
-    pytest.param(("-d", "all,fp16"), "'all'", id="all-with-names", marks=pytest.mark.xfail(strict=True, reason=(
-        "dtype.parse_dtype_list/build.py: 'all,fp16' counts as explicit, so the error is about calibration data; "
-        "refuse 'all' mixed with names (\"'all' cannot be combined with dtype names\")"))),
+    pytest.param(("-d", "all,fp16"), "'all'", id="all-with-names"),
     pytest.param(("-d", "fp16", "--tolerance", "q8"), "expected NAME=NUMBER", id="tolerance-without-value"),
     pytest.param(("-d", "fp16", "--tolerance", "q9=0.9"), "unknown dtype 'q9'", id="tolerance-unknown-dtype"),
-    pytest.param(("-d", "fp16", "--tolerance", "q8=1.5"), "--tolerance", id="tolerance-above-1", marks=XFAIL_RANGE),
-    pytest.param(("-d", "fp16", "--tolerance", "q8=nan"), "--tolerance", id="tolerance-nan", marks=XFAIL_RANGE),
-    pytest.param(("-d", "fp16", "--tolerance", "atol=-1"), "--tolerance", id="atol-negative", marks=XFAIL_RANGE),
-    pytest.param(("-d", "fp16", "--repair-max-weights", "1.5"), "--repair-max-weights", id="repair-share-above-1",
-                 marks=XFAIL_RANGE),
-    pytest.param(("-d", "fp16", "--workers", "-1"), "--workers", id="workers-negative", marks=XFAIL_RANGE),
-    pytest.param(("-d", "fp16", "--latency-runs", "-1"), "--latency-runs", id="latency-runs-negative",
-                 marks=XFAIL_RANGE),
+    pytest.param(("-d", "fp16", "--tolerance", "q8=1.5"), "--tolerance", id="tolerance-above-1"),
+    pytest.param(("-d", "fp16", "--tolerance", "q8=nan"), "--tolerance", id="tolerance-nan"),
+    pytest.param(("-d", "fp16", "--tolerance", "atol=-1"), "--tolerance", id="atol-negative"),
+    pytest.param(("-d", "fp16", "--repair-max-weights", "1.5"), "--repair-max-weights", id="repair-share-above-1"),
+    pytest.param(("-d", "fp16", "--workers", "-1"), "--workers", id="workers-negative"),
+    pytest.param(("-d", "fp16", "--latency-runs", "-1"), "--latency-runs", id="latency-runs-negative"),
     pytest.param(("-d", "q4", "--q4-block-size", "48"), "power of two", id="block-size"),
     pytest.param(("-d", "bnb4", "--bnb4-type", "fp8"), "--bnb4-type must be nf4 or fp4", id="bnb4-type"),
     pytest.param(("-d", "fp16", "--metric", "no_such_module:f"), "cannot import no_such_module", id="metric-import"),
@@ -318,7 +287,6 @@ def test_read_only_output_folder_real_mount(tiny, tmp_path):
         assert kit.names(ro) == set()
 
 
-@XFAIL_OSERROR
 def test_folder_turning_read_only_mid_build_fault_injection(tiny, tmp_path, monkeypatch):
     """EROFS from every rename into the folder once the first variant is to be renamed into place (the base copy
     and the first manifest went in): one line, exit 2, nothing but complete files the manifest vouches for."""
@@ -341,7 +309,6 @@ def test_folder_turning_read_only_mid_build_fault_injection(tiny, tmp_path, monk
     kit.check_folder(out, allow_listed_missing=True)  # an entry written before its failed rename names no file there
 
 
-@XFAIL_OSERROR
 def test_disk_full_on_a_manifest_write_fault_injection(tiny, tmp_path, monkeypatch):
     """ENOSPC from fsync of the first manifest write: the manifest stays as it was (absent), the only file
     is the base copy, byte-identical to the input."""
@@ -378,7 +345,7 @@ def test_disk_full_inside_a_variant_build_fails_that_variant_cleanly(tiny, tmp_p
     out = tmp_path / "out"
     outcome = quantize_cli(tiny("mlp"), out, "-d", "fp16,q8")
     assert outcome.code == 1 and "Traceback" not in outcome.stderr, outcome.stderr
-    assert outcome.stderr.count("error: ") == 1  # one message (its line wrapping: the soft_wrap xfail below)
+    assert outcome.stderr.count("error: ") == 1  # one message
     assert outcome.stderr.startswith("error: mlp q8: failed: OSError: [Errno 28] No space left on device")
     assert kit.names(out) == {"mlp.onnx", "mlp_fp16.onnx", MANIFEST_NAME, "report.html"}
     assert kit.check_folder(out).listed == {"mlp.onnx": "base", "mlp_fp16.onnx": "ok"}
@@ -392,7 +359,6 @@ def _clean_failure(outcome: kit.Outcome, *fragments: str) -> None:
     assert any(all(f in line for f in fragments) for line in outcome.error_lines), outcome.stderr
 
 
-@XFAIL_OSERROR
 def test_full_disk_real_tmpfs(tmp_path):
     model = tinymodels.save(tinymodels.mlp(hidden=256), tmp_path / "in" / "mlp.onnx")
     with kit.mounted("tmpfs", tmp_path / "full", size="160k") as full:
@@ -409,7 +375,6 @@ def _file_size_limit(limit: int):
     return apply
 
 
-@XFAIL_OSERROR
 @pytest.mark.parametrize("hidden, limit", [(64, 4096), (8, 6000)], ids=["base-copy", "manifest-write"])
 def test_full_disk_rlimit_fsize(tmp_path, hidden, limit):
     """Works anywhere, root or not: the child process may not write any file past `limit` bytes."""
@@ -524,9 +489,6 @@ def _flip_last_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli.py _finish: per-variant error lines are printed without soft_wrap, so rich wraps them at the console "
-    "width (80 columns in CI logs): a long reason becomes two lines; pass soft_wrap=True as _fail does"))
 def test_sha256_mismatch_verify_fails_that_variant_and_never_loads_it(built, tmp_path, loads):
     folder = tmp_path / "out"
     shutil.copytree(built / "out", folder)
@@ -546,7 +508,7 @@ def test_sha256_mismatch_in_process_never_loads_the_file(built, tmp_path, loads)
     shutil.copytree(built / "out", folder)
     _flip_last_byte(folder / "mlp_q8.onnx")
     outcome = kit.cli("verify", folder, "--latency-runs", "0")
-    text = " ".join(outcome.stderr.split())  # rich may wrap it: the one-line check is the xfail above
+    text = " ".join(outcome.stderr.split())
     assert outcome.code == 1 and "Traceback" not in text and text.count("error: ") == 1, text
     assert "does not match the manifest" in text and "mlp q8: failed" in text
     assert not any(path.endswith("mlp_q8.onnx") for path in loads), loads

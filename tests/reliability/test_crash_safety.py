@@ -11,9 +11,9 @@ each variant, each manifest write, the report), or halfway through writing a mod
 then a rerun without --force finishes the job, keeping ("kept") what was complete and vouched, and leaves the
 folder exactly listed. Leftover `.onnxdtype-tmp-*` entries must not get in the rerun's way.
 
-Two schedules: named points, one per phase of the build (strict: points where today's build.py leaves a variant
-published but not yet listed are xfails naming the fix); and a seeded random sample of all events plus a few
-kills after seeded random delays (checks safety; counts reruns refused by the known gap). For a long local
+Two schedules: named points, one per phase of the build (a variant is listed in the manifest before it takes its
+name, so every point is finished by a rerun without --force); and a seeded random sample of all events plus a few
+kills after seeded random delays (checks safety; counts any rerun that would need --force). For a long local
 run: ONNXDTYPE_CRASH_POINTS=all (every event of the dry run) or a number (sample size; default 5), and
 ONNXDTYPE_CRASH_SEED.
 """
@@ -42,11 +42,6 @@ SEED = int(os.environ.get("ONNXDTYPE_CRASH_SEED", "20240607"))
 SAMPLE = os.environ.get("ONNXDTYPE_CRASH_POINTS", "5")
 TALLY: dict[str, int] = {"crashes": 0, "reruns kept": 0, "reruns refused (known gap)": 0}
 
-XFAIL_UNLISTED = pytest.mark.xfail(strict=True, reason=(
-    "build.py quantize publishes every variant as it finishes but records them in the manifest only after "
-    "all are built (and timed): killed in between, the folder holds complete variants the manifest does not "
-    "list, and a rerun refuses them without --force. Fix: record each result right after it is built, writing "
-    "the manifest entry (sha256 of the temp file) before publish() renames it into place; add latency later"))
 
 
 def run_crashing(model: Path, out: Path, kill_at: int = 0, *, match: str = "", workers: int = 1,
@@ -127,9 +122,9 @@ NAMED_POINTS = [
     pytest.param(r"before-replace onnxdtype\.json", id="first-manifest-not-renamed"),
     pytest.param(r"write mlp[._]fp16\.onnx", id="half-written-variant-in-temp"),
     pytest.param(r"before-replace mlp_fp16\.onnx", id="variant-complete-in-temp"),
-    pytest.param(r"after-replace mlp_fp16\.onnx", id="variant-published", marks=XFAIL_UNLISTED),
-    pytest.param(r"write mlp[._]q4\.onnx", id="two-published-third-half-written", marks=XFAIL_UNLISTED),
-    pytest.param(r"after-replace onnxdtype\.json#2", id="second-manifest-write", marks=XFAIL_UNLISTED),
+    pytest.param(r"after-replace mlp_fp16\.onnx", id="variant-published"),
+    pytest.param(r"write mlp[._]q4\.onnx", id="two-published-third-half-written"),
+    pytest.param(r"after-replace onnxdtype\.json#2", id="second-manifest-write"),
     pytest.param(r"before-replace report\.html", id="all-listed-report-pending"),
 ]
 
@@ -192,8 +187,7 @@ def _schedule(count: int, seconds: float) -> list[tuple[str, float]]:
 
 def test_sigkill_at_seeded_random_points(model, events, tmp_path):
     events, seconds = events
-    """Safety at every sampled point; a rerun finishes (with --force only where the known gap left an unlisted
-    but complete variant: counted, and shown strictly by the xfails above)."""
+    """Safety at every sampled point; a rerun finishes (counting any that would need --force)."""
     model_sha = sha256_file(model)
     schedule = _schedule(len(events), seconds)
     for n, (kind, value) in enumerate(schedule):
@@ -234,10 +228,6 @@ def test_leftover_temp_entries_do_not_stop_a_rerun(model, tmp_path, point):
     rerun_finishes(model, out, after_crash(model, out, sha256_file(model)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "build.py quantize never removes .onnxdtype-tmp-* entries a killed build left (temp folders with "
-    "complete or half-written models, temp manifests): they pile up. Fix: right after taking folder_lock(out), "
-    "remove every TEMP_PREFIX entry in out (no other build can be using them while the lock is held)"))
 @LEFTOVER_POINTS
 def test_rerun_removes_leftover_temp_entries(model, tmp_path, point):
     out = tmp_path / "out"

@@ -303,11 +303,6 @@ def test_load_model_on_mutated_bytes(edits):
         assert isinstance(model, onnx.ModelProto) and len(model.graph.node) > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "build.py quantize: a mutated model that parses but onnxruntime cannot load (the pinned example: an op "
-    "'MatMuX') escapes from synthesize() as a raw onnxruntime exception (InvalidGraph, Fail, even "
-    "UnicodeDecodeError for non-UTF-8 names); same fix as test_bad_input's unknown-op: check _load_error(base) "
-    "first and raise OnnxDtypeError"))
 @SLOW
 @given(edits=mutations)
 @example(edits=[(OP_TYPE_BYTE, ord("X"), "set")])
