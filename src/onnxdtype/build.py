@@ -27,7 +27,7 @@ from onnxdtype.dtype import INFO, DType, parse_dtype_list, variant_filename
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import folder_lock, read_manifest, update_manifest
 from onnxdtype.model import (TEMP_PREFIX, base_precision_problem, iter_graphs, load_model, op_counts, publish, save_model,
-                             sha256_file, temp_dir_in, write_model)
+                             model_sha256, temp_dir_in, write_model)
 from onnxdtype.normalize import keep_metadata, normalize
 from onnxdtype.recipes import RECIPES, NotApplicable, default_options
 from onnxdtype.verify.accuracy import (DEFAULT_ATOL, SYNTHESIZED_NOTE, Criteria, EvalData, evaluate,
@@ -232,7 +232,7 @@ def quantize(
                     if result.file and (result.status == "ok" or keep_failed):
                         built, target = Path(result.file), out / variant_filename(result.module, DType(result.dtype))
                         data_file = built.with_name(built.name + ".data")
-                        result.file, result.sha256 = target.name, sha256_file(built)
+                        result.file, result.sha256 = target.name, model_sha256(built)
                         result.bytes = built.stat().st_size + (data_file.stat().st_size if data_file.exists() else 0)
                         _record(out, result, None)  # the manifest vouches for these bytes before they take the name
                         publish(built, target)
@@ -362,14 +362,14 @@ def _refuse_clobber(out: Path, modules: list[Module], wanted: list[DType], manif
                 raise OnnxDtypeError(f"{target}: exists and is not a verified onnxdtype output; use --force to overwrite")
         base_target = out / f"{m.name}.onnx"
         if base_target.exists() and base_target.resolve() != m.path.resolve() \
-                and sha256_file(base_target) != sha256_file(m.path):
+                and model_sha256(base_target) != model_sha256(m.path):
             raise OnnxDtypeError(f"{base_target}: exists with other contents than {m.path}; use --force to overwrite")
 
 
 def _vouched(out: Path, manifest: dict, module: str, dtype: DType) -> bool:
     entry = manifest["modules"].get(module, {}).get("variants", {}).get(dtype.value)
     target = out / variant_filename(module, dtype)
-    return bool(entry and entry.get("status") == "ok" and entry.get("sha256") == sha256_file(target))
+    return bool(entry and entry.get("status") == "ok" and entry.get("sha256") == model_sha256(target))
 
 
 def _place_base(m: Module, model: onnx.ModelProto, out: Path, force: bool) -> dict:
@@ -379,13 +379,13 @@ def _place_base(m: Module, model: onnx.ModelProto, out: Path, force: bool) -> di
         if m.path.with_name(m.path.name + ".data").exists() or any(
                 t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
             save_model(model, target)
-        elif not target.exists() or force or sha256_file(target) != sha256_file(m.path):
+        elif not target.exists() or force or model_sha256(target) != model_sha256(m.path):
             with temp_dir_in(out) as tmp:
                 shutil.copyfile(m.path, tmp / target.name)
                 publish(tmp / target.name, target)
     data = target.with_name(target.name + ".data")
     size = target.stat().st_size + (data.stat().st_size if data.exists() else 0)
-    return {"file": target.name, "bytes": size, "sha256": sha256_file(target)}
+    return {"file": target.name, "bytes": size, "sha256": model_sha256(target)}
 
 
 def _set_base(data: dict, name: str, base: dict) -> None:

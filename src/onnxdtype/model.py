@@ -230,6 +230,19 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def model_sha256(path: str | Path) -> str:
+    """The digest the manifest records for a model: its .onnx bytes followed by its .data file's, when it has one,
+    so a swapped or corrupted external data file is caught like a changed model."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for part in (path, path.with_name(path.name + ".data")):
+        if part == path or part.exists():
+            with open(part, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass
 class SavedFile:
     """A model file written to its final place: what the manifest records about it."""
@@ -282,15 +295,15 @@ def publish(tmp_file: Path, dest: Path) -> SavedFile:
     """Move a finished model (and its .data file) from a temp folder to `dest` atomically, data first."""
     data = tmp_file.with_name(tmp_file.name + ".data")
     dest_data = dest.with_name(dest.name + ".data")
+    if data.exists() and data.name != dest_data.name:  # the model names its data file: name the one it will have
+        _rename_external_data(tmp_file, data.name, dest_data.name)
+    digest = model_sha256(tmp_file)  # with the data file beside it, as at `dest`
     if data.exists():
-        if data.name != dest_data.name:  # the model names its data file: make it name the one it will have
-            _rename_external_data(tmp_file, data.name, dest_data.name)
         os.replace(data, dest_data)
     elif dest_data.exists():
         dest_data.unlink()  # a stale .data from an earlier, larger build would mislead readers
     has_data = dest_data.exists()
     size = tmp_file.stat().st_size + (dest_data.stat().st_size if has_data else 0)
-    digest = sha256_file(tmp_file)
     os.replace(tmp_file, dest)
     return SavedFile(dest, size, digest, dest_data if has_data else None)
 

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from onnxdtype.manifest import LOCK_NAME, read_manifest
-from onnxdtype.model import TEMP_PREFIX, sha256_file
+from onnxdtype.model import TEMP_PREFIX, model_sha256, sha256_file
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 CRASHRUN = Path(__file__).resolve().parent / "crashrun.py"
@@ -132,7 +132,7 @@ def check_folder(folder: Path, *, allow_listed_missing: bool = False, base_sha: 
         if not path.exists():
             missing.append(file)
             continue
-        assert sha256_file(path) == digest, f"{file}: sha256 differs from the manifest"
+        assert model_sha256(path) == digest, f"{file}: sha256 differs from the manifest"
     assert allow_listed_missing or not missing, f"listed but missing: {missing}"
     models = sorted(p.name for p in folder.glob("*.onnx"))
     unlisted = [m for m in models if m not in listed

@@ -6,7 +6,6 @@ The command line runs in process (typer's CliRunner) unless the kernel has to do
 full filesystems are real where `mount` is permitted (a read-only bind mount, a small tmpfs; skipped
 elsewhere) and always also simulated: RLIMIT_FSIZE in a child process (every write past the limit fails
 with EFBIG, in Python, numpy and onnx's C++ alike) and EROFS/ENOSPC raised from os.replace/fsync in process.
-Known gaps are strict xfails naming the fix.
 """
 
 from __future__ import annotations
@@ -551,11 +550,6 @@ def test_external_data_variant_is_complete_and_listed(external_built):
     assert Config.from_dir(external_built, dtype="fp16").commit()["mlp"].file.name == "mlp_fp16.onnx"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the manifest's sha256 covers <file>.onnx only, not <file>.onnx.data: a swapped or corrupted external "
-    "data file passes every check (runtime, verify, rerun 'kept'); build.py/_record should record a data_sha256 "
-    "(model.publish knows the data file), and resolve._check_sha, recheck._integrity_problem, build._vouched "
-    "check it"))
 def test_tampered_external_data_is_refused(external_built):
     from onnxdtype.runtime import Config
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import MANIFEST_NAME, confined_path, folder_lock, read_manifest
-from onnxdtype.model import sha256_file
+from onnxdtype.model import model_sha256
 
 if TYPE_CHECKING:
     from onnxdtype.runtime.config import Settings
@@ -272,7 +272,7 @@ def file_sha256(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = sha256_file(path)
+        _SHA_CACHE[key] = model_sha256(path)
     return _SHA_CACHE[key]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from onnxdtype.dtype import parse_dtype
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import confined_path, read_manifest, update_manifest
-from onnxdtype.model import load_model, sha256_file
+from onnxdtype.model import load_model, model_sha256
 from onnxdtype.verify.accuracy import (DEFAULT_ATOL, SYNTHESIZED_NOTE, Criteria, EvalData, evaluate, load_metric,
                                        min_cosine_for, session, synthesize)
 from onnxdtype.verify.latency import measure
@@ -57,7 +57,7 @@ def verify_folder(folder: str | Path, eval_data: EvalData | dict[str, EvalData] 
 def _integrity_problem(path: Path, entry: dict) -> str | None:
     if not path.exists():
         return f"{path.name} is missing"
-    digest = sha256_file(path)
+    digest = model_sha256(path)
     if digest != entry.get("sha256"):
         return f"{path.name}: sha256 {digest[:12]}… does not match the manifest's {str(entry.get('sha256'))[:12]}…; not loaded"
     return None
