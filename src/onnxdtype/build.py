@@ -183,7 +183,7 @@ def quantize(
         raise OnnxDtypeError(f"{', '.join(map(str, uncalibrated))}: {NEEDS_CALIBRATION}")
 
     buildable = len(modules) * sum(d not in uncalibrated for d in wanted)
-    largest_file = max(m.path.stat().st_size for m in modules)
+    largest_file = max(_size_with_data(m.path) for m in modules)
     try:
         with folder_lock(out), WorkerPool(_worker_count(workers, buildable, largest_file)) as pool:
             bases = {m.name: load_model(m.path) for m in modules}
@@ -500,6 +500,11 @@ def _remove_stale_temp(out: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
+def _size_with_data(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
 def _worker_count(workers: int | None, tasks: int, largest_file: int) -> int:
     """Parallel workers: as asked, else bounded by tasks, cores, and memory (~8x the largest model each)."""
     if workers is not None:
@@ -664,8 +669,8 @@ def _verify_and_repair(source: onnx.ModelProto, built: onnx.ModelProto, steps: t
         result.verification = {"data": eval_data.source, "synthesized": True, "failure": None, "skipped": True}
         return built
     criteria = Criteria(check["min_cosine"][result.dtype], check["atol"], check["metric"])
-    base = accuracy_session(source.SerializeToString())
-    figures, failure = evaluate(base, accuracy_session(built.SerializeToString()), eval_data.feeds, criteria)
+    base = accuracy_session(source)
+    figures, failure = evaluate(base, accuracy_session(built), eval_data.feeds, criteria)
     verification: dict = {"data": eval_data.source, "synthesized": eval_data.synthesized, **asdict(criteria),
                           **figures, "failure": failure}
     if eval_data.synthesized:  # random inputs prove loading, not accuracy: figures are shown, never judged

@@ -105,7 +105,7 @@ def test_planted_broken_variants_are_caught(tiny, tmp_path):
     next(n for n in swapped.graph.node if n.op_type == "Relu").op_type = "Sigmoid"
     data = eval_data((4, 64)).feeds
     for broken in (scrambled, swapped):
-        _, failure = evaluate(session(base.SerializeToString()), session(broken.SerializeToString()), data,
+        _, failure = evaluate(session(base), session(broken), data,
                               Criteria(0.99))
         assert failure is not None
 

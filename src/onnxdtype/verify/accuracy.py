@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import onnxruntime as ort
 
 from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.model import needs_external_data, write_model
 from onnxdtype.verify.metrics import OutputStats, judge
 
 DEFAULT_MIN_COSINE = {"16": 0.9999, "8": 0.99, "4": 0.98, "4+16": 0.98}  # by DTypeInfo.bits, SPEC.md
@@ -58,7 +60,7 @@ class EvalData:
 def synthesize(model: onnx.ModelProto, samples: int = 4, seed: int = 0) -> EvalData:
     """Inputs from the model's declared shapes that the fp32 model runs on: the batch axis is 1, other
     dynamic dims try 64, 32, 48, 16 in turn (detectors want multiples of 32, recognizers height 48)."""
-    sess = session(model.SerializeToString(), quiet=True)
+    sess = session(model, quiet=True)
     for size in (64, 32, 48, 16):
         data = _synthesize(model, samples, seed, size)
         try:
@@ -93,12 +95,20 @@ def _synthesize(model: onnx.ModelProto, samples: int, seed: int, size: int) -> E
     return EvalData(feeds, f"{samples} synthesized samples", True)
 
 
-def session(model: str | Path | bytes, threads: int = 0, quiet: bool = False) -> ort.InferenceSession:
+def session(model: str | Path | onnx.ModelProto, threads: int = 0, quiet: bool = False) -> ort.InferenceSession:
+    """A CPU session of a file or an in-memory model; one over protobuf's 2 GiB goes through a temp file with
+    external data, since it cannot be serialized in one piece."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 4 if quiet else 3  # 4: even errors stay quiet, for probing runs expected to fail
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    if not isinstance(model, onnx.ModelProto):
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    if not needs_external_data(model):
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="onnxdtype-session-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        write_model(model, path)
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def cast_feed(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -173,12 +183,12 @@ def evaluate(base: ort.InferenceSession, variant: ort.InferenceSession, feeds: I
     return {"outputs": outputs, "task": task}, failure
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> bytes:
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     present = {o.name for o in exposed.graph.output}
     exposed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in present)
-    return exposed.SerializeToString()
+    return exposed
 
 
 def activation_max(model: onnx.ModelProto, feeds: list[dict]) -> dict[str, float]:

@@ -90,7 +90,7 @@ def repair(source: onnx.ModelProto, steps: list[str], options: dict[str, object]
     """
     budget = budget or RepairBudget()
     start = time.perf_counter()
-    base = session(source.SerializeToString())
+    base = session(source)
     shares = weight_shares(source)
     kept: list[str] = []
     attempts: list[dict] = []
@@ -128,7 +128,7 @@ def repair(source: onnx.ModelProto, steps: list[str], options: dict[str, object]
             if model is None:
                 return RepairOutcome(None, None, "nothing left to quantize after keeping the guilty nodes",
                                      trial, fraction, attempts)
-            figures, reason = evaluate(base, session(model.SerializeToString()), eval_data.feeds, criteria)
+            figures, reason = evaluate(base, session(model), eval_data.feeds, criteria)
             attempts.append({"kept_nodes": len(trial), "kept_weight_fraction": round(fraction, 4),
                              "precision": "8-bit" if use_8bit else "fp32",
                              "failure": reason})
