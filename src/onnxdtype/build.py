@@ -615,7 +615,7 @@ def build_variant(module: str, dtype_name: str, norm_path: str, normalized: list
         if built is None:
             return result
         if check is not None:
-            built = _verify_and_repair(source, built, info.steps, options, check, result)
+            built = _verify_and_repair(source, Path(norm_path), built, info.steps, options, check, result)
         keep_metadata(source, built)
         result.op_changes = op_changes(source, built)
         write_model(built, path)
@@ -661,15 +661,15 @@ def _run_steps(source: onnx.ModelProto, steps: tuple[str, ...], options: dict, r
     return model
 
 
-def _verify_and_repair(source: onnx.ModelProto, built: onnx.ModelProto, steps: tuple[str, ...], options: dict,
-                       check: dict, result: VariantResult) -> onnx.ModelProto:
+def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.ModelProto, steps: tuple[str, ...],
+                       options: dict, check: dict, result: VariantResult) -> onnx.ModelProto:
     """Figures against fp32; on a miss, repair (unless disabled). A variant still missing is marked failed."""
     eval_data = EvalData.load(Path(check["eval_dir"]), check["source"], check["synthesized"])
     if not eval_data.feeds:
         result.verification = {"data": eval_data.source, "synthesized": True, "failure": None, "skipped": True}
         return built
     criteria = Criteria(check["min_cosine"][result.dtype], check["atol"], check["metric"])
-    base = accuracy_session(source)
+    base = accuracy_session(source_path)  # from the file: no second in-memory copy of a large model
     figures, failure = evaluate(base, accuracy_session(built), eval_data.feeds, criteria)
     verification: dict = {"data": eval_data.source, "synthesized": eval_data.synthesized, **asdict(criteria),
                           **figures, "failure": failure}
