@@ -12,11 +12,11 @@ import dataclasses
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 import realmodels
 import tinymodels
+from numerics import cosine, session
 from onnxdtype.calibration import calibrate, load_samples
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import op_counts
@@ -37,15 +37,8 @@ class CountingSamples:
         return iter(self.feeds)
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity; 0 when either side is all zeros (a collapsed channel)."""
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    norms = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / norms) if norms else 0.0
 
 
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def images(count: int, seed: int) -> list[dict[str, np.ndarray]]:

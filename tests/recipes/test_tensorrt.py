@@ -20,6 +20,7 @@ import onnxruntime as ort
 import pytest
 import realmodels
 import tinymodels
+from numerics import cosine, session
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxdtype.calibration import calibrate, load_samples, read_ranges
@@ -41,14 +42,8 @@ class Samples:
         return iter(self.feeds)
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    norms = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / norms) if norms else 0.0
 
 
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -89,17 +89,23 @@ def check(model: onnx.ModelProto, options: Options) -> str | None:
     return None
 
 
+def cached_ranges(model: onnx.ModelProto, ranges_file: str, method: str) -> CalibrationResult:
+    """The calibration this model's variant is built from, refused when it was made for another model or method."""
+    calibration = read_ranges(ranges_file)
+    if calibration.model_sha256 != model_digest(model):
+        raise OnnxDtypeError(f"{ranges_file}: computed for another model (or before normalizing); recalibrate")
+    if calibration.method != method:
+        raise OnnxDtypeError(f"{ranges_file}: holds {calibration.method} ranges, {method} was asked")
+    return calibration
+
+
 def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     reason = check(model, options)
     if reason:
         return NotApplicable(reason)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
-    calibration = read_ranges(options.ranges_file)
-    if calibration.model_sha256 != model_digest(model):
-        raise OnnxDtypeError(f"{options.ranges_file}: computed for another model (or before normalizing); recalibrate")
-    if calibration.method != options.method:
-        raise OnnxDtypeError(f"{options.ranges_file}: holds {calibration.method} ranges, {options.method} was asked")
+    calibration = cached_ranges(model, options.ranges_file, options.method)
     model = _named_copy(model)  # quantize_static edits its input; nodes_to_exclude needs names
     excluded = set(options.nodes_to_exclude) | (set(float_tail(model)) if options.float_tail else set())
     quantized = {n.name for n in weighted_nodes(model)} - excluded

@@ -59,7 +59,7 @@ from tempfile import TemporaryDirectory
 
 import onnx
 
-from onnxdtype.calibration.ranges import CalibrationResult, model_digest, read_ranges, weighted_nodes, write_ranges
+from onnxdtype.calibration.ranges import CalibrationResult, weighted_nodes, write_ranges
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import needs_external_data, opset_version, write_model
 from onnxdtype.recipes import NotApplicable, Variant, static
@@ -161,11 +161,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     reason = check(model, options)
     if reason:
         return NotApplicable(reason)
-    calibration = read_ranges(options.ranges_file)
-    if calibration.model_sha256 != model_digest(model):
-        raise OnnxDtypeError(f"{options.ranges_file}: computed for another model (or before normalizing); recalibrate")
-    if calibration.method != options.method:
-        raise OnnxDtypeError(f"{options.ranges_file}: holds {calibration.method} ranges, {options.method} was asked")
+    calibration = static.cached_ranges(model, options.ranges_file, options.method)
     model = _named_copy(model)  # quantize_static edits its input; node selection needs names
     chosen = selected_nodes(model, options)
     unquantized = set(options.nodes_to_exclude) | {n.name for n in weighted_nodes(model) if n.name not in chosen}
