@@ -164,8 +164,10 @@ def bench_build(gb: float, workdir: Path, workers: int | None, keep: bool, verif
         args = [sys.executable, "-c", script]
         print(f"  {call}", flush=True)
     figures = run_measured(args, watch=out)
-    results = json.loads(figures.pop("stdout").strip().splitlines()[-1])["results"]
-    figures.pop("stderr")
+    stdout, stderr = figures.pop("stdout"), figures.pop("stderr")
+    if not stdout.strip():
+        raise SystemExit(f"the build printed nothing (exit {figures.get('returncode')}): {stderr.strip()[-500:]}")
+    results = json.loads(stdout[stdout.index("{"):])["results"]  # the CLI's --json is one indented document
     report = {"model_bytes": size, **figures,
               "variants": {r["dtype"]: {"status": r["status"], "bytes": r["bytes"], "seconds": r["seconds"],
                                         "reason": r["reason"]} for r in results}}
