@@ -286,3 +286,18 @@ def ctc_decode(rec_output: np.ndarray) -> list[str]:
     stored in the model. Raw like rapidocr: rendered lines may gain a leading or trailing
     space, so compare after ``strip()``."""
     return [text for text, _score in _ctc_decoder()(np.asarray(rec_output))]
+
+
+def rendered_text_page(seed: int) -> np.ndarray:
+    """Rendered lines of words on a white page (RGB uint8), for det calibration and evaluation."""
+    rng = np.random.default_rng(seed)
+    words = "the quick brown fox jumps over lazy dog onnx runtime model calibration data 2026 text".split()
+    lines = [render_text_line(" ".join(rng.choice(words, 5)), size=int(rng.integers(20, 40)))
+             for _ in range(8)]
+    page = np.full((sum(line.shape[0] + 10 for line in lines) + 40, max(line.shape[1] for line in lines) + 40, 3),
+                   255, np.uint8)
+    top = 20
+    for line in lines:
+        page[top:top + line.shape[0], 20:20 + line.shape[1]] = line
+        top += line.shape[0] + 10
+    return page

@@ -145,19 +145,6 @@ def test_options_for_sets_the_three_dtypes_types():
 
 
 # ---------------------------------------------------------------------------------------------- real models
-def text_page(seed: int) -> np.ndarray:
-    """Rendered lines of words on a white page (RGB uint8), for det calibration and evaluation."""
-    rng = np.random.default_rng(seed)
-    words = "the quick brown fox jumps over lazy dog onnx runtime model calibration data 2026 text".split()
-    lines = [realmodels.render_text_line(" ".join(rng.choice(words, 5)), size=int(rng.integers(20, 40)))
-             for _ in range(8)]
-    page = np.full((sum(line.shape[0] + 10 for line in lines) + 40, max(line.shape[1] for line in lines) + 40, 3),
-                   255, np.uint8)
-    top = 20
-    for line in lines:
-        page[top:top + line.shape[0], 20:20 + line.shape[1]] = line
-        top += line.shape[0] + 10
-    return page
 
 
 DET_SPEC = {"resize": "short-side", "short_side": 320, "multiple": 32, "channels": "BGR",
@@ -171,7 +158,7 @@ def test_ppocr_det_static_dtypes_on_held_out_images(ocr_dir, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     scenes = realmodels.scene_images()
-    for i, image in enumerate(scenes + [text_page(seed) for seed in range(6)]):
+    for i, image in enumerate(scenes + [realmodels.rendered_text_page(seed) for seed in range(6)]):
         Image.fromarray(image).save(folder / f"{i:02d}.png")
     model = normalize(onnx.load(str(ocr_dir / "det.onnx")), static.PASSES)[0]
     samples = load_samples(folder, model, DET_SPEC)

@@ -397,20 +397,6 @@ def test_minilm_int8_on_held_out_sentences(minilm_path, tmp_path):
     onnx.checker.check_model(variant.model, full_check=True)
 
 
-def text_page(seed: int) -> np.ndarray:
-    """Rendered lines of words on a white page (RGB uint8), as test_static's det data."""
-    rng = np.random.default_rng(seed)
-    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "onnx", "runtime", "model", "calibration",
-             "data", "2026", "text"]
-    lines = [realmodels.render_text_line(" ".join(rng.choice(words, 5)), size=int(rng.integers(20, 40)))
-             for _ in range(8)]
-    page = np.full((sum(line.shape[0] + 10 for line in lines) + 40, max(line.shape[1] for line in lines) + 40, 3),
-                   255, np.uint8)
-    top = 20
-    for line in lines:
-        page[top:top + line.shape[0], 20:20 + line.shape[1]] = line
-        top += line.shape[0] + 10
-    return page
 
 
 @pytest.mark.real
@@ -419,7 +405,7 @@ def test_ppocr_det_int8_on_held_out_images(ocr_dir, tmp_path):
 
     folder = tmp_path / "images"
     folder.mkdir()
-    for i, image in enumerate(realmodels.scene_images() + [text_page(seed) for seed in range(6)]):
+    for i, image in enumerate(realmodels.scene_images() + [realmodels.rendered_text_page(seed) for seed in range(6)]):
         Image.fromarray(image).save(folder / f"{i:02d}.png")
     spec = {"resize": "short-side", "short_side": 320, "multiple": 32, "channels": "BGR", "scale": 1 / 255,
             "mean": 0.5, "std": 0.5}  # rapidocr's det preprocessing
