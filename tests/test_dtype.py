@@ -46,6 +46,9 @@ def test_dtype_lists():
     assert parse_dtype_list("q8, fp16,q8") == [DType.FP16, DType.Q8]
     with pytest.raises(OnnxDtypeError, match="no dtype given"):
         parse_dtype_list(" , ")
+    with pytest.raises(OnnxDtypeError, match="fp32 is the base model itself"):
+        parse_dtype_list("fp32")
+    assert parse_dtype_list("fp32,q8") == [DType.Q8]
 
 
 def test_file_names():

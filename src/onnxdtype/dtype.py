@@ -87,6 +87,8 @@ def parse_dtype_list(text: str | list[str] | list[DType]) -> list[DType]:
             raise OnnxDtypeError(f"'all' cannot be combined with dtype names ({', '.join(names)})")
         return [d for d in DType if d is not DType.FP32]
     wanted = {parse_dtype(n) for n in names}
+    if wanted == {DType.FP32}:
+        raise OnnxDtypeError("fp32 is the base model itself, nothing to build; ask for fp16, q8, ... or all")
     return [d for d in DType if d in wanted and d is not DType.FP32]
 
 
