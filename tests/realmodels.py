@@ -301,3 +301,11 @@ def rendered_text_page(seed: int) -> np.ndarray:
         page[top:top + line.shape[0], 20:20 + line.shape[1]] = line
         top += line.shape[0] + 10
     return page
+
+
+def save_sentence_feeds(folder: Path) -> Path:
+    """SENTENCES as calibration data: one .npz feed per sentence (no padding tokens) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, sentence in enumerate(SENTENCES):
+        np.savez(folder / f"{i:02d}.npz", **minilm_feeds([sentence]))
+    return folder

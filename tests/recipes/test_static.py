@@ -177,10 +177,7 @@ def test_ppocr_det_static_dtypes_on_held_out_images(ocr_dir, tmp_path):
 
 @pytest.mark.real
 def test_minilm_static_dtypes_on_held_out_sentences(minilm_path, tmp_path):
-    folder = tmp_path / "sentences"
-    folder.mkdir()
-    for i, sentence in enumerate(realmodels.SENTENCES):
-        np.savez(folder / f"{i:02d}.npz", **realmodels.minilm_feeds([sentence]))
+    folder = realmodels.save_sentence_feeds(tmp_path / "sentences")
     model = normalize(onnx.load(str(minilm_path)), static.PASSES)[0]
     calibration_part, held_out = load_samples(folder, model).split(1 / 3)
     calibration = calibrate(model, calibration_part, "minmax", tmp_path)

@@ -40,7 +40,7 @@ FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 # Ops with an integer kernel in onnxruntime when their weight (this input index) is constant.
 WEIGHTED_OPS = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}
 # onnxruntime's CalibrationMethod names, as its cache file spells them
-_ORT_METHOD = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
 class Samples(Protocol):
@@ -337,7 +337,7 @@ def _write_cache(path: Path, method: str, ranges: dict[str, tuple[float, float]]
                                  for name, c in channels.items()}}
     payload = {
         "CLS": "TensorsData",
-        "calibration_method": {"CLS": "CalibrationMethod", "value": f"CalibrationMethod.{_ORT_METHOD[method]}"},
+        "calibration_method": {"CLS": "CalibrationMethod", "value": f"CalibrationMethod.{ORT_METHODS[method]}"},
         "data": {name: {"lowest": low, "highest": high, "CLS": "TensorData"} for name, (low, high) in ranges.items()},
         "smooth_quant": False,
         "onnxdtype": meta,

@@ -37,6 +37,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxdtype.calibration.ranges import (
+    ORT_METHODS,
     WEIGHTED_OPS,
     CalibrationResult,
     model_digest,
@@ -103,7 +104,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     reason = check(model, options)
     if reason:
         return NotApplicable(reason)
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import QuantType
 
     calibration = cached_ranges(model, options.ranges_file, options.method)
     model = _named_copy(model)  # quantize_static edits its input; nodes_to_exclude needs names
@@ -117,25 +118,15 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     extra = {"MatMulConstBOnly": True, "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]} \
         if options.kernel_ops_only else {}
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    with TemporaryDirectory(prefix="onnxdtype-static-") as tmp:
-        ranges_file = Path(tmp) / "ranges.json"
-        write_ranges(ranges_file, calibration)
-        out = Path(tmp) / "static.onnx"
-        _quantize_static()(
-            model, out, None,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=op_types,
-            per_channel=options.per_channel,
-            activation_type=types[options.activation_type],
-            weight_type=types[options.weight_type],
-            nodes_to_exclude=sorted(excluded),
-            use_external_data_format=needs_external_data(model),
-            calibrate_method=CalibrationMethod[{"minmax": "MinMax", "entropy": "Entropy",
-                                                "percentile": "Percentile"}[calibration.method]],
-            calibration_cache_path=ranges_file,
-            extra_options=extra,
-        )
-        quantized_model = onnx.load(str(out), load_external_data=True)
+    quantized_model = quantize_with_ranges(
+        model, calibration,
+        op_types_to_quantize=op_types,
+        per_channel=options.per_channel,
+        activation_type=types[options.activation_type],
+        weight_type=types[options.weight_type],
+        nodes_to_exclude=sorted(excluded),
+        extra_options=extra,
+    )
     kept = sorted(n.name for n in model.graph.node  # excluded nodes the quantizer would otherwise have touched
                   if n.name in excluded and (op_types is None or n.op_type in op_types))
     if options.float_tail:
@@ -156,6 +147,27 @@ def _named_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     copy.CopyFrom(model)
     name_unnamed_nodes(copy)  # quantize_static cannot exclude nameless nodes
     return copy
+
+
+def quantize_with_ranges(model: onnx.ModelProto, calibration: CalibrationResult, **quantize_options
+                         ) -> onnx.ModelProto:
+    """onnxruntime's quantize_static (QDQ) given our cached ranges through its calibration cache file, so it
+    runs no calibration of its own; `quantize_options` are quantize_static's other arguments."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat
+
+    with TemporaryDirectory(prefix="onnxdtype-qdq-") as tmp:
+        ranges_file = Path(tmp) / "ranges.json"
+        write_ranges(ranges_file, calibration)
+        out = Path(tmp) / "qdq.onnx"
+        _quantize_static()(
+            model, out, None,
+            quant_format=QuantFormat.QDQ,
+            use_external_data_format=needs_external_data(model),
+            calibrate_method=CalibrationMethod[ORT_METHODS[calibration.method]],
+            calibration_cache_path=ranges_file,
+            **quantize_options,
+        )
+        return onnx.load(str(out), load_external_data=True)
 
 
 def _quantize_static():

@@ -59,11 +59,11 @@ from tempfile import TemporaryDirectory
 
 import onnx
 
-from onnxdtype.calibration.ranges import CalibrationResult, weighted_nodes, write_ranges
+from onnxdtype.calibration.ranges import ORT_METHODS, CalibrationResult, weighted_nodes
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import needs_external_data, opset_version, write_model
 from onnxdtype.recipes import NotApplicable, Variant, static
-from onnxdtype.recipes.static import NEEDS_CALIBRATION, _named_copy, _quantize_static, equalize, float_tail
+from onnxdtype.recipes.static import NEEDS_CALIBRATION, _named_copy, equalize, float_tail
 
 NAME = "tensorrt"
 PASSES = static.PASSES  # so both are built from one normalized model and one calibration file
@@ -81,7 +81,6 @@ MODELOPT = "modelopt.onnx.quantization"
 MODELOPT_MISSING = ("NVIDIA Model-Optimizer is not installed (the nvidia-modelopt package with its onnx extra); "
                     "the onnxruntime backend builds the same layout")
 _IR_FOR_OPSET = {FP16_QDQ_OPSET: 9, FP8_FP16_OPSET: 10}  # the IR version each opset needs
-_ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 _MODELOPT_METHODS = {"minmax": "max", "entropy": "entropy", "percentile": "entropy"}
 
 
@@ -131,8 +130,8 @@ def _validate(options: Options) -> None:
         raise OnnxDtypeError(f"TensorRT precision {options.precision!r}: valid {', '.join(PRECISIONS)}")
     if options.backend not in BACKENDS:
         raise OnnxDtypeError(f"TensorRT backend {options.backend!r}: valid {', '.join(BACKENDS)}")
-    if options.method not in _ORT_METHODS:
-        raise OnnxDtypeError(f"calibration method {options.method!r}: valid {', '.join(_ORT_METHODS)}")
+    if options.method not in ORT_METHODS:
+        raise OnnxDtypeError(f"calibration method {options.method!r}: valid {', '.join(ORT_METHODS)}")
 
 
 def modelopt_problem() -> str | None:
@@ -214,7 +213,7 @@ def _equalize_inputs(model: onnx.ModelProto, calibration: CalibrationResult, cho
 
 def _onnxruntime(model: onnx.ModelProto, options: Options, calibration: CalibrationResult, chosen: list[str]
                  ) -> onnx.ModelProto:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import QuantType
 
     extra = {
         "ActivationSymmetric": True,
@@ -226,24 +225,15 @@ def _onnxruntime(model: onnx.ModelProto, options: Options, calibration: Calibrat
         "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "ConvTranspose": 1},  # output channels
         "MatMulConstBOnly": not options.activation_matmuls,
     }
-    with TemporaryDirectory(prefix="onnxdtype-tensorrt-") as tmp:
-        ranges_file = Path(tmp) / "ranges.json"
-        write_ranges(ranges_file, calibration)
-        out = Path(tmp) / "int8.onnx"
-        _quantize_static()(
-            model, out, None,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QDQ_OPS),
-            nodes_to_quantize=chosen,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=needs_external_data(model),
-            calibrate_method=CalibrationMethod[_ORT_METHODS[calibration.method]],
-            calibration_cache_path=ranges_file,
-            extra_options=extra,
-        )
-        return onnx.load(str(out), load_external_data=True)
+    return static.quantize_with_ranges(
+        model, calibration,
+        op_types_to_quantize=list(QDQ_OPS),
+        nodes_to_quantize=chosen,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options=extra,
+    )
 
 
 def restore_gemm_beta(source: onnx.ModelProto, quantized: onnx.ModelProto) -> int:
@@ -417,4 +407,4 @@ def _modelopt_version() -> str:
 def _quantize_static_parameters() -> set[str]:
     import inspect
 
-    return set(inspect.signature(_quantize_static()).parameters)
+    return set(inspect.signature(static._quantize_static()).parameters)
