@@ -217,7 +217,7 @@ SAMPLES_CHILD = textwrap.dedent("""
         assert result.samples_used == count
     else:  # verification: quantize q8 with these samples as evaluation data (loaded by the caller, as the API takes them)
         from onnxdtype.build import quantize
-        from onnxdtype.verify.accuracy import EvalData
+        from onnxdtype.verify.evaluate import EvalData
         onnx.save(model, str(folder / "m.onnx"))
         feeds = [dict(np.load(p)) for p in sorted(data.glob("*.npz"))]
         base = rss()  # the caller's own list of samples is not counted

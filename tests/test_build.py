@@ -183,7 +183,7 @@ def test_failure_inside_a_recipe_leaves_no_partial_file(tiny, tmp_path, monkeypa
 
 def test_a_worker_process_that_dies_fails_only_its_variant(tiny, tmp_path, monkeypatch):
     """SIGKILL-like death of a worker (simulated by a worker command that exits at once)."""
-    import onnxdtype.build as build
+    import onnxdtype.build.pool as build
 
     real_popen = build.subprocess.Popen
 

@@ -1,6 +1,7 @@
 import pytest
 
-from onnxdtype.dtype import INFO, DType, parse_dtype, parse_dtype_list, variant_filename
+from onnxdtype.dtype import INFO, DType, parse_dtype, parse_dtype_list
+from onnxdtype.naming import variant_filename
 from onnxdtype.errors import OnnxDtypeError
 
 

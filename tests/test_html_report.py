@@ -9,7 +9,7 @@ import pytest
 
 from onnxdtype.build import quantize
 from onnxdtype.html_report import REPORT_NAME, write_report
-from onnxdtype.verify.accuracy import EvalData
+from onnxdtype.verify.evaluate import EvalData
 
 
 class Collector(HTMLParser):

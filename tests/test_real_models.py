@@ -18,7 +18,7 @@ import realmodels
 from onnxdtype.build import quantize
 from onnxdtype.dtype import INFO, DType
 from onnxdtype.model import op_counts
-from onnxdtype.verify.accuracy import EvalData
+from onnxdtype.verify.evaluate import EvalData
 
 pytestmark = pytest.mark.real
 

@@ -185,7 +185,7 @@ def calibrate(
     """Write the TensorRT EP's own int8 calibration table (calibration.flatbuffers, .cache, .json) for an fp32 model."""
     import json
 
-    from onnxdtype.build import quiet_onnxruntime
+    from onnxdtype.build.worker import quiet_onnxruntime
     from onnxdtype.calibration.tensorrt_table import calibrate_for_tensorrt
 
     quiet_onnxruntime()

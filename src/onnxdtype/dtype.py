@@ -91,12 +91,3 @@ def parse_dtype_list(text: str | list[str] | list[DType]) -> list[DType]:
         raise OnnxDtypeError("fp32 is the base model itself, nothing to build; ask for fp16, q8, ... or all")
     return [d for d in DType if d in wanted and d is not DType.FP32]
 
-
-def file_suffix(dtype: DType) -> str:
-    """'_fp16' for fp16, '' for fp32: the part added to a module's stem."""
-    suffix = INFO[dtype].suffix
-    return f"_{suffix}" if suffix else ""
-
-
-def variant_filename(stem: str, dtype: DType) -> str:
-    return f"{stem}{file_suffix(dtype)}.onnx"

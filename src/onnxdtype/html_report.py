@@ -9,13 +9,10 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from onnxdtype.build import BuildResult, VariantResult
+from onnxdtype.io import atomic_write_text
+from onnxdtype.results import BuildResult, VariantResult
 
 REPORT_NAME = "report.html"
 COLORS = {"ok": "#2a9d8f", "kept": "#2a9d8f", "failed": "#d62828"}
@@ -25,11 +22,7 @@ WIDTH, HEIGHT, PAD = 460, 300, 52
 def write_report(result: BuildResult) -> Path:
     """Write report.html into the output folder atomically and return its path."""
     path = result.out_dir / REPORT_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".onnxdtype-tmp-", suffix=".html", dir=result.out_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(render(result))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write_text(path, render(result))
     return path
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from filelock import FileLock
 
 from onnxdtype.dtype import DType
 from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.io import atomic_write_text
 
 MANIFEST_NAME = "onnxdtype.json"
 LOCK_NAME = ".onnxdtype.lock"
@@ -95,18 +95,7 @@ def confined_path(folder: Path, relative: str, what: str) -> Path:
 
 def write_manifest(folder: Path, data: dict) -> None:
     """Replace the manifest atomically: readers see the old or the new file, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=".onnxdtype-tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the manifest is for every reader
-        os.replace(tmp, folder / MANIFEST_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(folder / MANIFEST_NAME, json.dumps(data, indent=2, sort_keys=False) + "\n", fsync=True)
 
 
 _LOCKS: dict[str, FileLock] = {}

@@ -25,6 +25,8 @@ from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
 from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.io import first_line
+from onnxdtype.ops import WEIGHT_OPS
 
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes; protobuf refuses to serialize a message over 2 GiB
 TEMP_PREFIX = ".onnxdtype-tmp-"
@@ -47,13 +49,13 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=True)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
-        raise OnnxDtypeError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise OnnxDtypeError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     except FileNotFoundError as exc:
-        raise OnnxDtypeError(f"{path}: external data file missing ({_first_line(exc)})") from None
+        raise OnnxDtypeError(f"{path}: external data file missing ({first_line(exc)})") from None
     except OSError as exc:
-        raise OnnxDtypeError(f"{path}: cannot read ({_first_line(exc)})") from None
+        raise OnnxDtypeError(f"{path}: cannot read ({first_line(exc)})") from None
     except onnx.checker.ValidationError as exc:  # external data missing, not a file, or outside the model's folder
-        raise OnnxDtypeError(f"{path}: bad external data ({_first_line(exc)})") from None
+        raise OnnxDtypeError(f"{path}: bad external data ({first_line(exc)})") from None
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise OnnxDtypeError(f"{path}: not an ONNX model (no graph nodes)")
     garbled = _non_text_name(model)
@@ -83,11 +85,6 @@ def _non_text_name(model: onnx.ModelProto) -> str | None:
             checks += [("node name", [node.name, node.op_type, node.domain]),
                        ("tensor name", [*node.input, *node.output]), ("attribute name", [a.name for a in node.attribute])]
     return next((found for kind, values in checks if (found := named(kind, values))), None)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -161,10 +158,6 @@ def base_precision_problem(model: onnx.ModelProto) -> str | None:
     return nonfinite_weight_problem(model)
 
 
-# Ops whose float inputs the recipes scale or convert as weights: ±Inf there is never meant.
-WEIGHT_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention", "LSTM", "GRU", "RNN"})
-
-
 def nonfinite_weight_problem(model: onnx.ModelProto) -> str | None:
     """NaN in any float initializer, or ±Inf in one feeding a weight op: the fp32 model computes NaN from it,
     so no variant can be verified against it. (-Inf elsewhere, as in attention masks, is legitimate.)"""
@@ -181,7 +174,7 @@ def nonfinite_weight_problem(model: onnx.ModelProto) -> str | None:
             try:
                 values = _float_values(init)
             except ValueError as exc:  # raw bytes that do not fit the declared type or shape
-                return f"initializer '{init.name}' is corrupt ({_first_line(exc)})"
+                return f"initializer '{init.name}' is corrupt ({first_line(exc)})"
             if values.size == 0:
                 continue
             low, high = values.min(), values.max()  # NaN propagates: two reductions, no copy
@@ -291,21 +284,28 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
     return model_bytes(model) > EXTERNAL_DATA_THRESHOLD
 
 
-def publish(tmp_file: Path, dest: Path) -> SavedFile:
-    """Move a finished model (and its .data file) from a temp folder to `dest` atomically, data first."""
+def stage(tmp_file: Path, dest: Path) -> SavedFile:
+    """What a finished model in a temp folder will be at `dest`: its external data named for `dest`, its size and
+    sha256 (with the data file). The manifest records these before `publish` gives the file its name."""
     data = tmp_file.with_name(tmp_file.name + ".data")
     dest_data = dest.with_name(dest.name + ".data")
     if data.exists() and data.name != dest_data.name:  # the model names its data file: name the one it will have
         _rename_external_data(tmp_file, data.name, dest_data.name)
-    digest = model_sha256(tmp_file)  # with the data file beside it, as at `dest`
+    size = tmp_file.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    return SavedFile(dest, size, model_sha256(tmp_file), dest_data if data.exists() else None)
+
+
+def publish(tmp_file: Path, dest: Path, staged: SavedFile | None = None) -> SavedFile:
+    """Move a finished model (and its .data file) from a temp folder to `dest` atomically, data first."""
+    staged = staged or stage(tmp_file, dest)
+    data = tmp_file.with_name(tmp_file.name + ".data")
+    dest_data = dest.with_name(dest.name + ".data")
     if data.exists():
         os.replace(data, dest_data)
     elif dest_data.exists():
         dest_data.unlink()  # a stale .data from an earlier, larger build would mislead readers
-    has_data = dest_data.exists()
-    size = tmp_file.stat().st_size + (dest_data.stat().st_size if has_data else 0)
     os.replace(tmp_file, dest)
-    return SavedFile(dest, size, digest, dest_data if has_data else None)
+    return staged
 
 
 def _rename_external_data(path: Path, old: str, new: str) -> None:

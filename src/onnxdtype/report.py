@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from onnxdtype.dtype import INFO, DType, file_suffix
+from onnxdtype.dtype import INFO, DType
 from onnxdtype.model import ModelFacts
+from onnxdtype.naming import file_suffix
 
 if TYPE_CHECKING:
-    from onnxdtype.build import BuildResult
+    from onnxdtype.results import BuildResult
 
 STATUS_STYLE = {"ok": "green", "kept": "green", "failed": "bold red", "not_applicable": "yellow", "skipped": "dim"}
 

@@ -164,7 +164,7 @@ def test_native_cache_leaves_out_names_with_colons_and_zero_ranges_get_scale_one
 
 def test_config_settings_give_the_tensorrt_ep_the_table(tmp_path):
     """What calibrate_for_tensorrt returns as Config settings becomes the exact TensorRT provider options."""
-    from onnxdtype.runtime.config import Settings
+    from onnxdtype.runtime.settings import Settings
     from onnxdtype.runtime.providers import TENSORRT, parse_device, provider_list
 
     model_path = tinymodels.save(tinymodels.conv(), tmp_path / "conv.onnx")

@@ -21,7 +21,7 @@ from onnxdtype.calibration import calibrate, load_samples
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import op_counts
 from onnxdtype.normalize import normalize
-from onnxdtype.recipes import NotApplicable, static
+from onnxdtype.recipes import NotApplicable, qdq, static
 
 DTYPES = ("s8s8", "s8u8", "u8u8")
 
@@ -113,8 +113,8 @@ def test_one_calibration_serves_three_dtypes(tmp_path):
 
 def test_equalization_is_exact_in_float(detector, monkeypatch):
     model, calibration, held_out = detector
-    monkeypatch.setattr(static, "EQUALIZE_SPREAD", 1.0)  # equalize every channel, however even
-    equalized, ranges, counts = static.equalize(model, calibration, {"conv0", "conv1", "conv2"})
+    monkeypatch.setattr(qdq, "EQUALIZE_SPREAD", 1.0)  # equalize every channel, however even
+    equalized, ranges, counts = qdq.equalize(model, calibration, {"conv0", "conv1", "conv2"})
     assert counts == (3, 3) and set(ranges.ranges) > set(calibration.ranges)
     for feed in held_out:
         np.testing.assert_allclose(session(equalized).run(None, feed)[0], session(model).run(None, feed)[0],

@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxdtype.calibration import calibrate, load_samples, read_ranges
 from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.ops import DATA_MOVEMENT_OPS
 from onnxdtype.model import op_counts, opset_version
 from onnxdtype.normalize import normalize
 from onnxdtype.recipes import NotApplicable, Variant, static, tensorrt
@@ -194,7 +195,7 @@ def test_qdq_sits_on_the_inputs_of_the_compute_ops_only(layout):
     for node in variant.model.graph.node:  # data movement (and every other float op) reads float tensors
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear", *tensorrt.QDQ_OPS):
             assert not any(g.op(i) in ("DequantizeLinear", "QuantizeLinear") for i in node.input), node.name
-    moved = [n for n in variant.model.graph.node if n.op_type in tensorrt.DATA_MOVEMENT_OPS]
+    moved = [n for n in variant.model.graph.node if n.op_type in DATA_MOVEMENT_OPS]
     assert {n.op_type for n in moved} >= {"Transpose", "Reshape", "Concat", "Slice", "Gather", "Flatten", "Resize",
                                            "Pad", "Unsqueeze", "Squeeze"}
     assert g.activation_pair(g.nodes["attention"].input[0]) is None  # two activations: float by default

@@ -47,7 +47,8 @@ def main() -> None:
                 os.killpg(os.getpgrp(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    from onnxdtype import build, model
+    from onnxdtype import model
+    from onnxdtype.build import plan, worker
 
     real_replace = os.replace
 
@@ -70,7 +71,7 @@ def main() -> None:
         real_write(proto, path)
 
     os.replace = replace
-    model.write_model = build.write_model = write_model
+    model.write_model = plan.write_model = worker.write_model = write_model
 
     from onnxdtype.cli import main as cli_main
 

@@ -28,7 +28,7 @@ from onnxdtype.build import quantize
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import MANIFEST_NAME
 from onnxdtype.model import sha256_file
-from onnxdtype.verify.accuracy import EvalData
+from onnxdtype.verify.evaluate import EvalData
 
 FAST = ("--workers", "1", "--latency-runs", "0")
 
@@ -329,7 +329,7 @@ def test_disk_full_on_a_manifest_write_fault_injection(tiny, tmp_path, monkeypat
 def test_disk_full_inside_a_variant_build_fails_that_variant_cleanly(tiny, tmp_path, monkeypatch):
     """ENOSPC while a recipe's output is written (in the builder, as a worker would): that variant fails, with
     the reason, one line each, exit 1; no partial file; the other variant and the manifest are complete."""
-    from onnxdtype import build
+    from onnxdtype.build import worker as build
 
     real_write = build.write_model
 

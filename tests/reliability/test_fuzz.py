@@ -205,7 +205,7 @@ def clip(tmp_path_factory) -> Path:
 
 
 def _setting_names() -> list[str]:
-    from onnxdtype.runtime.config import SETTING_NAMES
+    from onnxdtype.runtime.settings import SETTING_NAMES
 
     return list(SETTING_NAMES)
 
@@ -228,7 +228,7 @@ any_value = st.one_of(
        module=st.one_of(st.none(), st.sampled_from(["visual", "textual"]), st.text(max_size=8)))
 def test_config_with_setting_configures_or_one_line_error(clip, setting, value, module):
     from onnxdtype.runtime import Config
-    from onnxdtype.runtime.config import Settings
+    from onnxdtype.runtime.settings import Settings
 
     base = Config.from_dir(clip)
     try:

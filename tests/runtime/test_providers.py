@@ -8,7 +8,7 @@ import pytest
 import tinymodels
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.runtime import Config, Settings
-from onnxdtype.runtime.config import parse_dims
+from onnxdtype.runtime.settings import parse_dims
 from onnxdtype.runtime.providers import parse_device, profile_shapes, provider_list, session_tweaks, usable_providers
 
 CACHE = Path("/cache")

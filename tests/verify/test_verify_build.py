@@ -9,7 +9,7 @@ import pytest
 import tinymodels
 from onnxdtype.build import quantize
 from onnxdtype.manifest import MANIFEST_NAME
-from onnxdtype.verify.accuracy import Criteria, EvalData, evaluate, session
+from onnxdtype.verify.evaluate import Criteria, EvalData, evaluate, session
 from onnxdtype.verify.repair import RepairBudget
 
 
@@ -41,13 +41,18 @@ def test_fp16_range_check_keeps_producers_and_consumers_of_out_of_range_activati
     computes these ops in fp32, so the overflow cannot be shown failing here)."""
     from onnxdtype.normalize import normalize
     from onnxdtype.recipes import float16
-    from onnxdtype.verify.repair import repair
+    from onnxdtype.verify.repair import RepairPlan, repair
 
     source = normalize(tinymodels.mlp(), ("constants",))[0]
     data = eval_data((4, 64), scale=1e6)
     built = float16.build(onnx.load(str(tiny("mlp"))), float16.Options()).model
-    outcome = repair(source, ["float16"], {"float16": float16.Options()}, data, Criteria(0.9999),
-                     lambda opts: float16.build(onnx.load(str(tiny("mlp"))), opts["float16"]).model, built)
+
+    def rebuild(in_float: list[str], ranked: list[str], precision: str) -> onnx.ModelProto:
+        options = float16.keep(float16.Options(), in_float + ranked, precision)
+        return float16.build(onnx.load(str(tiny("mlp"))), options).model
+
+    plan = RepairPlan(rebuild, has_float_step=True, float_only=True)
+    outcome = repair(source, plan, data, Criteria(0.9999), built)
     assert {"mm1", "add1", "relu", "mm2"} <= set(outcome.kept)
 
 

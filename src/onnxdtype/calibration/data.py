@@ -28,13 +28,14 @@ import onnx
 from onnx import helper
 
 from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.images import RESIZE_MODES, ImageSpec, read_image
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
-RESIZE_MODES = ("stretch", "letterbox", "short-side")
 PRESETS: dict[str, dict] = {
     "unit": {"scale": 1 / 255, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)},
     "imagenet": {"scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
 }
+HELD_OUT_FRACTION = 0.2  # of the calibration samples, kept for verification when no evaluation data is given
 
 
 @dataclass(frozen=True)
@@ -62,28 +63,6 @@ def model_inputs(model: onnx.ModelProto) -> list[ModelInput]:
                       for d in tensor.shape.dim) if tensor.HasField("shape") else None
         found.append(ModelInput(vi.name, dtype, shape))
     return found
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """How images become an input tensor: x = (pixel * scale - mean) / std, per channel in the model's order.
-
-    resize: "stretch" to size (height, width); "letterbox" keeps the aspect ratio inside size and pads the
-    rest with `pad`; "short-side" scales the short side to `short_side`, then pads height and width up to a
-    multiple of `multiple` (for models with dynamic height/width). size None: the input's static dims.
-    layout "auto" reads NCHW / NHWC off the input's shape; dtype None: the input's own.
-    """
-    size: tuple[int, int] | None = None
-    resize: str = "stretch"
-    short_side: int | None = None
-    multiple: int = 32
-    pad: float = 0.0
-    scale: float = 1 / 255
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    channels: str = "RGB"
-    layout: str = "auto"
-    dtype: str | None = None
 
 
 def load_image_spec(spec: str | Path | dict | ImageSpec) -> ImageSpec:
@@ -200,7 +179,7 @@ class SampleSet:
             elif self.kind == "npy-files":
                 feed = {self.inputs[0].name: _read_npy(item.path)}
             else:
-                feed = {self.inputs[0].name: _read_image(item.path, self.spec, self.inputs[0])}
+                feed = {self.inputs[0].name: read_image(item.path, self.spec, self.inputs[0].dtype)}
             check_feed(feed, self.inputs, str(item.path))
             yield feed
 
@@ -217,7 +196,7 @@ class SampleSet:
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
-    def split(self, eval_fraction: float = 0.2) -> tuple[SampleSet, SampleSet]:
+    def split(self, eval_fraction: float = HELD_OUT_FRACTION) -> tuple[SampleSet, SampleSet]:
         """(calibration, held-out evaluation) parts, the same for the same file names whatever the order
         files were listed in: samples are ranked by a hash of their key and the last `eval_fraction` held out.
 
@@ -443,49 +422,3 @@ def _sample_reader(archive: zipfile.ZipFile, members: contextlib.ExitStack, path
         return lambda index: np.ascontiguousarray(whole[index])
     nbytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     return lambda index: np.frombuffer(stream.read(nbytes), dtype=dtype).reshape(shape[1:]).copy()
-
-
-def _read_image(path: Path, spec: ImageSpec, model_input: ModelInput) -> np.ndarray:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise OnnxDtypeError("reading images needs Pillow (pip install Pillow)") from None
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise _unreadable(path, "image", exc) from None
-    pixels = _resize(image, spec).astype(np.float32)
-    if spec.channels == "BGR":
-        pixels = pixels[..., ::-1]
-    pixels = (pixels * spec.scale - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
-    if spec.layout == "NCHW":
-        pixels = pixels.transpose(2, 0, 1)
-    dtype = model_input.dtype
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        pixels = np.clip(np.rint(pixels), info.min, info.max)
-    return np.ascontiguousarray(pixels[None], dtype=dtype)
-
-
-def _resize(image, spec: ImageSpec) -> np.ndarray:
-    """HxWx3 uint8 pixels at the spec's size: stretched, letterboxed (centred) or short-side scaled and padded."""
-    from PIL import Image
-
-    width, height = image.size
-    if spec.resize == "stretch":
-        return np.asarray(image.resize((spec.size[1], spec.size[0]), Image.BILINEAR))
-    if spec.resize == "letterbox":
-        out_h, out_w = spec.size
-        ratio = min(out_h / height, out_w / width)
-    else:
-        ratio = spec.short_side / min(height, width)
-    new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
-    if spec.resize == "short-side":
-        out_h, out_w = (math.ceil(n / spec.multiple) * spec.multiple for n in (new_h, new_w))
-        top = left = 0
-    else:
-        top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
-    canvas = np.full((out_h, out_w, 3), spec.pad, np.float32)
-    canvas[top:top + new_h, left:left + new_w] = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
-    return canvas

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,15 +29,18 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.io import atomic_write_text
 from onnxdtype.model import opset_version, temp_dir_in, write_model
+from onnxdtype.ops import KERNEL_WEIGHT_INPUT
 
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_PERCENTILE = 99.999
+# The normalize passes a model gets before calibration: the static and TensorRT recipes start from the same model,
+# so one calibration serves them all.
+CALIBRATION_PASSES = ("constants", "opset13")
 CACHE_PREFIX = "calibration-"
 CACHE_FORMAT = 1  # bump when what is stored, or how it is computed, changes
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
-# Ops with an integer kernel in onnxruntime when their weight (this input index) is constant.
-WEIGHTED_OPS = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}
 # onnxruntime's CalibrationMethod names, as its cache file spells them
 ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
@@ -142,7 +144,7 @@ def weighted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     inits = {t.name: t for t in model.graph.initializer}
     found = []
     for node in model.graph.node:
-        index = WEIGHTED_OPS.get(node.op_type)
+        index = KERNEL_WEIGHT_INPUT.get(node.op_type)
         if index is None or node.domain not in ("", "ai.onnx") or len(node.input) <= index:
             continue
         weight = inits.get(node.input[index])
@@ -343,9 +345,7 @@ def _write_cache(path: Path, method: str, ranges: dict[str, tuple[float, float]]
         "onnxdtype": meta,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload))
 
 
 def _read_cache(path: Path, meta: dict) -> CalibrationResult | None:

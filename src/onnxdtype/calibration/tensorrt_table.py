@@ -26,7 +26,6 @@ whose normalization (Constant -> initializer, opset raise, node naming) keeps ev
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -36,13 +35,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxdtype.calibration.ranges import CalibrationResult, float_tensors, model_digest, read_ranges
+from onnxdtype.calibration.data import HELD_OUT_FRACTION
+from onnxdtype.calibration.ranges import CALIBRATION_PASSES, CalibrationResult, float_tensors, model_digest, read_ranges
 from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.io import atomic_write_text
 from onnxdtype.model import iter_nodes, temp_dir_in
+from onnxdtype.ops import QDQ_OPS
 
 FLATBUFFERS, NATIVE_CACHE, JSON_TABLE = "calibration.flatbuffers", "calibration.cache", "calibration.json"
 TABLE_FILES = (FLATBUFFERS, NATIVE_CACHE, JSON_TABLE)
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 EMPTY_RANGE = 127.0  # r for a tensor that was 0 on every sample: scale 1, as onnxruntime's quantizers use
 # The header TensorRT writes: its version (8.6.1 -> 8601) and the calibrator. Readers (the EP, Model-Optimizer)
 # check only the "TRT-" prefix; the calibrator names what computed the ranges.
@@ -152,9 +153,7 @@ def write_native_cache(path: Path, amax: dict[str, float], method: str = "minmax
             skipped.append(name)
             continue
         lines.append(f"{name}: {struct.pack('>f', np.float32(amax[name] / 127.0)).hex()}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return skipped
 
 
@@ -196,12 +195,10 @@ def calibrate_for_tensorrt(model_path: str | Path, data: str | Path, out_dir: st
     DATA --out DIR` and this share one calibration file: the QDQ model and the table get the same ranges, computed
     once. `held_out=0` calibrates on every sample.
     """
-    from onnxdtype.calibration.data import load_samples
-    from onnxdtype.calibration.ranges import calibrate
+    from onnxdtype.calibration.run import calibrate_path
     from onnxdtype.manifest import folder_lock
     from onnxdtype.model import base_precision_problem, load_model
     from onnxdtype.normalize import normalize
-    from onnxdtype.recipes.static import PASSES
 
     model_path, out = Path(model_path), Path(out_dir)
     model = load_model(model_path)
@@ -212,14 +209,10 @@ def calibrate_for_tensorrt(model_path: str | Path, data: str | Path, out_dir: st
     if out.exists() and not out.is_dir():
         raise OnnxDtypeError(f"{out}: output exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    if held_out is None:
-        from onnxdtype.build import Calibration
-
-        held_out = next(f.default for f in dataclasses.fields(Calibration) if f.name == "eval_fraction")
-    normalized = normalize(model, PASSES)[0]
-    samples, left_out = load_samples(data, normalized, spec).split(held_out)
+    normalized = normalize(model, CALIBRATION_PASSES)[0]
     with folder_lock(out):
-        calibration = calibrate(normalized, samples, method, out)
+        done = calibrate_path(normalized, data, spec, method, out, HELD_OUT_FRACTION if held_out is None else held_out)
+        calibration, left_out = done.result, done.held_out
         paths, amax, missing, not_native = _write(model, calibration, out)
     return {"model": str(model_path), "out_dir": str(out), "files": [str(p) for p in paths],
             "tensors": len(amax), "without_range": missing, "not_in_native_cache": not_native,

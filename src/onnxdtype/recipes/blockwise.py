@@ -12,10 +12,14 @@ import onnx
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
 from onnxdtype.model import constant_2d_matmuls, missing_constant_matmul
-from onnxdtype.recipes import NotApplicable, Variant
+from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, power_of_two, with_nodes
 
 NAME = "blockwise4"
 PASSES = ("constants", "gemm")
+KIND = "quantize"
+NEEDS_CALIBRATION = None
+HIGHER_PRECISIONS = ("8-bit", "fp32")  # MatMulNBits at 8 bits keeps most of the size win (MiniLM: 0.62x vs 0.80x)
+ACCURACY_LEVELS = (None, 0, 1, 2, 3, 4)
 
 
 @dataclass
@@ -26,6 +30,23 @@ class Options:
     bits: int = 4
     nodes_to_exclude: list[str] = field(default_factory=list)  # stay fp32
     nodes_in_8bit: list[str] = field(default_factory=list)  # MatMulNBits with 8 bits: where 4 bits lose too much
+
+    def __post_init__(self) -> None:
+        power_of_two("q4 block_size", self.block_size)
+        flag("q4 symmetric", self.symmetric)
+        choice("q4 accuracy_level", self.accuracy_level, ACCURACY_LEVELS)
+        choice("q4 bits", self.bits, (4, 8))
+        names("q4 nodes_to_exclude", self.nodes_to_exclude)
+        names("q4 nodes_in_8bit", self.nodes_in_8bit)
+
+
+def options_for(dtype_name: str, options: Options) -> Options:
+    return options
+
+
+def keep(options: Options, nodes: list[str], precision: str) -> Options:
+    """8-bit: MatMulNBits with bits=8 for these nodes; fp32: left as MatMul."""
+    return with_nodes(options, "nodes_in_8bit" if precision == "8-bit" else "nodes_to_exclude", nodes)
 
 
 def check(model: onnx.ModelProto, options: Options) -> str | None:

@@ -11,10 +11,13 @@ import onnx
 from onnxruntime.quantization.matmul_bnb4_quantizer import MatMulBnb4Quantizer
 
 from onnxdtype.model import missing_constant_matmul
-from onnxdtype.recipes import NotApplicable, Variant
+from onnxdtype.recipes.base import NotApplicable, Variant, choice, names, power_of_two, with_nodes
 
 NAME = "bnb4"
 PASSES = ("constants", "gemm")
+KIND = "quantize"
+NEEDS_CALIBRATION = None
+HIGHER_PRECISIONS = ("fp32",)
 CODEBOOKS = {"fp4": MatMulBnb4Quantizer.FP4, "nf4": MatMulBnb4Quantizer.NF4}
 
 
@@ -23,6 +26,19 @@ class Options:
     quant_type: str = "nf4"  # nf4 | fp4
     block_size: int = 64
     nodes_to_exclude: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        choice("bnb4 quant_type", self.quant_type, CODEBOOKS)
+        power_of_two("bnb4 block_size", self.block_size)
+        names("bnb4 nodes_to_exclude", self.nodes_to_exclude)
+
+
+def options_for(dtype_name: str, options: Options) -> Options:
+    return options
+
+
+def keep(options: Options, nodes: list[str], precision: str) -> Options:
+    return with_nodes(options, "nodes_to_exclude", nodes)
 
 
 def check(model: onnx.ModelProto, options: Options) -> str | None:

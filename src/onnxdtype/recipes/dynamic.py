@@ -20,14 +20,15 @@ import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from onnxdtype.model import iter_graphs, iter_scoped_nodes, needs_external_data
-from onnxdtype.recipes import NotApplicable, Variant
+from onnxdtype.ops import DYNAMIC_WEIGHT_INPUT, UINT8_WEIGHT_TRIGGERS
+from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, with_nodes
 
 NAME = "dynamic"
 PASSES = ("constants", "gemm", "opset13")
-UINT8_TRIGGER_OPS = frozenset({"Conv", "GroupQueryAttention", "MultiHeadAttention"})
-# op -> index of the weight input that must be constant for quantize_dynamic to touch the node
-WEIGHT_OPS = {"MatMul": 1, "Gather": 0, "Attention": 1, "LSTM": 1}
-CONV_WEIGHT = {"Conv": 1}
+KIND = "quantize"
+NEEDS_CALIBRATION = None
+HIGHER_PRECISIONS = ("fp32",)
+WEIGHT_TYPES = ("auto", "int8", "uint8")
 
 
 @dataclass
@@ -38,20 +39,39 @@ class Options:
     quantize_conv: bool = False
     nodes_to_exclude: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        choice("q8 weight_type", self.weight_type, WEIGHT_TYPES)
+        for name in ("per_channel", "reduce_range", "quantize_conv"):
+            flag(f"q8 {name}", getattr(self, name))
+        names("q8 nodes_to_exclude", self.nodes_to_exclude)
+
+
+def options_for(dtype_name: str, options: Options) -> Options:
+    return options
+
+
+def keep(options: Options, nodes: list[str], precision: str) -> Options:
+    return with_nodes(options, "nodes_to_exclude", nodes)
+
 
 def weight_type_for(model: onnx.ModelProto, options: Options) -> str:
     if options.weight_type != "auto":
         return options.weight_type
     ops = {n.op_type for g in iter_graphs(model.graph) for n in g.node}
-    return "uint8" if ops & UINT8_TRIGGER_OPS else "int8"
+    return "uint8" if ops & UINT8_WEIGHT_TRIGGERS else "int8"
+
+
+def weight_inputs(options: Options) -> dict[str, int]:
+    """The op types quantize_dynamic is asked to quantize, with the input that must be a constant weight."""
+    return {op: index for op, index in DYNAMIC_WEIGHT_INPUT.items() if op != "Conv" or options.quantize_conv}
 
 
 def op_types(options: Options) -> list[str]:
-    return [*WEIGHT_OPS, *(CONV_WEIGHT if options.quantize_conv else {})]
+    return list(weight_inputs(options))
 
 
 def check(model: onnx.ModelProto, options: Options) -> str | None:
-    weight_ops = {**WEIGHT_OPS, **(CONV_WEIGHT if options.quantize_conv else {})}
+    weight_ops = weight_inputs(options)
     has_conv = False
     for node, inits in iter_scoped_nodes(model.graph):
         has_conv |= node.op_type == "Conv"

@@ -15,11 +15,14 @@ import onnx
 from onnxruntime.transformers import float16 as ort_float16
 
 from onnxdtype.model import iter_graphs, needs_external_data
-from onnxdtype.recipes import NotApplicable, Variant
+from onnxdtype.ops import FP16_MAX
+from onnxdtype.recipes.base import NotApplicable, Variant, flag, names, with_nodes
 
 NAME = "float16"
 PASSES = ("constants",)
-FP16_MAX = 65504.0
+KIND = "float"
+NEEDS_CALIBRATION = None
+HIGHER_PRECISIONS = ("fp32",)
 # Ops kept in fp32 on top of onnxruntime's DEFAULT_OP_BLOCK_LIST: no fp16 kernel or unsafe range.
 EXTRA_BLOCKED_OPS = ("RandomNormal", "RandomNormalLike", "RandomUniform", "Multinomial", "NonZero")
 
@@ -29,6 +32,19 @@ class Options:
     keep_io_types: bool = True  # graph inputs/outputs stay fp32 (--fp16-io turns this off)
     block_ops: tuple[str, ...] = ()  # extra op types kept in fp32
     block_nodes: list[str] = field(default_factory=list)  # node names kept in fp32 (repair adds here)
+
+    def __post_init__(self) -> None:
+        flag("fp16 keep_io_types", self.keep_io_types)
+        names("fp16 block_ops", self.block_ops)
+        names("fp16 block_nodes", self.block_nodes)
+
+
+def options_for(dtype_name: str, options: Options) -> Options:
+    return options
+
+
+def keep(options: Options, nodes: list[str], precision: str) -> Options:
+    return with_nodes(options, "block_nodes", nodes)
 
 
 def check(model: onnx.ModelProto, options: Options) -> str | None:
@@ -42,11 +58,11 @@ def check(model: onnx.ModelProto, options: Options) -> str | None:
 
 def out_of_range_consumers(model: onnx.ModelProto) -> list[str]:
     """Names of nodes fed by a float initializer with a finite value beyond the fp16 range."""
-    names: list[str] = []
+    found: list[str] = []
     for graph in iter_graphs(model.graph):
         too_big = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and _exceeds_fp16(t)}
-        names += [n.name for n in graph.node if too_big.intersection(n.input)]
-    return names
+        found += [n.name for n in graph.node if too_big.intersection(n.input)]
+    return found
 
 
 def _exceeds_fp16(tensor: onnx.TensorProto) -> bool:
@@ -61,20 +77,35 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     reason = check(model, options)
     if reason:
         return NotApplicable(reason)
-    guarded = [n for n in out_of_range_consumers(model) if n not in options.block_nodes]
-    block_nodes = [*options.block_nodes, *guarded]
     block_ops = sorted({*ort_float16.DEFAULT_OP_BLOCK_LIST, *EXTRA_BLOCKED_OPS, *options.block_ops})
+    converted, kept, notes = convert(model, options.keep_io_types, options.block_nodes, tuple(options.block_ops))
+    params = {"keep_io_types": options.keep_io_types, "op_block_list": block_ops, "converter": "onnxruntime.transformers.float16"}
+    return Variant(converted, params, kept_in_float=kept, notes=notes)
+
+
+def convert(model: onnx.ModelProto, keep_io_types: bool = True, keep_fp32: list[str] | None = None,
+            block_ops: tuple[str, ...] = (), sort: bool = False) -> tuple[onnx.ModelProto, list[str], list[str]]:
+    """onnxruntime's converter with this recipe's guards: nodes fed by initializers beyond the fp16 range and the
+    nodes in `keep_fp32` stay fp32, fp32 -> fp16 -> fp32 round trips between kept nodes are removed, and (`sort`)
+    nodes come out in topological order (the converter appends its Casts; TensorRT's parser reads in order).
+    Returns the model, the nodes kept fp32 and notes saying what the guards did."""
+    keep_fp32 = list(keep_fp32 or [])
+    guarded = [n for n in out_of_range_consumers(model) if n not in keep_fp32]
+    block_nodes = [*keep_fp32, *guarded]
+    block_ops = sorted({*ort_float16.DEFAULT_OP_BLOCK_LIST, *EXTRA_BLOCKED_OPS, *block_ops})
     if block_nodes or any(n.op_type in block_ops for g in iter_graphs(model.graph) for n in g.node):
         model = _with_contrib_op_types(model)  # only fp32-kept nodes need the converter to know types
     converted = ort_float16.convert_float_to_float16(
-        model, keep_io_types=options.keep_io_types, op_block_list=block_ops, node_block_list=block_nodes,
+        model, keep_io_types=keep_io_types, op_block_list=block_ops, node_block_list=block_nodes,
         disable_shape_infer=needs_external_data(model))  # onnx shape inference refuses > 2 GiB protos
     removed = skip_fp16_round_trips(converted)
+    if sort:
+        for graph in iter_graphs(converted.graph):
+            _sort_topologically(graph)
     notes = [f"{len(guarded)} nodes kept fp32: initializers beyond the fp16 range"] if guarded else []
     if removed:
         notes.append(f"{removed} fp32->fp16->fp32 cast round trips between fp32 nodes removed")
-    params = {"keep_io_types": options.keep_io_types, "op_block_list": block_ops, "converter": "onnxruntime.transformers.float16"}
-    return Variant(converted, params, kept_in_float=block_nodes, notes=notes)
+    return converted, block_nodes, notes
 
 
 def _with_contrib_op_types(model: onnx.ModelProto) -> onnx.ModelProto:

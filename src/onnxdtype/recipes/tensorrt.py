@@ -60,17 +60,25 @@ from tempfile import TemporaryDirectory
 import onnx
 
 from onnxdtype.calibration.ranges import ORT_METHODS, CalibrationResult, weighted_nodes
-from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import needs_external_data, opset_version, write_model
-from onnxdtype.recipes import NotApplicable, Variant, static
-from onnxdtype.recipes.static import NEEDS_CALIBRATION, _named_copy, equalize, float_tail
+from onnxdtype.ops import KERNEL_WEIGHT_INPUT
+from onnxdtype.recipes import float16, static
+from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, with_nodes
+from onnxdtype.recipes.qdq import (
+    NEEDS_CALIBRATION,
+    cached_ranges,
+    equalize,
+    float_tail,
+    named_copy,
+    quantize_static_problem,
+    quantize_with_ranges,
+)
 
 NAME = "tensorrt"
 PASSES = static.PASSES  # so both are built from one normalized model and one calibration file
-QDQ_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-DATA_MOVEMENT_OPS = ("Reshape", "Transpose", "Concat", "Gather", "GatherElements", "GatherND", "Slice", "Pad",
-                     "Resize", "Upsample", "Flatten", "Squeeze", "Unsqueeze", "Split", "Expand", "Tile",
-                     "Identity", "DepthToSpace", "SpaceToDepth", "Shape", "Size", "Cast")
+KIND = "quantize"
+HIGHER_PRECISIONS = ("fp32",)
+QDQ_OPS = tuple(KERNEL_WEIGHT_INPUT)
 FLOAT_TYPES = ("fp32", "fp16")
 PRECISIONS = ("int8", "fp8")
 FP8_MAX = 448.0  # largest finite FLOAT8E4M3FN
@@ -96,14 +104,26 @@ class Options:
     activation_matmuls: bool = False  # Q/DQ on MatMuls of two activations (attention) too
     nodes_to_exclude: list[str] = field(default_factory=list)  # kept fp32 (not quantized, not fp16)
 
+    def __post_init__(self) -> None:
+        choice("TensorRT float_type", self.float_type, FLOAT_TYPES)
+        choice("TensorRT precision", self.precision, PRECISIONS)
+        choice("TensorRT backend", self.backend, BACKENDS)
+        choice("calibration method", self.method, ORT_METHODS)
+        for name in ("equalize", "float_tail", "activation_matmuls"):
+            flag(f"TensorRT {name}", getattr(self, name))
+        names("TensorRT nodes_to_exclude", self.nodes_to_exclude)
+
 
 def options_for(dtype_name: str, options: Options) -> Options:
     """int8 -> int8 Q/DQ; fp8 (when the DType table has it) -> the same layout in FLOAT8E4M3FN."""
     return dataclasses.replace(options, precision="fp8" if dtype_name.startswith("fp8") else "int8")
 
 
+def keep(options: Options, nodes: list[str], precision: str) -> Options:
+    return with_nodes(options, "nodes_to_exclude", nodes)
+
+
 def check(model: onnx.ModelProto, options: Options) -> str | None:
-    _validate(options)
     chosen = selected_nodes(model, options)
     if not chosen:
         if not weighted_nodes(model):
@@ -116,22 +136,11 @@ def check(model: onnx.ModelProto, options: Options) -> str | None:
         missing = modelopt_problem()
         if missing:
             return missing
-    elif "calibration_cache_path" not in _quantize_static_parameters():
-        return "needs onnxruntime whose quantize_static takes calibration_cache_path (1.32 has it)"
+    elif quantize_static_problem():
+        return quantize_static_problem()
     if not options.ranges_file:
         return NEEDS_CALIBRATION
     return None
-
-
-def _validate(options: Options) -> None:
-    if options.float_type not in FLOAT_TYPES:
-        raise OnnxDtypeError(f"TensorRT float type {options.float_type!r}: valid {', '.join(FLOAT_TYPES)}")
-    if options.precision not in PRECISIONS:
-        raise OnnxDtypeError(f"TensorRT precision {options.precision!r}: valid {', '.join(PRECISIONS)}")
-    if options.backend not in BACKENDS:
-        raise OnnxDtypeError(f"TensorRT backend {options.backend!r}: valid {', '.join(BACKENDS)}")
-    if options.method not in ORT_METHODS:
-        raise OnnxDtypeError(f"calibration method {options.method!r}: valid {', '.join(ORT_METHODS)}")
 
 
 def modelopt_problem() -> str | None:
@@ -160,8 +169,8 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     reason = check(model, options)
     if reason:
         return NotApplicable(reason)
-    calibration = static.cached_ranges(model, options.ranges_file, options.method)
-    model = _named_copy(model)  # quantize_static edits its input; node selection needs names
+    calibration = cached_ranges(model, options.ranges_file, options.method)
+    model = named_copy(model)  # quantize_static edits its input; node selection needs names
     chosen = selected_nodes(model, options)
     unquantized = set(options.nodes_to_exclude) | {n.name for n in weighted_nodes(model) if n.name not in chosen}
     kept = [n.name for n in model.graph.node if n.name in unquantized]
@@ -225,7 +234,7 @@ def _onnxruntime(model: onnx.ModelProto, options: Options, calibration: Calibrat
         "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "ConvTranspose": 1},  # output channels
         "MatMulConstBOnly": not options.activation_matmuls,
     }
-    return static.quantize_with_ranges(
+    return quantize_with_ranges(
         model, calibration,
         op_types_to_quantize=list(QDQ_OPS),
         nodes_to_quantize=chosen,
@@ -344,12 +353,7 @@ def to_fp8(source: onnx.ModelProto, model: onnx.ModelProto, float_type: str) -> 
 
 def to_fp16(model: onnx.ModelProto, keep_fp32: list[str]) -> tuple[onnx.ModelProto, list[str]]:
     """Everything float of a QDQ model in fp16 (graph inputs/outputs stay fp32), Q/DQ scales included."""
-    from onnxruntime.transformers import float16 as ort_float16
-
     from onnxdtype.normalize import raise_opset
-    from onnxdtype.model import iter_graphs
-    from onnxdtype.recipes.float16 import (EXTRA_BLOCKED_OPS, _sort_topologically, out_of_range_consumers,
-                                           skip_fp16_round_trips)
 
     notes = []
     fp8 = any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer)
@@ -358,19 +362,8 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: list[str]) -> tuple[onnx.ModelPro
         notes.append(f"opset {opset_version(model)} -> {target} (fp16 Q/DQ scales)")
         model = raise_opset(model, target)
     model.ir_version = max(model.ir_version, _IR_FOR_OPSET[target])
-    guarded = [n for n in out_of_range_consumers(model) if n not in keep_fp32]
-    converted = ort_float16.convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=sorted({*ort_float16.DEFAULT_OP_BLOCK_LIST, *EXTRA_BLOCKED_OPS}),
-        node_block_list=[*keep_fp32, *guarded], disable_shape_infer=needs_external_data(model))
-    removed = skip_fp16_round_trips(converted)
-    for graph in iter_graphs(converted.graph):  # the converter appends its Casts; TensorRT's parser reads in order
-        _sort_topologically(graph)
-    notes.append("the rest in fp16 (onnxruntime.transformers.float16)")
-    if guarded:
-        notes.append(f"{len(guarded)} nodes kept fp32: initializers beyond the fp16 range")
-    if removed:
-        notes.append(f"{removed} fp32->fp16->fp32 cast round trips between fp32 nodes removed")
-    return converted, notes
+    converted, _, fp16_notes = float16.convert(model, keep_io_types=True, keep_fp32=keep_fp32, sort=True)
+    return converted, notes + ["the rest in fp16 (onnxruntime.transformers.float16)"] + fp16_notes
 
 
 def _modelopt(model: onnx.ModelProto, options: Options, calibration: CalibrationResult, kept: list[str]
@@ -402,9 +395,3 @@ def _modelopt_version() -> str:
         return f"modelopt.onnx.quantization.quantize (int8), nvidia-modelopt {version('nvidia-modelopt')}"
     except PackageNotFoundError:  # a source checkout
         return "modelopt.onnx.quantization.quantize (int8)"
-
-
-def _quantize_static_parameters() -> set[str]:
-    import inspect
-
-    return set(inspect.signature(static._quantize_static()).parameters)

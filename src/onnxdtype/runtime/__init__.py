@@ -3,7 +3,8 @@
 Imports nothing heavy: onnxruntime loads when the first Engine is made, the build side only for missing="build".
 """
 
-from onnxdtype.runtime.config import Config, ResolvedModule, Settings
+from onnxdtype.runtime.config import Config
 from onnxdtype.runtime.engine import Engine, Timings
+from onnxdtype.runtime.settings import ResolvedModule, Settings
 
 __all__ = ["Config", "Engine", "ResolvedModule", "Settings", "Timings"]

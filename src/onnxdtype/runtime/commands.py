@@ -18,8 +18,10 @@ from rich.table import Table
 
 from onnxdtype.dtype import DType, parse_dtype
 from onnxdtype.errors import OnnxDtypeError
-from onnxdtype.runtime.config import Config, parse_dims
+from onnxdtype.images import ImageSpec, image_size, read_image
+from onnxdtype.runtime.config import Config
 from onnxdtype.runtime.engine import Engine, InputSpec
+from onnxdtype.runtime.settings import parse_dims
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 STRIDE = 32  # images fed to dynamic H/W are resized to a multiple of this: what strided vision nets accept
@@ -199,29 +201,24 @@ def image_array(path: Path, spec: InputSpec, dims: dict) -> np.ndarray:
     Fixed H/W are resized to; dynamic ones take the dims setting (opt), else the image's own size rounded to STRIDE.
     Model-specific normalization belongs to the caller: feed a .npy for exact preprocessing.
     """
-    try:
-        from PIL import Image
-    except ImportError:
-        raise OnnxDtypeError("reading images needs Pillow (pip install Pillow); or pass a .npy") from None
     from onnxdtype.runtime.providers import dim_range
 
     if len(spec.shape) != 4 or not ({spec.shape[1], spec.shape[3]} & {1, 3}):
         raise OnnxDtypeError(f"input {spec.name} {spec.shape}: an image needs a 4-D input with 1 or 3 channels")
     channels_first = spec.shape[1] in (1, 3)
     channels, h_axis, w_axis = (spec.shape[1], 2, 3) if channels_first else (spec.shape[3], 1, 2)
-    with Image.open(path) as opened:
-        image = opened.convert("RGB" if channels == 3 else "L")
+    own_height, own_width = image_size(path)
     sizes = []
-    for axis, own in ((h_axis, image.height), (w_axis, image.width)):
+    for axis, own in ((h_axis, own_height), (w_axis, own_width)):
         dim = spec.shape[axis]
         if isinstance(dim, int) and dim > 0:
             sizes.append(dim)
             continue
         span = dim_range(dims, spec.name, axis, dim if isinstance(dim, str) else None)
         sizes.append(span[1] if span else max(STRIDE, round(own / STRIDE) * STRIDE))
-    array = np.asarray(image.resize((sizes[1], sizes[0])), dtype=np.float32) / 255.0
-    array = array.reshape(sizes[0], sizes[1], channels)
-    return (array.transpose(2, 0, 1) if channels_first else array)[np.newaxis]
+    image = ImageSpec(size=(sizes[0], sizes[1]), channels="RGB" if channels == 3 else "L",
+                      layout="NCHW" if channels_first else "NHWC")
+    return read_image(path, image, np.float32)
 
 
 @contextlib.contextmanager

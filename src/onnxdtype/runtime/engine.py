@@ -18,16 +18,12 @@ from typing import Any
 import numpy as np
 
 from onnxdtype.errors import OnnxDtypeError
-from onnxdtype.runtime.config import ResolvedModule
+from onnxdtype.io import first_line
+from onnxdtype.ops import ORT_NUMPY_TYPES
 from onnxdtype.runtime.providers import dim_range, session_tweaks, usable_providers
+from onnxdtype.runtime.settings import ResolvedModule
 
 DEFAULT_DIM = 64  # warm-up size of a dynamic non-batch axis nobody set: a multiple of 32 that vision nets accept
-_NUMPY_TYPES = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8,
-    "tensor(uint64)": np.uint64, "tensor(uint32)": np.uint32, "tensor(uint16)": np.uint16, "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
 _GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                  "all": "ORT_ENABLE_ALL"}
 
@@ -140,7 +136,7 @@ class Engine:
             return self.session.run(None, feeds)
         except Exception as exc:  # onnxruntime raises several unrelated types; the user gets one line
             shapes = ", ".join(f"{k}={'x'.join(map(str, v.shape))}" for k, v in feeds.items())
-            raise OnnxDtypeError(f"{self.module.name}: {stage} failed on {shapes}: {_first_line(exc)}") from None
+            raise OnnxDtypeError(f"{self.module.name}: {stage} failed on {shapes}: {first_line(exc)}") from None
 
     def __repr__(self) -> str:
         m = self.module
@@ -173,7 +169,7 @@ def _create_session(module: ResolvedModule):
                                        providers=[name for name, _ in providers],
                                        provider_options=[opts for _, opts in providers])
     except Exception as exc:  # onnxruntime raises several unrelated types on bad files and provider failures
-        raise OnnxDtypeError(f"{module.name}: onnxruntime cannot load {module.file}: {_first_line(exc)}") from None
+        raise OnnxDtypeError(f"{module.name}: onnxruntime cannot load {module.file}: {first_line(exc)}") from None
     wanted, got = providers[0][0], session.get_providers()[0]
     if got != wanted:  # onnxruntime fell back on its own, e.g. CUDA libraries missing at run time
         message = f"{what}: onnxruntime could not start {wanted} and fell back to {got}"
@@ -184,11 +180,7 @@ def _create_session(module: ResolvedModule):
 
 
 def _numpy_type(ort_type: str, module: str) -> type:
-    if ort_type not in _NUMPY_TYPES:
+    if ort_type not in ORT_NUMPY_TYPES:
         raise OnnxDtypeError(f"{module}: input type {ort_type} is not supported by Engine")
-    return _NUMPY_TYPES[ort_type]
+    return ORT_NUMPY_TYPES[ort_type]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:400]

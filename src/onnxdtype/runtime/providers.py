@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from onnxdtype.errors import OnnxDtypeError
 
 if TYPE_CHECKING:
-    from onnxdtype.runtime.config import Settings
+    from onnxdtype.runtime.settings import Settings
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

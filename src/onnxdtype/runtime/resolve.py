@@ -9,7 +9,6 @@ side is `missing="build"`, imported lazily.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,23 +18,28 @@ from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import MANIFEST_NAME, confined_path, folder_lock, read_manifest
 from onnxdtype.model import model_sha256
+from onnxdtype.naming import (
+    Layout,
+    candidate_names,
+    layout_of,
+    misread_note,
+    module_stem,
+    split_variant_name,
+    variant_filename,
+)
 
 if TYPE_CHECKING:
-    from onnxdtype.runtime.config import Settings
+    from onnxdtype.runtime.settings import Settings
 
-MISSING_POLICIES = ("error", "fallback", "build")
-SEPARATORS = ("_", "-", ".")  # onnxdtype, then usls's two spellings
-TRANSFORMERS_JS_Q8 = "quantized"  # transformers.js names its dynamic 8-bit file <stem>_quantized.onnx
-# Tags that mark a file as a variant, never a module of its own (transformers.js ships model_uint8.onnx too).
-_VARIANT_TAGS = {info.suffix for info in INFO.values() if info.suffix} | {TRANSFORMERS_JS_Q8, "uint8"}
-_TAGGED = re.compile(r"^(?P<stem>.+)[_.-](?P<tag>[A-Za-z0-9]+)$")
 
 
 @dataclass(frozen=True)
 class ModuleSource:
-    """Where a module's files live: the folder of its base and the stem its variants are named after."""
+    """Where a module's files live: the folder of its base, the stem its variants are named after, and the naming
+    convention of that folder (naming.py)."""
     home: Path
     stem: str
+    layout: Layout = "onnxdtype"
 
 
 @dataclass(frozen=True)
@@ -46,43 +50,22 @@ class Resolution:
     how: str  # explicit | manifest | name | cache | built
 
 
-def split_variant_name(stem: str) -> tuple[str, DType] | None:
-    """'det_fp16' -> ('det', fp16); 'model_quantized' -> ('model', q8); a plain base name -> None."""
-    match = _TAGGED.match(stem)
-    if not match:
-        return None
-    tag = match.group("tag").lower()
-    if tag == TRANSFORMERS_JS_Q8:
-        return match.group("stem"), DType.Q8
-    dtype = next((d for d, info in INFO.items() if info.suffix and info.suffix == tag), None)
-    return (match.group("stem"), dtype) if dtype else None
-
-
 def discover_modules(folder: Path) -> dict[str, ModuleSource]:
     """Modules of a folder: its manifest's, its base models, and stems that only have variants; else those under onnx/."""
     folder = Path(folder)
     for home in (folder, folder / "onnx"):
         if not home.is_dir():
             continue
-        stems = set(read_manifest(home)["modules"])
-        for path in home.glob("*.onnx"):
-            match = _TAGGED.match(path.stem)
-            tagged = match and match.group("tag").lower() in _VARIANT_TAGS
-            stems.add(match.group("stem") if tagged else path.stem)
+        stems = set(read_manifest(home)["modules"]) | {module_stem(path.stem) for path in home.glob("*.onnx")}
+        layout = layout_of(home, (home / MANIFEST_NAME).is_file())
         if stems:
-            return {stem: ModuleSource(home, stem) for stem in sorted(stems)}
+            return {stem: ModuleSource(home, stem, layout) for stem in sorted(stems)}
     raise OnnxDtypeError(f"{folder}: no .onnx model here or under onnx/")
 
 
 def candidate_files(source: ModuleSource, dtype: DType) -> list[Path]:
-    """Every name a variant may have, in the order tried."""
-    if dtype is DType.FP32:
-        return [source.home / f"{source.stem}.onnx"]
-    suffix = INFO[dtype].suffix
-    names = [f"{source.stem}{sep}{suffix}.onnx" for sep in SEPARATORS]
-    if dtype is DType.Q8:
-        names.append(f"{source.stem}_{TRANSFORMERS_JS_Q8}.onnx")
-    return [source.home / name for name in names]
+    """Every name a variant may have in this folder's layout, in the order tried."""
+    return [source.home / name for name in candidate_names(source.stem, dtype, source.layout)]
 
 
 def fallback_chain(dtype: DType) -> list[DType]:
@@ -149,7 +132,8 @@ class _Search:
         return self._from_cache(dtype)
 
     def why_missing(self, dtype: DType) -> str:
-        return self.refusals.get(dtype, f"no {dtype} variant")
+        note = misread_note(self.source.stem, dtype, self.source.layout)
+        return self.refusals.get(dtype, f"no {dtype} variant" + (f" ({note})" if note else ""))
 
     def tried_text(self) -> str:
         return ", ".join(str(p) for p in dict.fromkeys(self.tried))
@@ -186,7 +170,7 @@ class _Search:
         folder = cache_folder(self.settings, base)
         if not folder.is_dir():
             return None
-        self.tried.append(folder / candidate_files(self.source, dtype)[0].name)
+        self.tried.append(folder / variant_filename(self.source.stem, dtype))
         path = vouched_variant(folder, self.source.stem, dtype)
         return Resolution(path, dtype, "cache") if path else None
 
@@ -196,7 +180,7 @@ def _explicit(name: str, source: ModuleSource, settings: Settings, root: Path) -
     path = settings.file if settings.file.is_absolute() else root / settings.file
     if not path.is_file():
         raise OnnxDtypeError(f"{name}: file {path} does not exist")
-    tagged = split_variant_name(path.stem)
+    tagged = split_variant_name(path.stem, layout_of(path.parent, (path.parent / MANIFEST_NAME).is_file()))
     if tagged and tagged[1] is not settings.dtype:
         warnings.warn(f"{name}: {path.name} looks like {tagged[1]}, but dtype is {settings.dtype}; "
                       f"using it as {settings.dtype} because it was given explicitly")

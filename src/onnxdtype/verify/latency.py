@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxdtype.verify.accuracy import cast_feed, session
+from onnxdtype.verify.evaluate import cast_feed, session
 
 
 def _timed_session(path: Path, threads: int):

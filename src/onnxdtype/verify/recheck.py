@@ -12,16 +12,16 @@ from onnxdtype.dtype import parse_dtype
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import confined_path, read_manifest, update_manifest
 from onnxdtype.model import load_model, model_sha256
-from onnxdtype.verify.accuracy import (DEFAULT_ATOL, SYNTHESIZED_NOTE, Criteria, EvalData, evaluate, load_metric,
-                                       min_cosine_for, session, synthesize)
+from onnxdtype.results import BuildResult, Status, VariantResult
+from onnxdtype.verify.evaluate import DEFAULT_ATOL, Criteria, EvalData, load_metric, min_cosine_for, session, synthesize
 from onnxdtype.verify.latency import measure
+from onnxdtype.verify.record import skipped, verify_variant
 
 
 def verify_folder(folder: str | Path, eval_data: EvalData | dict[str, EvalData] | None = None,
-                  tolerances: dict[str, float] | None = None, metric: str | None = None, latency_runs: int = 20):
+                  tolerances: dict[str, float] | None = None, metric: str | None = None, latency_runs: int = 20
+                  ) -> BuildResult:
     """Re-verify every built variant the manifest lists; returns a BuildResult like quantize() does."""
-    from onnxdtype.build import BuildResult, VariantResult
-
     folder = Path(folder)
     if not folder.is_dir():
         raise OnnxDtypeError(f"{folder}: not a folder")
@@ -46,7 +46,7 @@ def verify_folder(folder: str | Path, eval_data: EvalData | dict[str, EvalData] 
             path = confined_path(folder, variant["file"], f"{module}/{dtype_name}")
             problem = base_problem or _integrity_problem(path, variant)
             if problem:
-                result.status, result.reason = "failed", problem
+                result.fail(problem)
             else:
                 _measure(result, base_path, path, data, tolerances, metric, latency_runs)
             update_manifest(folder, lambda m, r=result: _store(m, r))
@@ -63,25 +63,20 @@ def _integrity_problem(path: Path, entry: dict) -> str | None:
     return None
 
 
-def _measure(result, base_path: Path, path: Path, data: EvalData, tolerances: dict | None, metric: str | None,
+def _measure(result: VariantResult, base_path: Path, path: Path, data: EvalData, tolerances: dict | None, metric: str | None,
              latency_runs: int) -> None:
     dtype = parse_dtype(result.dtype)
     criteria = Criteria(min_cosine_for(dtype, tolerances), (tolerances or {}).get("atol", DEFAULT_ATOL), metric)
     if not data.feeds:
-        result.verification = {"data": data.source, "synthesized": True, "failure": None, "skipped": True}
+        result.verification = skipped(data)
         return
-    figures, failure = evaluate(session(base_path), session(path), data.feeds, criteria)
-    result.verification = {"data": data.source, "synthesized": data.synthesized, "min_cosine": criteria.min_cosine,
-                           "atol": criteria.atol, "metric": metric, **figures, "failure": failure}
-    if data.synthesized:
-        result.verification.update(note=SYNTHESIZED_NOTE, failure=None, unjudged_failure=failure)
-        failure = None
-    result.status, result.reason = ("failed", f"verification: {failure}") if failure else ("ok", None)
+    result.verification, _, failure = verify_variant(session(base_path), session(path), data, criteria)
+    result.status, result.reason = (Status.FAILED, f"verification: {failure}") if failure else (Status.OK, None)
     if latency_runs > 0:
         result.latency = measure(base_path, path, data.feeds[0], latency_runs)
 
 
-def _store(manifest: dict, result) -> None:
+def _store(manifest: dict, result: VariantResult) -> None:
     variant = manifest["modules"][result.module]["variants"][result.dtype]
     variant.update(status=result.status, reason=result.reason, verification=result.verification,
                    latency=result.latency)

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 
-from onnxdtype.model import iter_scoped_nodes
-from onnxdtype.verify.accuracy import Criteria, EvalData, activation_max, error_increase, evaluate, session
+from onnxdtype.ops import FP16_MAX, WEIGHT_OPS
+from onnxdtype.verify.evaluate import Criteria, EvalData, evaluate, session
+from onnxdtype.verify.ranking import activation_max, error_increase, weight_shares
 
-FP16_MAX = 65504.0
-WEIGHTED_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention", "LSTM", "GRU"})
 RANKING_SAMPLES = 8
 
 
@@ -27,6 +25,19 @@ RANKING_SAMPLES = 8
 class RepairBudget:
     max_weight_fraction: float = 0.25  # share of the weights that may stay in higher precision (8-bit or fp32)
     seconds: float = 300.0
+
+
+@dataclass
+class RepairPlan:
+    """What repair needs to know of the recipe chain; the build gives it, so repair never looks inside a recipe.
+
+    `rebuild(in_float, ranked, precision)` runs the dtype's recipe steps keeping `in_float` nodes fp32 in every
+    step and `ranked` nodes in `precision` (one of `precisions`, tried in that order) in the steps that cause
+    the error; None when nothing is left to quantize."""
+    rebuild: Callable[[list[str], list[str], str], onnx.ModelProto | None]
+    precisions: tuple[str, ...] = ("fp32",)
+    has_float_step: bool = False  # fp16 in the chain: nodes whose fp32 activations leave its range go first
+    float_only: bool = False  # fp16 is the whole recipe: every node is a candidate
 
 
 @dataclass
@@ -39,72 +50,27 @@ class RepairOutcome:
     attempts: list[dict] = field(default_factory=list)
 
 
-def with_kept(options: dict[str, object], in_float: list[str], ranked: list[str], use_8bit: bool = True
-              ) -> dict[str, object]:
-    """Options for a rebuild. `in_float` (fp16 range) nodes stay fp32 in every step. `ranked` nodes go to the
-    weight quantizer's higher precision — 8-bit for q4's MatMulNBits (`nodes_in_8bit`), fp32 for the others —
-    and stay fp32 in the fp16 step only when fp16 is the whole recipe (q4f16's error is the 4-bit part)."""
-    only_fp16 = all(not _has(opts, "nodes_to_exclude") for opts in options.values())
-    rebuilt = {}
-    for step, opts in options.items():
-        if _has(opts, "nodes_in_8bit") and use_8bit:
-            opts = _extend(_extend(opts, "nodes_to_exclude", in_float), "nodes_in_8bit", ranked)
-        elif _has(opts, "nodes_to_exclude"):
-            opts = _extend(opts, "nodes_to_exclude", in_float + ranked)
-        elif _has(opts, "block_nodes"):
-            opts = _extend(opts, "block_nodes", in_float + (ranked if only_fp16 else []))
-        rebuilt[step] = opts
-    return rebuilt
-
-
-def _precisions(options: dict[str, object]) -> tuple[bool, ...]:
-    """Try 8 bits before fp32 where the recipe has an 8-bit form (q4's MatMulNBits), else fp32 only."""
-    return (True, False) if any(_has(o, "nodes_in_8bit") for o in options.values()) else (False,)
-
-
-def _has(options: object, name: str) -> bool:
-    return any(f.name == name for f in fields(options))  # type: ignore[arg-type]
-
-
-def _extend(options: object, name: str, names: list[str]) -> object:
-    current = list(getattr(options, name))
-    return replace(options, **{name: current + [n for n in names if n not in current]})  # type: ignore[type-var]
-
-
-def weight_shares(model: onnx.ModelProto) -> dict[str, float]:
-    """Each node's share of the model's float weights (constant float inputs it consumes)."""
-    sizes: dict[str, int] = {}
-    for node, inits in iter_scoped_nodes(model.graph):
-        sizes[node.name] = sum(int(np.prod(inits[i].dims)) for i in node.input
-                               if i in inits and inits[i].data_type == onnx.TensorProto.FLOAT)
-    total = sum(sizes.values()) or 1
-    return {name: size / total for name, size in sizes.items()}
-
-
-def repair(source: onnx.ModelProto, steps: list[str], options: dict[str, object], eval_data: EvalData,
-           criteria: Criteria, rebuild: Callable[[dict[str, object]], onnx.ModelProto | None],
+def repair(source: onnx.ModelProto, plan: RepairPlan, eval_data: EvalData, criteria: Criteria,
            first_model: onnx.ModelProto, budget: RepairBudget | None = None) -> RepairOutcome:
-    """Keep the worst nodes of `source` in fp32 until the rebuilt variant meets `criteria` on `eval_data`.
-
-    `rebuild(options)` runs the dtype's recipe steps with the given options (build.py owns the recipes).
-    """
+    """Keep the worst nodes of `source` in higher precision until the rebuilt variant meets `criteria` on
+    `eval_data`."""
     budget = budget or RepairBudget()
     start = time.perf_counter()
     base = session(source)
     shares = weight_shares(source)
     kept: list[str] = []
     attempts: list[dict] = []
-    if "float16" in steps:
+    if plan.has_float_step:
         peaks = activation_max(source, eval_data.feeds)
         # producers and consumers of out-of-range tensors: a consumer in fp16 would cast the value to inf
         kept = [n.name for n in source.graph.node
                 if any(peaks.get(t, 0.0) > FP16_MAX for t in [*n.output, *n.input])]
-    if steps == ["float16"]:  # fp16 changes every node
+    if plan.float_only:  # fp16 changes every node
         candidates = [n.name for n in source.graph.node if n.name not in kept]
     else:  # quantizers: the nodes they replaced (q8, q4, bnb4), else the weighted ops (QDQ keeps node names)
         variant_nodes = {(n.name, n.op_type) for n in first_model.graph.node}
         replaced = [n.name for n in source.graph.node if (n.name, n.op_type) not in variant_nodes]
-        candidates = replaced or [n.name for n in source.graph.node if n.op_type in WEIGHTED_OPS]
+        candidates = replaced or [n.name for n in source.graph.node if n.op_type in WEIGHT_OPS]
         candidates = [n for n in candidates if n and n not in kept]
     ranking_feeds = eval_data.feeds[:RANKING_SAMPLES]
     added = error_increase(source, first_model, ranking_feeds, candidates)
@@ -123,14 +89,14 @@ def repair(source: onnx.ModelProto, steps: list[str], options: dict[str, object]
             return RepairOutcome(None, None, f"repair budget: keeping {len(trial)} nodes would keep "
                                  f"{fraction:.0%} of the weights in higher precision (limit {budget.max_weight_fraction:.0%})",
                                  trial, fraction, attempts)
-        for use_8bit in _precisions(options) if trial else ():
-            model = rebuild(with_kept(options, kept, ranked[:count], use_8bit))
+        for precision in plan.precisions if trial else ():
+            model = plan.rebuild(kept, ranked[:count], precision)
             if model is None:
                 return RepairOutcome(None, None, "nothing left to quantize after keeping the guilty nodes",
                                      trial, fraction, attempts)
             figures, reason = evaluate(base, session(model), eval_data.feeds, criteria)
             attempts.append({"kept_nodes": len(trial), "kept_weight_fraction": round(fraction, 4),
-                             "precision": "8-bit" if use_8bit else "fp32",
+                             "precision": precision,
                              "failure": reason})
             if reason is None:
                 return RepairOutcome(model, figures, None, trial, fraction, attempts)

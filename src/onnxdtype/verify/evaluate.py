@@ -1,4 +1,4 @@
-"""Run fp32 and a variant side by side on evaluation data and compare their outputs; rank nodes by the error they add.
+"""Run fp32 and a variant side by side on evaluation data and compare their outputs.
 
 Evaluation data is a list of feeds. Without user data, inputs are synthesized from the model's input
 shapes and types: that proves the variant loads and runs, not that it is accurate, and the result says so.
@@ -20,14 +20,12 @@ import onnxruntime as ort
 from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import needs_external_data, write_model
+from onnxdtype.ops import ORT_NUMPY_TYPES
 from onnxdtype.verify.metrics import OutputStats, judge
 
 DEFAULT_MIN_COSINE = {"16": 0.9999, "8": 0.99, "4": 0.98, "4+16": 0.98}  # by DTypeInfo.bits, SPEC.md
 DEFAULT_ATOL = 1e-4  # an output whose largest error is below this passes whatever its cosine (near-zero maps)
 SYNTHESIZED_NOTE = "inputs synthesized from shapes: this proves loading and running, not accuracy"
-ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-             "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
 
 
 def min_cosine_for(dtype: DType, overrides: dict[str, float] | None = None) -> float:
@@ -113,7 +111,7 @@ def session(model: str | Path | onnx.ModelProto, threads: int = 0, quiet: bool =
 
 def cast_feed(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Cast each array to the type the session declares (fp16-IO variants take fp16)."""
-    types = {i.name: ORT_TYPES.get(i.type) for i in sess.get_inputs()}
+    types = {i.name: ORT_NUMPY_TYPES.get(i.type) for i in sess.get_inputs()}
     return {k: v.astype(types[k]) if types.get(k) is not None and v.dtype != types[k] else v
             for k, v in feed.items() if k in types}
 
@@ -181,55 +179,3 @@ def evaluate(base: ort.InferenceSession, variant: ort.InferenceSession, feeds: I
     else:
         failure = judge(outputs, criteria.min_cosine, criteria.atol)
     return {"outputs": outputs, "task": task}, failure
-
-
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output}
-    exposed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in present)
-    return exposed
-
-
-def activation_max(model: onnx.ModelProto, feeds: list[dict]) -> dict[str, float]:
-    """Largest |value| of every top-level node output of the fp32 model on the data (for the fp16 range check)."""
-    outputs = [o for n in model.graph.node for o in n.output if o]
-    sess = session(_with_outputs(model, outputs))
-    float_outputs = [o.name for o in sess.get_outputs() if o.type in ("tensor(float)", "tensor(double)")]
-    peaks = dict.fromkeys(float_outputs, 0.0)
-    for feed in feeds:
-        for name, value in zip(float_outputs, run(sess, feed, float_outputs)):
-            finite = value[np.isfinite(value)]
-            if finite.size:
-                peaks[name] = max(peaks[name], float(np.abs(finite).max()))
-    return peaks
-
-
-def error_increase(base: onnx.ModelProto, variant: onnx.ModelProto, feeds: list[dict],
-                   candidates: list[str]) -> dict[str, float]:
-    """For each candidate node (by name, top-level graph), the relative L2 error it adds: error of its output
-    minus the largest error among its inputs, comparing fp32 and variant intermediates by tensor name."""
-    nodes = {n.name: n for n in base.graph.node if n.name in set(candidates)}
-    variant_tensors = {o for n in variant.graph.node for o in n.output} | {i.name for i in variant.graph.input}
-    wanted = sorted({t for n in nodes.values() for t in [*n.input, *n.output] if t in variant_tensors})
-    if not wanted:
-        return {}
-    base_sess, var_sess = session(_with_outputs(base, wanted)), session(_with_outputs(variant, wanted))
-    base_names = {o.name for o in base_sess.get_outputs()}
-    wanted = [t for t in wanted if t in base_names and t in {o.name for o in var_sess.get_outputs()}]
-    diff = dict.fromkeys(wanted, 0.0)
-    norm = dict.fromkeys(wanted, 0.0)
-    for feed in feeds:
-        for name, ref, got in zip(wanted, run(base_sess, feed, wanted), run(var_sess, feed, wanted)):
-            if ref.shape != got.shape or not np.issubdtype(ref.dtype, np.floating):
-                continue
-            r, g = ref.astype(np.float64), got.astype(np.float64)
-            diff[name] += float(np.nan_to_num((r - g) ** 2, nan=1e30, posinf=1e30).sum())
-            norm[name] += float((r * r).sum())
-    rel = {t: np.sqrt(diff[t] / norm[t]) if norm[t] > 0 else 0.0 for t in wanted}
-    added = {}
-    for name, node in nodes.items():
-        out_err = max((rel.get(o, 0.0) for o in node.output), default=0.0)
-        in_err = max((rel.get(i, 0.0) for i in node.input), default=0.0)
-        added[name] = float(out_err - in_err)
-    return added

@@ -1,0 +1,113 @@
+"""Each module's data: its calibration (one cached pass for every static dtype) and its evaluation data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from onnxdtype.build.plan import Calibration, Module, ModulePlan
+from onnxdtype.build.task import VerifySpec
+from onnxdtype.calibration.data import check_feed, load_samples, model_inputs
+from onnxdtype.calibration.run import calibrate_path
+from onnxdtype.dtype import INFO, DType
+from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.manifest import update_manifest
+from onnxdtype.recipes import RECIPES
+from onnxdtype.verify.evaluate import DEFAULT_ATOL, EvalData, min_cosine_for, synthesize
+from onnxdtype.verify.repair import RepairBudget
+
+
+def calibrated_dtypes(wanted: list[DType]) -> list[DType]:
+    return [d for d in wanted if INFO[d].needs_calibration]
+
+
+def module_path(path: str | Path | dict, module: Module, modules: int, what: str) -> Path:
+    """The data path for one module: its entry in a dict, DATA/<module>/ when that folder exists, else DATA."""
+    if isinstance(path, dict):
+        if module.name not in path:
+            raise OnnxDtypeError(f"{what}: no data given for module {module.name} (given: {', '.join(path)})")
+        return Path(path[module.name])
+    own = Path(path) / module.name
+    if own.is_dir():
+        return own
+    if modules > 1:
+        raise OnnxDtypeError(f"{what} {path}: with several modules it needs one subfolder per module "
+                             f"({module.name}/ missing)")
+    return Path(path)
+
+
+def check_calibration_data(plan: ModulePlan, modules: int, calib: Calibration | None, wanted: list[DType]) -> None:
+    """Read every calibration sample once (each is checked as it is read) before anything is written."""
+    static = calibrated_dtypes(wanted)
+    if calib is None or not static:
+        return
+    for _ in load_samples(module_path(calib.data, plan.module, modules, "--calib"), plan.for_dtype(static[0]).model,
+                          calib.image_spec):
+        pass
+
+
+def calibrate_module(plan: ModulePlan, modules: int, calib: Calibration | None, wanted: list[DType], out: Path
+                     ) -> EvalData | None:
+    """One calibration pass per module serves every static dtype and int8: records it in the manifest, sets the
+    ranges file in `plan.calibrated`, and returns the held-out samples for verification."""
+    static = calibrated_dtypes(wanted)
+    if calib is None or not static:
+        return None
+    done = calibrate_path(plan.for_dtype(static[0]).model, module_path(calib.data, plan.module, modules, "--calib"),
+                          calib.image_spec, calib.method, out, calib.eval_fraction)
+    entry = {**done.samples.describe(), "method": done.result.method, "ranges_file": done.result.path.name,
+             "samples_used": done.result.samples_used, "seconds": done.result.seconds, "cached": done.result.cached,
+             "held_out_for_eval": len(done.held_out)}
+    update_manifest(out, lambda data: data["modules"][plan.module.name].__setitem__("calibration", entry))
+    calibrated = {"ranges_file": str(done.result.path), "method": done.result.method}
+    plan.calibrated = {step: calibrated for d in static for step in INFO[d].steps if RECIPES[step].NEEDS_CALIBRATION}
+    held_out = done.held_out
+    return EvalData(list(held_out), f"held-out {len(held_out)} of the calibration samples ({done.samples.source})",
+                    False) if len(held_out) else None
+
+
+def module_eval_data(plan: ModulePlan, modules: int, eval_data: EvalData | dict | str | Path | None,
+                     calib: Calibration | None) -> EvalData | None:
+    """The module's evaluation data: given as EvalData, or read from a path like calibration data."""
+    if isinstance(eval_data, dict) and all(isinstance(v, EvalData) for v in eval_data.values()):
+        return eval_data.get(plan.module.name)
+    if eval_data is None or isinstance(eval_data, EvalData):
+        return eval_data
+    model = next(iter(plan.normalized.values())).model if plan.normalized else None
+    samples = load_samples(module_path(eval_data, plan.module, modules, "--eval"), model,
+                           calib.image_spec if calib else None)
+    return EvalData(list(samples), f"{len(samples)} samples from {samples.source}", False)
+
+
+def check_eval_data(modules: list[Module], bases: dict[str, onnx.ModelProto],
+                    eval_data: EvalData | dict | str | Path | None) -> None:
+    """EvalData given through the API meets the same checks as data read from files."""
+    if isinstance(eval_data, dict) and all(isinstance(v, EvalData) for v in eval_data.values()):
+        unknown = sorted(set(eval_data) - {m.name for m in modules})
+        if unknown:
+            raise OnnxDtypeError(f"eval_data names no module {', '.join(map(repr, unknown))} "
+                                 f"(modules: {', '.join(m.name for m in modules)})")
+    for m in modules:
+        data = eval_data.get(m.name) if isinstance(eval_data, dict) else eval_data
+        if not isinstance(data, EvalData):
+            continue
+        if not data.feeds:
+            raise OnnxDtypeError(f"{m.name}: evaluation data {data.source!r} holds no samples")
+        inputs = model_inputs(bases[m.name])
+        for i, feed in enumerate(data.feeds):
+            check_feed(feed, inputs, f"{m.name}: evaluation data {data.source!r} sample {i}")
+
+
+def verify_spec(m: Module, model: onnx.ModelProto, data: EvalData | None, tmp: Path, wanted: list[DType],
+                tolerances: dict | None, repair: bool, budget: RepairBudget | None, metric: str | None) -> VerifySpec:
+    """What the workers need to verify a module's variants: evaluation data saved in `tmp`, tolerances, repair."""
+    data = data or synthesize(model)
+    return VerifySpec(str(data.save(tmp / f"eval-{m.name}")), data.source, data.synthesized,
+                      {d.value: min_cosine_for(d, tolerances) for d in wanted},
+                      (tolerances or {}).get("atol", DEFAULT_ATOL), metric, repair, budget or RepairBudget())
+
+
+def latency_feed(data: EvalData | None, base: onnx.ModelProto) -> dict | None:
+    feeds = (data or synthesize(base, samples=1)).feeds
+    return feeds[0] if feeds else None

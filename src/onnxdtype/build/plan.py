@@ -1,0 +1,245 @@
+"""What a build will do, decided before anything is written: the modules, the dtypes, the normalized models,
+which variants are already vouched for or do not apply, and the options each recipe step gets."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxdtype.calibration.data import HELD_OUT_FRACTION
+from onnxdtype.dtype import INFO, DType, parse_dtype
+from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.model import TEMP_PREFIX, model_sha256, write_model
+from onnxdtype.naming import is_variant_stem, variant_filename
+from onnxdtype.normalize import keep_metadata, normalize
+from onnxdtype.recipes import RECIPES
+from onnxdtype.results import Status, VariantResult
+
+NEEDS_CALIBRATION = "needs calibration data (--calib DATA)"
+
+
+@dataclass
+class Calibration:
+    """Calibration data for the static dtypes: a path (or one per module name), image preprocessing, method.
+
+    A folder holding one subfolder per module name gives each module its own data. When no evaluation data
+    is given, the held-out `eval_fraction` of the samples verifies the variants.
+    """
+    data: str | Path | dict[str, str | Path]
+    image_spec: str | Path | dict | None = None
+    method: str = "minmax"
+    eval_fraction: float = HELD_OUT_FRACTION
+
+
+@dataclass
+class Module:
+    """One fp32 model to build variants of; its name is the file stem (det, visual, model...)."""
+    name: str
+    path: Path
+
+
+@dataclass
+class Normalized:
+    model: onnx.ModelProto
+    path: Path
+    done: list[str]
+
+
+@dataclass
+class ModulePlan:
+    """One module's normalized models (one per distinct pass set) and, after calibration, the options it adds
+    (recipe name -> fields: the ranges file and method)."""
+    module: Module
+    base: onnx.ModelProto
+    normalized: dict[tuple[str, ...], Normalized] = field(default_factory=dict)
+    calibrated: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_dtype(self, dtype: DType) -> Normalized:
+        return self.normalized[passes_for(dtype)]
+
+
+def find_modules(path: Path) -> list[Module]:
+    """The fp32 modules of a model file, or of a folder (variants and already-quantized files are skipped)."""
+    path = Path(path)
+    if not path.exists():
+        raise OnnxDtypeError(f"{path}: no such file or folder")
+    if path.is_file():
+        return [Module(path.stem, path)]
+    candidates = sorted(p for p in path.glob("*.onnx") if p.is_file() and not is_variant_stem(p.stem))
+    if not candidates:
+        raise OnnxDtypeError(f"{path}: no fp32 .onnx model in this folder")
+    return [Module(p.stem, p) for p in candidates]
+
+
+def passes_for(dtype: DType) -> tuple[str, ...]:
+    passes = {p for step in INFO[dtype].steps for p in RECIPES[step].PASSES}
+    return tuple(sorted(passes))
+
+
+def normalize_once(m: Module, model: onnx.ModelProto, wanted: list[DType], tmp: Path) -> ModulePlan:
+    """Normalize the base once per distinct pass set the requested recipes need, saved once per distinct result."""
+    plan = ModulePlan(m, model)
+    by_done: dict[tuple[str, ...], Normalized] = {}
+    for dtype in wanted:
+        passes = passes_for(dtype)
+        if not passes or passes in plan.normalized:
+            continue
+        norm, done = normalize(model, passes)
+        if tuple(done) not in by_done:  # e.g. no Gemm to rewrite: the "constants" and "constants+gemm" models are one
+            keep_metadata(model, norm)
+            path = tmp / f"{m.name}.normalized{len(by_done)}.onnx"
+            write_model(norm, path)
+            by_done[tuple(done)] = Normalized(norm, path, done)
+        plan.normalized[passes] = by_done[tuple(done)]
+    return plan
+
+
+# ---------------------------------------------------------------- options: recipe defaults <- by recipe <- by dtype
+def resolve_options(overrides: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Check user option overrides, keyed by recipe name ("blockwise4") or dtype name ("q4"); values are an Options
+    instance (recipe keys) or a dict of fields. Returns {key: {field: value}} with keys as given, every field known.
+    Bad keys, fields and values are one error, raised before anything is built."""
+    checked: dict[str, dict[str, Any]] = {}
+    for key, value in (overrides or {}).items():
+        steps = [key] if key in RECIPES else list(INFO[parse_dtype(key)].steps) if _is_dtype(key) else None
+        if not steps:
+            raise OnnxDtypeError(f"options: {key!r} is neither a dtype nor a recipe "
+                                 f"(recipes: {', '.join(RECIPES)}; dtypes: {', '.join(d.value for d in DType)})")
+        fields = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
+        known = {f.name for step in steps for f in dataclasses.fields(RECIPES[step].Options)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise OnnxDtypeError(f"options for {key}: no option {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        for step in steps:  # each step's Options validates its own fields
+            RECIPES[step].Options(**{k: v for k, v in fields.items() if k in _field_names(step)})
+        checked[parse_dtype(key).value if _is_dtype(key) else key] = fields
+    return checked
+
+
+def options_for(dtype: DType, overrides: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]] | None = None
+                ) -> dict[str, Any]:
+    """Each recipe step's Options for one dtype: SPEC defaults, then recipe-keyed, then dtype-keyed overrides, then
+    `extra` (what the build adds, such as the calibration's ranges file), then the recipe's own per-dtype settings."""
+    resolved = {}
+    for step in INFO[dtype].steps:
+        recipe = RECIPES[step]
+        fields: dict[str, Any] = {}
+        for layer in (overrides.get(step), overrides.get(dtype.value), (extra or {}).get(step)):
+            fields.update({k: v for k, v in (layer or {}).items() if k in _field_names(step)})
+        resolved[step] = recipe.options_for(dtype.value, recipe.Options(**fields))
+    return resolved
+
+
+def _field_names(step: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(RECIPES[step].Options)}
+
+
+def _is_dtype(key: str) -> bool:
+    try:
+        parse_dtype(key)
+    except OnnxDtypeError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- what needs no build
+def not_applicable(dtype: DType, plan: ModulePlan, overrides: dict) -> str | None:
+    first = INFO[dtype].steps[0]
+    return RECIPES[first].check(plan.for_dtype(dtype).model, options_for(dtype, overrides, plan.calibrated)[first])
+
+
+def refuse_not_applicable(plan: ModulePlan, wanted: list[DType], overrides: dict, explicit: bool) -> None:
+    """A dtype asked for by name that would change nothing is an error, raised before anything is written."""
+    for dtype in wanted if explicit else []:
+        reason = None if INFO[dtype].needs_calibration else not_applicable(dtype, plan, overrides)
+        if reason:
+            raise OnnxDtypeError(f"{plan.module.name}: {dtype} is not applicable: {reason}")
+
+
+def known_outcome(plan: ModulePlan, dtype: DType, out: Path, manifest: dict, force: bool, overrides: dict,
+                  calibrated: bool) -> VariantResult | None:
+    """Results decided without building: needs calibration, vouched existing file, does not apply."""
+    name, info = plan.module.name, INFO[dtype]
+    if info.needs_calibration and not calibrated:
+        return VariantResult(name, dtype.value, Status.SKIPPED, NEEDS_CALIBRATION)
+    target = out / variant_filename(name, dtype)
+    if not force and target.exists() and vouched(out, manifest, name, dtype):
+        entry = dict(manifest["modules"][name]["variants"][dtype.value])
+        return VariantResult(name, dtype.value, Status.KEPT, "up to date (use --force to rebuild)",
+                             file=entry.get("file"), bytes=entry.get("bytes"), sha256=entry.get("sha256"),
+                             recipe=list(info.steps), params=entry.get("params", {}))
+    reason = not_applicable(dtype, plan, overrides)
+    if reason:
+        return VariantResult(name, dtype.value, Status.NOT_APPLICABLE, reason, recipe=list(info.steps))
+    return None
+
+
+def applicability(model: onnx.ModelProto) -> dict[str, str | None]:
+    """For `inspect`: each buildable dtype -> None when its recipe applies, else the reason it does not."""
+    plan = ModulePlan(Module("model", Path("model.onnx")), model)
+    verdicts: dict[str, str | None] = {}
+    for dtype in DType:
+        info = INFO[dtype]
+        if not info.steps:
+            continue
+        passes = passes_for(dtype)
+        if passes not in plan.normalized:
+            plan.normalized[passes] = Normalized(normalize(model, passes)[0], Path(), [])
+        reason = not_applicable(dtype, plan, {})
+        if info.needs_calibration and reason in (None, RECIPES[info.steps[0]].NEEDS_CALIBRATION):
+            reason = None  # it applies; building it takes calibration data (--calib DATA)
+        verdicts[dtype.value] = reason
+    return verdicts
+
+
+# ---------------------------------------------------------------- the output folder
+def check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise OnnxDtypeError(f"{out}: output exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OnnxDtypeError(f"{out}: cannot create output folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OnnxDtypeError(f"{out}: output folder is not writable")
+
+
+def refuse_clobber(out: Path, modules: list[Module], wanted: list[DType], manifest: dict, force: bool) -> None:
+    """Existing files the manifest does not vouch for are never overwritten without --force."""
+    if force:
+        return
+    for m in modules:
+        for dtype in wanted:
+            target = out / variant_filename(m.name, dtype)
+            if target.exists() and not vouched(out, manifest, m.name, dtype):
+                raise OnnxDtypeError(f"{target}: exists and is not a verified onnxdtype output; use --force to overwrite")
+        base_target = out / f"{m.name}.onnx"
+        if base_target.exists() and base_target.resolve() != m.path.resolve() \
+                and model_sha256(base_target) != model_sha256(m.path):
+            raise OnnxDtypeError(f"{base_target}: exists with other contents than {m.path}; use --force to overwrite")
+
+
+def vouched(out: Path, manifest: dict, module: str, dtype: DType) -> bool:
+    entry = manifest["modules"].get(module, {}).get("variants", {}).get(dtype.value)
+    target = out / variant_filename(module, dtype)
+    return bool(entry and entry.get("status") == "ok" and entry.get("sha256") == model_sha256(target))
+
+
+def remove_stale_temp(out: Path) -> None:
+    """Temp entries a killed build left: no one else can be using them while this process holds the folder lock."""
+    for entry in out.glob(TEMP_PREFIX + "*"):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def size_with_data(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)

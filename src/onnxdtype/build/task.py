@@ -1,0 +1,44 @@
+"""The unit of work a worker process gets: one module at one dtype, as typed data that crosses a pipe as JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from onnxdtype.verify.repair import RepairBudget
+
+
+@dataclass
+class VerifySpec:
+    """How a module's variants are verified: evaluation data saved in the build's temp folder, tolerances, repair."""
+    eval_dir: str
+    source: str
+    synthesized: bool
+    min_cosine: dict[str, float]  # by dtype name
+    atol: float
+    metric: str | None
+    repair: bool
+    budget: RepairBudget = field(default_factory=RepairBudget)
+
+
+@dataclass
+class VariantTask:
+    module: str
+    dtype: str
+    norm_path: str  # the normalized model the recipe steps start from
+    normalized: list[str]  # the normalize passes that changed it
+    options: dict[str, dict]  # recipe name -> its Options as a dict, already resolved for this dtype
+    tmp: str  # where the variant is written
+    base_bytes: int
+    verify: VerifySpec | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, line: str) -> VariantTask:
+        data = json.loads(line)
+        spec = data.pop("verify")
+        if spec is not None:
+            spec = VerifySpec(**{**spec, "budget": RepairBudget(**spec["budget"])})
+        return cls(**data, verify=spec)
