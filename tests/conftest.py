@@ -6,9 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-import tinymodels
 import realmodels
+import tinymodels
 
 
 @pytest.fixture

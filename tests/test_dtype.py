@@ -1,8 +1,8 @@
 import pytest
 
 from onnxdtype.dtype import INFO, DType, parse_dtype, parse_dtype_list
-from onnxdtype.naming import variant_filename
 from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.naming import variant_filename
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 import realmodels
+
 from onnxdtype.build import quantize
 from onnxdtype.dtype import INFO, DType
 from onnxdtype.model import op_counts

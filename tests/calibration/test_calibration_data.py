@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tinymodels
 from PIL import Image
 
-import tinymodels
 from onnxdtype.calibration import load_image_spec, load_samples
 from onnxdtype.errors import OnnxDtypeError
 

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 import tinymodels
+
 from onnxdtype.calibration import calibrate, read_ranges
 from onnxdtype.errors import OnnxDtypeError
 

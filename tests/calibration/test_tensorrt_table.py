@@ -164,8 +164,8 @@ def test_native_cache_leaves_out_names_with_colons_and_zero_ranges_get_scale_one
 
 def test_config_settings_give_the_tensorrt_ep_the_table(tmp_path):
     """What calibrate_for_tensorrt returns as Config settings becomes the exact TensorRT provider options."""
-    from onnxdtype.runtime.settings import Settings
     from onnxdtype.runtime.providers import TENSORRT, parse_device, provider_list
+    from onnxdtype.runtime.settings import Settings
 
     model_path = tinymodels.save(tinymodels.conv(), tmp_path / "conv.onnx")
     result = calibrate_for_tensorrt(model_path, npy_folder(tmp_path / "data", (1, 3, 16, 16), 2), tmp_path / "out")

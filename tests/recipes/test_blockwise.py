@@ -2,8 +2,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 import tinymodels
+
 from onnxdtype.model import op_counts
 from onnxdtype.normalize import normalize
 from onnxdtype.recipes import NotApplicable, blockwise, bnb4

@@ -1,8 +1,8 @@
 import numpy as np
 import onnx
 import onnxruntime as ort
-
 import tinymodels
+
 from onnxdtype.model import op_counts
 from onnxdtype.normalize import normalize
 from onnxdtype.recipes import NotApplicable, float16

@@ -13,10 +13,10 @@ import dataclasses
 import numpy as np
 import onnx
 import pytest
-
 import realmodels
 import tinymodels
 from numerics import cosine, session
+
 from onnxdtype.calibration import calibrate, load_samples
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import op_counts

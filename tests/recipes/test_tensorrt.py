@@ -25,9 +25,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxdtype.calibration import calibrate, load_samples, read_ranges
 from onnxdtype.errors import OnnxDtypeError
-from onnxdtype.ops import DATA_MOVEMENT_OPS
 from onnxdtype.model import op_counts, opset_version
 from onnxdtype.normalize import normalize
+from onnxdtype.ops import DATA_MOVEMENT_OPS
 from onnxdtype.recipes import NotApplicable, Variant, static, tensorrt
 
 HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None

@@ -4,8 +4,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 import tinymodels
+
 from onnxdtype import DType
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.runtime import Config

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tinymodels
 from onnx import TensorProto, helper, numpy_helper
 
-import tinymodels
 from onnxdtype.build import quantize
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.recipes import float16

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tinymodels
+
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.runtime import Config, Settings
-from onnxdtype.runtime.settings import parse_dims
 from onnxdtype.runtime.providers import parse_device, profile_shapes, provider_list, session_tweaks, usable_providers
+from onnxdtype.runtime.settings import parse_dims
 
 CACHE = Path("/cache")
 CPU = ("CPUExecutionProvider", {})

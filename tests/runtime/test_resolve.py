@@ -12,8 +12,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
-
 import tinymodels
+
 from onnxdtype import DType
 from onnxdtype.build import quantize
 from onnxdtype.errors import OnnxDtypeError

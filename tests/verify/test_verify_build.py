@@ -5,8 +5,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-
 import tinymodels
+
 from onnxdtype.build import quantize
 from onnxdtype.manifest import MANIFEST_NAME
 from onnxdtype.verify.evaluate import Criteria, EvalData, evaluate, session

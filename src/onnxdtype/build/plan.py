@@ -111,7 +111,7 @@ def resolve_options(overrides: dict[str, Any] | None) -> dict[str, dict[str, Any
         if not steps:
             raise OnnxDtypeError(f"options: {key!r} is neither a dtype nor a recipe "
                                  f"(recipes: {', '.join(RECIPES)}; dtypes: {', '.join(d.value for d in DType)})")
-        fields = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
+        fields = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else _listed(dict(value), steps)
         known = {f.name for step in steps for f in dataclasses.fields(RECIPES[step].Options)}
         unknown = sorted(set(fields) - known)
         if unknown:
@@ -134,6 +134,12 @@ def options_for(dtype: DType, overrides: dict[str, dict[str, Any]], extra: dict[
             fields.update({k: v for k, v in (layer or {}).items() if k in _field_names(step)})
         resolved[step] = recipe.options_for(dtype.value, recipe.Options(**fields))
     return resolved
+
+
+def _listed(fields: dict[str, Any], steps: list[str]) -> dict[str, Any]:
+    """A single name given for a list option (`--set q8.nodes_to_exclude=conv1`) is a list of one."""
+    lists = {f.name for step in steps for f in dataclasses.fields(RECIPES[step].Options) if f.default_factory is list}
+    return {k: [v] if k in lists and isinstance(v, str) else v for k, v in fields.items()}
 
 
 def _field_names(step: str) -> set[str]:

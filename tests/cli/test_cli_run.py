@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tinymodels
 import typer
 from typer.testing import CliRunner
 
-import tinymodels
 from onnxdtype.build import quantize
-from onnxdtype.runtime.commands import register
+from onnxdtype.cli.run import register
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 register(app)

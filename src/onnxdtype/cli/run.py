@@ -1,6 +1,6 @@
 """The `run` and `bench` commands: run a model (or a folder of modules) at the dtypes asked for, and time variants.
 
-Thin like cli.py: parse arguments, call Config/Engine, print. `register(app)` adds them to the onnxdtype CLI.
+Thin: parse arguments, call Config/Engine, print. `register(app)` adds them to the onnxdtype CLI.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from onnxdtype.cli.output import console, err_console
 from onnxdtype.dtype import DType, parse_dtype
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.images import ImageSpec, image_size, read_image
@@ -26,8 +26,6 @@ from onnxdtype.runtime.settings import parse_dims
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 STRIDE = 32  # images fed to dynamic H/W are resized to a multiple of this: what strided vision nets accept
 
-console = Console()
-err_console = Console(stderr=True)
 
 ModelArg = Annotated[Path, typer.Argument(help="A model file, or a folder of modules (onnxdtype, usls or transformers.js layout)")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda[:N], tensorrt[:N], coreml, openvino[:CPU|GPU|NPU], directml[:N], rocm[:N], xnnpack, qnn")]

@@ -1,0 +1,3 @@
+from onnxdtype.cli.main import main
+
+main()
