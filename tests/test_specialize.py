@@ -192,7 +192,9 @@ def test_specialized_model_goes_through_calibration_and_static_s8u8(tmp_path):
     fp32 = normalize(specialize(streaming_model("int64"), {"mode": np.array([1])}).model, static.PASSES)[0]
     feeds = [{"x": x, "mode": np.array([1])} for x in images(8, seed=3)]
     calibration = calibrate(fp32, Samples(feeds), "minmax", tmp_path)
-    options = static.options_for("s8u8", static.Options(ranges_file=str(calibration.path), float_tail=False))
+    options = static.options_for("s8u8", static.Options(ranges_file=str(calibration.path)))
+    unspecialized = normalize(streaming_model("int64"), static.PASSES)[0]
+    assert static.check(unspecialized, options) == "no Conv, ConvTranspose, MatMul or Gemm with a constant weight"
     variant = static.build(fp32, options)
     assert not isinstance(variant, static.NotApplicable), variant
     counts = op_counts(variant.model)
