@@ -1,0 +1,311 @@
+"""Input specialization: fixing the input that chooses an If branch brings the branch's weights to the top level,
+where calibration and the static recipes reach them; the specialized model computes what the original does."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxdtype.calibration import calibrate
+from onnxdtype.calibration.ranges import weighted_nodes
+from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.model import iter_graphs, op_counts
+from onnxdtype.normalize import constants_to_initializers, normalize
+from onnxdtype.recipes import dynamic, static
+from onnxdtype.specialize import fixed_value_problem, parse_fixed_inputs, specialize, subgraph_weight_summary
+
+RNG = np.random.default_rng(0)
+
+
+def _constant(name: str, array: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], name=f"const_{name}", value=numpy_helper.from_array(array))
+
+
+def _weight(*shape: int) -> np.ndarray:
+    return (RNG.standard_normal(shape) * 0.2).astype(np.float32)
+
+
+def _io(name: str, elem_type: int, dims: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem_type, dims)
+
+
+def streaming_model(mode: str = "bool", nested: bool = False) -> onnx.ModelProto:
+    """x[1,3,8,8] and `mode` choosing an If: then = Conv+Relu+MatMul, else = another Conv, weights in Constant
+    nodes inside the branches, both reading the outer Constant `scale`. `mode` is a bool scalar used as the
+    condition, or an int64 [1] compared to 1. `nested`: the then-branch ends in an If on the same condition."""
+    then_nodes = [_constant("wt", _weight(8, 3, 3, 3)), _constant("bt", _weight(8)), _constant("wm", _weight(8, 8)),
+                  helper.make_node("Conv", ["x", "wt", "bt"], ["ct"], name="conv_then", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", ["ct"], ["rt"], name="relu_then"),
+                  helper.make_node("MatMul", ["rt", "wm"], ["mt"], name="matmul_then"),
+                  helper.make_node("Mul", ["mt", "scale"], ["yt"], name="scale_then")]
+    then_out = "yt"
+    if nested:
+        inner_then = helper.make_graph([_constant("k1", _weight(8, 8, 1, 1)),
+                                        helper.make_node("Conv", ["yt", "k1"], ["n1"], name="conv_inner")],
+                                       "inner_then", [], [_io("n1", TensorProto.FLOAT, [1, 8, 8, 8])])
+        inner_else = helper.make_graph([helper.make_node("Neg", ["yt"], ["n2"], name="neg_inner")],
+                                       "inner_else", [], [_io("n2", TensorProto.FLOAT, [1, 8, 8, 8])])
+        then_nodes.append(helper.make_node("If", ["cond"], ["yn"], name="inner_if",
+                                           then_branch=inner_then, else_branch=inner_else))
+        then_out = "yn"
+    then_graph = helper.make_graph(then_nodes, "then", [], [_io(then_out, TensorProto.FLOAT, [1, 8, 8, 8])])
+    else_graph = helper.make_graph(
+        [_constant("we", _weight(8, 3, 3, 3)),
+         helper.make_node("Conv", ["x", "we"], ["ce"], name="conv_else", pads=[1, 1, 1, 1]),
+         helper.make_node("Add", ["ce", "scale"], ["ye"], name="shift_else")],
+        "else", [], [_io("ye", TensorProto.FLOAT, [1, 8, 8, 8])])
+    nodes = [_constant("scale", np.full((1, 8, 1, 1), 0.5, np.float32))]
+    if mode == "bool":
+        mode_input = _io("mode", TensorProto.BOOL, [])
+        nodes.append(helper.make_node("Identity", ["mode"], ["cond"], name="cond"))
+    else:
+        mode_input = _io("mode", TensorProto.INT64, [1])
+        nodes += [_constant("one", np.array([1], np.int64)),
+                  helper.make_node("Equal", ["mode", "one"], ["cond"], name="is_one")]
+    nodes += [helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_graph, else_branch=else_graph),
+              helper.make_node("Sigmoid", ["y"], ["out"], name="head")]
+    graph = helper.make_graph(nodes, "streaming", [_io("x", TensorProto.FLOAT, [1, 3, 8, 8]), mode_input],
+                              [_io("out", TensorProto.FLOAT, [1, 8, 8, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxdtype-tests")
+    model.ir_version = 8
+    model.metadata_props.add(key="labels", value="a,b")
+    onnx.checker.check_model(model)
+    return model
+
+
+def mode_value(mode: str, on: bool) -> np.ndarray:
+    return np.array(on) if mode == "bool" else np.array([1 if on else 0], np.int64)
+
+
+def run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the same kernels on both sides
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feed)[0]
+
+
+def images(count: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((1, 3, 8, 8)).astype(np.float32) for _ in range(count)]
+
+
+class Samples:
+    """In-memory feeds with a fingerprint, as calibrate() reads them."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds, self.fingerprint = feeds, f"specialize-{len(feeds)}"
+
+    def __iter__(self):
+        return iter(self.feeds)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("mode", ["bool", "int64"])
+@pytest.mark.parametrize("on", [True, False])
+def test_specialized_model_computes_what_the_original_does(mode, on):
+    model = streaming_model(mode)
+    before = model.SerializeToString()
+    result = specialize(model, {"mode": mode_value(mode, on)})
+    assert model.SerializeToString() == before  # the input model is left alone
+    assert result.inlined_ifs == 1 and "If" not in op_counts(result.model)
+    assert result.folded_nodes == 1  # Identity(mode) or Equal(mode, 1): a constant condition
+    assert result.fixed == {"mode": on if mode == "bool" else [int(on)]}
+    assert [i.name for i in result.model.graph.input] == ["x", "mode"]  # the interface is unchanged
+    assert [p.key for p in result.model.metadata_props] == ["labels"]
+    names = [n.name for g in iter_graphs(result.model.graph) for n in g.node]
+    assert all(names) and len(names) == len(set(names))
+    assert any(name.startswith("branch/") for name in names)
+    for x in images(3, seed=1):
+        feed = {"x": x, "mode": mode_value(mode, on)}
+        np.testing.assert_allclose(run(result.model, feed), run(model, feed), rtol=1e-6, atol=1e-6)
+
+
+def test_branch_weights_reach_the_top_level():
+    model = streaming_model()
+    assert weighted_nodes(normalize(model, ("constants",))[0]) == []  # inside the branches: out of reach
+    specialized = specialize(model, {"mode": np.array(True)}).model
+    assert constants_to_initializers(specialized) == 4  # scale, wt, bt, wm: nothing of the untaken branch
+    assert sorted(n.name for n in weighted_nodes(specialized)) == ["branch/conv_then", "branch/matmul_then"]
+    specialized = specialize(model, {"mode": np.array(False)}).model
+    constants_to_initializers(specialized)
+    assert [n.name for n in weighted_nodes(specialized)] == ["branch/conv_else"]
+
+
+def test_summary_names_the_weights_in_branches_and_the_input_choosing_them():
+    for mode in ("bool", "int64"):
+        model = streaming_model(mode)
+        assert subgraph_weight_summary(model) == (
+            "3 Conv/MatMul inside If branches; static calibration cannot reach subgraphs; fix the inputs that "
+            "choose the branch with --fix-input (candidates: mode)")
+        assert subgraph_weight_summary(specialize(model, {"mode": mode_value(mode, True)}).model) is None
+    assert "4 Conv/MatMul" in subgraph_weight_summary(streaming_model(nested=True))
+
+
+def test_nested_if_on_the_same_input_folds_too():
+    model = streaming_model("int64", nested=True)
+    for on in (True, False):
+        result = specialize(model, {"mode": mode_value("int64", on)})
+        assert result.inlined_ifs == (2 if on else 1) and "If" not in op_counts(result.model)
+        feed = {"x": images(1, seed=2)[0], "mode": mode_value("int64", on)}
+        np.testing.assert_allclose(run(result.model, feed), run(model, feed), rtol=1e-6, atol=1e-6)
+    names = [n.name for n in specialize(model, {"mode": np.array([1])}).model.graph.node]
+    assert "branch/inner_if/conv_inner" in names
+
+
+def test_branch_outputs_that_are_outer_tensors_or_branch_initializers_become_identities():
+    """Both branches use the same local names as the outer graph; one passes an outer tensor out (onnxruntime
+    refuses such a model: the Identity specializing adds makes it loadable), one its own initializer."""
+    outer = np.arange(4, dtype=np.float32)
+    then_graph = helper.make_graph([helper.make_node("Add", ["x", "c"], ["t"], name="add")], "then", [],
+                                   [_io("t", TensorProto.FLOAT, [4]), _io("c", TensorProto.FLOAT, [4])])
+    else_graph = helper.make_graph([helper.make_node("Sub", ["x", "k"], ["t"], name="add")], "else", [],
+                                   [_io("t", TensorProto.FLOAT, [4]), _io("k", TensorProto.FLOAT, [4])],
+                                   initializer=[numpy_helper.from_array(-outer, "k")])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y", "z"], then_branch=then_graph, else_branch=else_graph),
+         helper.make_node("Mul", ["y", "z"], ["t"], name="mul")],
+        "g", [_io("x", TensorProto.FLOAT, [4]), _io("flag", TensorProto.BOOL, [1])],
+        [_io("t", TensorProto.FLOAT, [4]), _io("z", TensorProto.FLOAT, [4])],
+        initializer=[numpy_helper.from_array(outer, "c")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = np.ones(4, np.float32)
+    for on, (y, z) in ((True, (x + outer, outer)), (False, (x + outer, -outer))):
+        result = specialize(model, {"flag": [on]})  # a Python list the declared bool [1] holds exactly
+        assert op_counts(result.model)["Identity"] == 1 and result.fixed == {"flag": [on]}
+        session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+        t, z_got = session.run(None, {"x": x, "flag": np.array([on])})
+        np.testing.assert_array_equal(t, y * z)
+        np.testing.assert_array_equal(z_got, z)
+
+
+def test_specialized_model_goes_through_calibration_and_static_s8u8(tmp_path):
+    fp32 = normalize(specialize(streaming_model("int64"), {"mode": np.array([1])}).model, static.PASSES)[0]
+    feeds = [{"x": x, "mode": np.array([1])} for x in images(8, seed=3)]
+    calibration = calibrate(fp32, Samples(feeds), "minmax", tmp_path)
+    options = static.options_for("s8u8", static.Options(ranges_file=str(calibration.path)))
+    unspecialized = normalize(streaming_model("int64"), static.PASSES)[0]
+    assert static.check(unspecialized, options) == "no Conv, ConvTranspose, MatMul or Gemm with a constant weight"
+    variant = static.build(fp32, options)
+    assert not isinstance(variant, static.NotApplicable), variant
+    counts = op_counts(variant.model)
+    assert counts["QuantizeLinear"] >= 1 and counts["DequantizeLinear"] >= 3 and counts["Conv"] == 1
+    producers = {o: n for n in variant.model.graph.node for o in n.output}
+    conv = next(n for n in variant.model.graph.node if n.op_type == "Conv")
+    assert [producers[name].op_type for name in conv.input[:2]] == ["DequantizeLinear", "DequantizeLinear"]
+    for x in images(4, seed=4):
+        feed = {"x": x, "mode": np.array([1])}
+        assert cosine(run(variant.model, feed), run(fp32, feed)) > 0.99
+
+
+def test_dynamic_q8_quantizes_inside_the_unspecialized_branches():
+    """quantize_dynamic's EnableSubgraph: ConvInteger / MatMulInteger inside the If branches, no specializing."""
+    model = normalize(streaming_model("int64"), dynamic.PASSES)[0]
+    variant = dynamic.build(model, dynamic.Options(quantize_conv=True))
+    assert not isinstance(variant, dynamic.NotApplicable), variant
+    branch_ops = {n.op_type for g in list(iter_graphs(variant.model.graph))[1:] for n in g.node}
+    assert {"ConvInteger", "MatMulInteger"} <= branch_ops
+    for on in (True, False):
+        feed = {"x": images(1, seed=5)[0], "mode": mode_value("int64", on)}
+        assert cosine(run(variant.model, feed), run(model, feed)) > 0.99
+
+
+def test_parse_fixed_inputs_reads_the_declared_type_and_shape():
+    model = streaming_model("int64")
+    parsed = parse_fixed_inputs(["mode=1"], model)["mode"]
+    assert parsed.dtype == np.int64 and parsed.shape == (1,) and parsed.tolist() == [1]
+    parsed = parse_fixed_inputs(["mode = true"], streaming_model("bool"))["mode"]
+    assert parsed.dtype == np.bool_ and parsed.shape == () and bool(parsed)
+    vector = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["v"], ["w"])], "g",
+        [_io("v", TensorProto.FLOAT, [3]), _io("n", TensorProto.FLOAT, ["N", 2])], [_io("w", TensorProto.FLOAT, [3])]))
+    parsed = parse_fixed_inputs(["v=0.5,1,2", "n=1,2,3,4"], vector)
+    assert parsed["v"].dtype == np.float32 and parsed["v"].tolist() == [0.5, 1, 2]
+    assert parsed["n"].shape == (2, 2)
+
+
+@pytest.mark.parametrize(("items", "message"), [
+    (["speed=1"], "fixed input 'speed': no such input (the model's inputs: x, mode)"),
+    (["mode"], "--fix-input 'mode': expected NAME=VALUE"),
+    (["mode=fast"], "--fix-input mode: cannot read 'fast' as int64"),
+    (["mode=1.5"], "--fix-input mode: cannot read '1.5' as int64"),
+    (["mode=1,2"], "--fix-input mode: 2 value(s) do not fit its declared shape [1]"),
+    (["mode=1", "mode=0"], "--fix-input mode: given twice"),
+])
+def test_bad_fix_input_items_are_one_line_errors(items, message):
+    with pytest.raises(OnnxDtypeError) as error:
+        parse_fixed_inputs(items, streaming_model("int64"))
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("fixed", "message"), [
+    ({"speed": np.array([1])}, "fixed input 'speed': no such input (the model's inputs: x, mode)"),
+    ({"mode": np.array([1], np.int32)}, "fixed input 'mode': given int32, the input is declared int64"),
+    ({"mode": 0.5}, "fixed input 'mode': given float64, the input is declared int64"),
+    ({"mode": np.array([[1]])}, "fixed input 'mode': given shape [1, 1], the input is declared [1]"),
+])
+def test_bad_fixed_values_are_one_line_errors(fixed, message):
+    with pytest.raises(OnnxDtypeError, match=f"^{re.escape(message)}$"):
+        specialize(streaming_model("int64"), fixed)
+
+
+def test_runtime_refuses_another_value_for_a_fixed_input():
+    record = specialize(streaming_model("int64"), {"mode": np.array([1])}).fixed
+    x = images(1, seed=6)[0]
+    assert fixed_value_problem(record, {"x": x, "mode": np.array([1])}) is None
+    assert fixed_value_problem(record, {"x": x}) is None  # onnxruntime names a missing input itself
+    assert fixed_value_problem(record, {"x": x, "mode": np.array([0])}) == (
+        "input 'mode' was fixed to [1] when this variant was built (--fix-input), got [0]; "
+        "use the fp32 model or build a variant for that value")
+
+
+def test_if_inside_a_loop_body_is_inlined_there():
+    """The condition comes from the fixed input through the outer scope; the Loop's own state is never folded."""
+    then_graph = helper.make_graph([helper.make_node("Add", ["acc", "step"], ["a1"], name="add")], "then", [],
+                                   [_io("a1", TensorProto.FLOAT, [2])])
+    else_graph = helper.make_graph([helper.make_node("Sub", ["acc", "step"], ["a2"], name="sub")], "else", [],
+                                   [_io("a2", TensorProto.FLOAT, [2])])
+    body = helper.make_graph(
+        [helper.make_node("If", ["up"], ["acc_next"], name="inner", then_branch=then_graph, else_branch=else_graph),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going")],
+        "body", [_io("i", TensorProto.INT64, []), _io("cond_in", TensorProto.BOOL, []),
+                 _io("acc", TensorProto.FLOAT, [2])],
+        [_io("cond_out", TensorProto.BOOL, []), _io("acc_next", TensorProto.FLOAT, [2])])
+    graph = helper.make_graph(
+        [helper.make_node("Greater", ["direction", "zero"], ["up"], name="is_up"),
+         helper.make_node("Loop", ["trips", "", "x"], ["y"], name="loop", body=body)],
+        "g", [_io("x", TensorProto.FLOAT, [2]), _io("direction", TensorProto.FLOAT, [1])],
+        [_io("y", TensorProto.FLOAT, [2])],
+        initializer=[numpy_helper.from_array(np.array(0, np.float32), "zero"),
+                     numpy_helper.from_array(np.array(3, np.int64), "trips"),
+                     numpy_helper.from_array(np.array([1, 2], np.float32), "step")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for direction in (1.0, -1.0):
+        result = specialize(model, {"direction": np.array([direction], np.float32)})
+        assert result.inlined_ifs == 1 and op_counts(result.model)["If"] == 0 and op_counts(result.model)["Loop"] == 1
+        feed = {"x": np.zeros(2, np.float32), "direction": np.array([direction], np.float32)}
+        np.testing.assert_array_equal(run(result.model, feed), np.array([3, 6], np.float32) * direction)
+
+
+def test_initializers_that_are_also_inputs_stay_overridable():
+    """An initializer declared as an input is a default the caller may replace: never folded, never dropped."""
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["k"], ["nk"], name="neg"), helper.make_node("Add", ["x", "nk"], ["y"], name="add")],
+        "g", [_io("x", TensorProto.FLOAT, [2]), _io("k", TensorProto.FLOAT, [2])], [_io("y", TensorProto.FLOAT, [2])],
+        initializer=[numpy_helper.from_array(np.ones(2, np.float32), "k")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    result = specialize(model, {"x": np.zeros(2, np.float32)})
+    assert result.folded_nodes == 0 and [t.name for t in result.model.graph.initializer] == ["k"]
+    k = np.array([3, 4], np.float32)
+    np.testing.assert_array_equal(run(result.model, {"x": np.zeros(2, np.float32), "k": k}), -k)
