@@ -19,6 +19,7 @@ from onnxdtype.verify.judges import (
     recurrent_pairs,
     required_agreement,
 )
+from onnxdtype.verify.judges.base import percent_below
 from onnxdtype.verify.judges.ctc import edit_distance, greedy_decode
 from onnxdtype.verify.judges.generic import cosine_for
 from onnxdtype.verify.judges.guess import RULES
@@ -92,6 +93,8 @@ def test_classify_leading_positions_and_a_class_axis_first():
     assert judged("classify", [(ref, got)]).figures()["agreement"] == pytest.approx(5 / 6)
     assert judged("classify", [(ref.swapaxes(1, 2), got.swapaxes(1, 2))], axis=1).figures()["agreement"] == \
         pytest.approx(5 / 6)
+    with pytest.raises(OnnxDtypeError, match="axis=3 is outside"):
+        judged("classify", [(ref, got)], axis=3)
 
 
 def test_classify_single_score_is_a_yes_no_decision():
@@ -99,6 +102,11 @@ def test_classify_single_score_is_a_yes_no_decision():
     assert (f["agreement"], f["threshold"]) == (0.5, 0.5)
     f = judged("classify", [([[3.0], [-2.0]], [[0.4], [-0.1]])]).figures()  # logits: threshold 0
     assert (f["agreement"], f["threshold"]) == (1.0, 0.0)
+
+
+def test_failure_percentages_read_below_the_requirement():
+    assert percent_below(22 / 24, 0.97) == "91.7 %"
+    assert percent_below(0.9985, 0.999) == "99.85 %"  # not "99.9 %" < 99.9 %
 
 
 def test_a_nan_where_fp32_has_none_fails_whatever_the_agreement():

@@ -137,8 +137,14 @@ def auto_threshold(ref: np.ndarray) -> float:
     return 0.5 if finite.size and finite.min() >= 0 and finite.max() <= 1 else 0.0
 
 
-def percent(fraction: float) -> str:
-    return f"{fraction * 100:.1f} %"
+def percent_below(fraction: float, required: float) -> str:
+    """`fraction` as a percentage with one decimal, or as many more as it takes to read below `required`
+    (99.89 %, not a puzzling 99.9 % < 99.9 %)."""
+    for decimals in range(1, 7):
+        text = f"{fraction * 100:.{decimals}f}"
+        if float(text) < required * 100:
+            break
+    return f"{text} %"
 
 
 class TaskJudge:
@@ -178,7 +184,7 @@ class TaskJudge:
         agreement = self.agreement()
         if agreement + 1e-12 >= required:
             return None
-        return f"{self.name}: {self.summary()} ({percent(agreement)}) < {required * 100:g} %"
+        return f"{self.name}: {self.summary()} ({percent_below(agreement, required)}) < {required * 100:g} %"
 
     def _add(self, ref: np.ndarray, got: np.ndarray) -> None:
         raise NotImplementedError

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from onnxdtype.verify.judges.base import TaskJudge, auto_threshold, register
+from onnxdtype.verify.judges.base import TaskJudge, auto_threshold, register, require
 
 TOP_K = 5
 
@@ -33,6 +33,7 @@ class ClassifyJudge(TaskJudge):
 
     def _add(self, ref: np.ndarray, got: np.ndarray) -> None:
         axis = self.params["axis"]
+        require(-ref.ndim <= axis < ref.ndim, f"classify: axis={axis} is outside an output of shape {ref.shape}")
         ref, got = (np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis]) for a in (ref, got))
         if ref.shape[1] == 1:
             if self.threshold is None:

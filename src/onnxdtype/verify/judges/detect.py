@@ -18,13 +18,16 @@ import numpy as np
 
 from onnxdtype.verify.judges.base import TaskJudge, register, require
 
+MAX_DETECTIONS = 300  # per image, as ultralytics' max_det; also bounds NMS time on a wrecked variant's head
+
 
 @register
 class DetectJudge(TaskJudge):
     name = "detect"
     unit = "detections"
-    PARAMS: ClassVar[dict[str, tuple]] = {"layout": (("auto", "yolo", "v8", "v5"), "auto"), "objectness": (bool, None),
-              "conf": (float, 0.25), "iou": (float, 0.45), "match_iou": (float, 0.5)}
+    PARAMS: ClassVar[dict[str, tuple]] = {
+        "layout": (("auto", "yolo", "v8", "v5"), "auto"), "objectness": (bool, None),
+        "conf": (float, 0.25), "iou": (float, 0.45), "match_iou": (float, 0.5)}
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
@@ -69,6 +72,7 @@ class DetectJudge(TaskJudge):
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
         classes, confidence = classes[keep], confidence[keep]
         kept = [i for c in np.unique(classes) for i in nms(boxes, confidence, classes == c, self.params["iou"])]
+        kept = sorted(kept, key=lambda i: -confidence[i])[:MAX_DETECTIONS]
         return boxes[kept], classes[kept]
 
     def agreement(self) -> float:
@@ -101,11 +105,12 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, among: np.ndarray, threshold: float) -> list[int]:
-    """Greedy non-maximum suppression over the boxes selected by the mask `among`; indices into `boxes`."""
+    """Greedy non-maximum suppression over the boxes selected by the mask `among`, best first, at most
+    MAX_DETECTIONS; indices into `boxes`."""
     order = np.flatnonzero(among)
     order = order[np.argsort(-scores[order], kind="stable")]
     kept = []
-    while order.size:
+    while order.size and len(kept) < MAX_DETECTIONS:
         kept.append(int(order[0]))
         order = order[1:][iou(boxes[order[0]], boxes[order[1:]]) <= threshold]
     return kept

@@ -22,7 +22,7 @@ SCORE_OPS = {"Softmax", "LogSoftmax", "Sigmoid"}
 LABEL_KEYS = ("names", "labels", "id2label", "classes")  # metadata of classifiers and YOLO models
 POOLED_NAMES = re.compile(r"embed|pooler|sentence", re.IGNORECASE)
 TOKEN_NAMES = re.compile(r"last_hidden_state|token_embeddings|^embeddings$", re.IGNORECASE)
-MAP_NAMES = re.compile(r"prob|map|mask|seg|heatmap", re.IGNORECASE)
+MAP_NAMES = re.compile(r"prob|mask|seg|heatmap|score_?map", re.IGNORECASE)  # not any "map": feature maps
 
 
 @dataclass
