@@ -64,7 +64,8 @@ def test_ctc_one_flipped_step_makes_its_line_disagree():
 def test_ctc_reads_time_first_batch_of_one_and_a_last_blank():
     ref = one_hot([[0, 3, 3, 0, 3, 5, 5]]).swapaxes(0, 1)  # [T, 1, C]
     got = one_hot([[0, 3, 0, 3, 3, 5, 5]]).swapaxes(0, 1)  # [3, 3, 5] too, by another path
-    assert judged("ctc", [(ref, got)]).figures()["agreement"] == 1.0
+    f = judged("ctc", [(ref, got)]).figures()
+    assert (f["agreement"], f["units"]) == (1.0, 1)  # one line of 7 steps, not 7 lines of one
     ref = one_hot([[5, 3, 3, 5, 3, 0, 0]])  # blank last (class 5): reads [3, 3, 0]; blank 0: [5, 3, 5, 3]
     got = one_hot([[3, 3, 3, 5, 3, 0, 0]])  # blank last: [3, 3, 0] as well; blank 0: [3, 5, 3]
     assert judged("ctc", [(ref, got)], blank=-1).figures()["agreement"] == 1.0
