@@ -1,0 +1,202 @@
+"""What a judge is, how one is named and configured, and how much agreement a variant needs (SPEC.md).
+
+A variant is judged on the task each output serves, not on raw closeness: a CRNN at cosine 0.998 read 11 % of
+lines wrong while an SVTR refused at cosine 0.99905 read every line right. Each judge streams over evaluation
+samples (one `add` per sample and output) and ends with figures and a one-line verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from onnxdtype.errors import OnnxDtypeError
+
+DEFAULT_AGREEMENT = {"16": 0.999, "8": 0.97, "4": 0.90}  # by bit-width family, SPEC.md "Verification defaults"
+FAMILY = {"16": "16", "8": "8", "4": "4", "4+16": "4"}  # DTypeInfo.bits -> family: q4f16 is judged as 4-bit
+
+
+@dataclass
+class TaskSpec:
+    """Which judge an output gets, with its parameters and the reason (recorded in the manifest)."""
+    task: str
+    params: dict = field(default_factory=dict)
+    why: str = ""
+
+
+class Judge(Protocol):
+    name: str
+
+    def add(self, ref: np.ndarray, got: np.ndarray) -> None: ...
+
+    def figures(self) -> dict: ...
+
+    def failure(self, required: float) -> str | None: ...
+
+
+JUDGES: dict[str, type] = {}
+"""Task name -> judge class; filled by `register` as the judge modules are imported by the package."""
+
+
+def register(cls: type) -> type:
+    JUDGES[cls.name] = cls
+    return cls
+
+
+def make_judge(spec: TaskSpec) -> Judge:
+    """A fresh judge for one output of one variant; unknown tasks and bad parameters are user errors."""
+    return _judge_class(spec.task)(**check_params(spec.task, spec.params))
+
+
+def check_params(task: str, params: dict) -> dict:
+    """`params` checked against the judge's PARAMS table, with ints widened to float where a float is expected."""
+    table = _judge_class(task).PARAMS
+    checked = {}
+    for key, value in params.items():
+        if key not in table:
+            valid = ", ".join(table) or "none"
+            raise OnnxDtypeError(f"task {task}: unknown parameter {key!r} (valid: {valid})")
+        kind, default = table[key]
+        if value is None and default is None:
+            checked[key] = None
+        elif isinstance(kind, tuple):
+            if value not in kind:
+                raise OnnxDtypeError(f"task {task}: {key}={value!r} is not one of {', '.join(kind)}")
+            checked[key] = value
+        elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            checked[key] = float(value)
+        elif type(value) is kind:
+            checked[key] = value
+        else:
+            raise OnnxDtypeError(f"task {task}: {key}={value!r} should be {kind.__name__}")
+    return checked
+
+
+def _judge_class(task: str) -> type:
+    if task not in JUDGES:
+        raise OnnxDtypeError(f"unknown task {task!r} (valid: {', '.join(sorted(JUDGES))})")
+    return JUDGES[task]
+
+
+def parse_task(text: str) -> TaskSpec:
+    """'detect:layout=yolo,conf=0.25' -> TaskSpec('detect', {'layout': 'yolo', 'conf': 0.25}), checked as
+    make_judge checks it, so a CLI mistake stops before any build."""
+    task, _, rest = text.strip().partition(":")
+    params: dict = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = (s.strip() for s in item.partition("="))
+        if not eq or not key or not value:
+            raise OnnxDtypeError(f"task {text!r}: expected key=value, got {item!r}")
+        if key in params:
+            raise OnnxDtypeError(f"task {text!r}: {key} given twice")
+        params[key] = _parse_value(value)
+    spec = TaskSpec(task.strip(), {}, f"asked: {text.strip()}")
+    spec.params = check_params(spec.task, params)
+    make_judge(spec)  # range checks live in the judges' constructors
+    return spec
+
+
+def _parse_value(text: str) -> int | float | bool | str:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def required_agreement(bits: str, overrides: dict | None = None) -> float:
+    """The agreement a variant of this bit width needs: an override by bits ('8', '4+16', then its family) or
+    'default', else SPEC.md's by family."""
+    if bits not in FAMILY:
+        raise OnnxDtypeError(f"no required agreement for bits {bits!r} (valid: {', '.join(FAMILY)})")
+    overrides = overrides or {}
+    for key in (bits, FAMILY[bits], "default"):
+        if key in overrides:
+            value = overrides[key]
+            if not 0 <= value <= 1:
+                raise OnnxDtypeError(f"required agreement {key}={value} is not within [0, 1]")
+            return float(value)
+    return DEFAULT_AGREEMENT[FAMILY[bits]]
+
+
+def require(condition: bool, message: str) -> None:
+    """A parameter out of range is the user's mistake: say which in one line."""
+    if not condition:
+        raise OnnxDtypeError(message)
+
+
+def auto_threshold(ref: np.ndarray) -> float:
+    """0.5 for probabilities (fp32 within [0, 1]), else 0 for logits."""
+    finite = ref[np.isfinite(ref)]
+    return 0.5 if finite.size and finite.min() >= 0 and finite.max() <= 1 else 0.0
+
+
+def percent_below(fraction: float, required: float) -> str:
+    """`fraction` as a percentage with one decimal, or as many more as it takes to read below `required`
+    (99.89 %, not a puzzling 99.9 % < 99.9 %)."""
+    for decimals in range(1, 7):
+        text = f"{fraction * 100:.{decimals}f}"
+        if float(text) < required * 100:
+            break
+    return f"{text} %"
+
+
+class TaskJudge:
+    """Shared bookkeeping of the task judges: shape check, NaN/Inf counts, and the verdict 'agreement ≥ required'.
+
+    A subclass sets `name`, `unit` (what one compared item is), `PARAMS` (name -> (type or choices, default)) and
+    implements `_add`, `agreement`, `compared` (how many units), `summary` (counts in words) and `details`.
+    """
+    name: ClassVar[str]
+    unit: ClassVar[str]
+    PARAMS: ClassVar[dict[str, tuple]] = {}
+
+    def __init__(self, **params) -> None:
+        self.params = {key: default for key, (_, default) in self.PARAMS.items()} | params
+        self.samples = 0
+        self.nonfinite = 0
+        self.nonfinite_fp32 = 0
+
+    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        ref, got = np.asarray(ref), np.asarray(got)
+        if ref.shape != got.shape:
+            raise ValueError(f"{self.name}: variant shape {got.shape} differs from fp32's {ref.shape}")
+        self.samples += 1
+        self.nonfinite_fp32 += int((~np.isfinite(ref)).sum())
+        self.nonfinite += int((~np.isfinite(got)).sum())
+        self._add(ref, got)
+
+    def figures(self) -> dict:
+        return {"agreement": self.agreement(), "units": self.compared(), "unit": self.unit, "samples": self.samples,
+                "nonfinite": self.nonfinite, "nonfinite_fp32": self.nonfinite_fp32, **self.details()}
+
+    def failure(self, required: float) -> str | None:
+        if self.samples == 0:
+            return f"{self.name}: no samples compared"
+        if self.nonfinite > self.nonfinite_fp32:
+            return f"{self.name}: {self.nonfinite} NaN/Inf values where fp32 has {self.nonfinite_fp32}"
+        agreement = self.agreement()
+        if agreement + 1e-12 >= required:
+            return None
+        return f"{self.name}: {self.summary()} ({percent_below(agreement, required)}) < {required * 100:g} %"
+
+    def _add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def agreement(self) -> float:
+        raise NotImplementedError
+
+    def compared(self) -> int:
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        raise NotImplementedError
+
+    def details(self) -> dict:
+        return {}

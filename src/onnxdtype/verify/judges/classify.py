@@ -1,0 +1,64 @@
+"""Classification: does the variant pick the same top-1 class as fp32?
+
+Scores or logits [b, C] or [b, ..., C], classes on `axis` (last by default); every position before the class axis
+is one prediction. A single score per prediction (C == 1, a sigmoid head) is judged as a yes/no decision at
+`threshold` (default: 0.5 for probabilities, 0 for logits). Top-5 overlap is shown, not judged: it tells a
+near-tie flip from a wrecked head.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from onnxdtype.verify.judges.base import TaskJudge, auto_threshold, register, require
+
+TOP_K = 5
+
+
+@register
+class ClassifyJudge(TaskJudge):
+    name = "classify"
+    unit = "predictions"
+    PARAMS: ClassVar[dict[str, tuple]] = {"axis": (int, -1), "threshold": (float, None)}
+
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        self.same = 0
+        self.total = 0
+        self.ranked = 0  # predictions with several classes, the ones a top-k overlap means something for
+        self.overlap = 0.0  # sum over those of |top-k(fp32) ∩ top-k(variant)| / k
+        self.threshold = self.params["threshold"]
+
+    def _add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        axis = self.params["axis"]
+        require(-ref.ndim <= axis < ref.ndim, f"classify: axis={axis} is outside an output of shape {ref.shape}")
+        ref, got = (np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis]) for a in (ref, got))
+        if ref.shape[1] == 1:
+            if self.threshold is None:
+                self.threshold = auto_threshold(ref)
+            self.same += int(((ref > self.threshold) == (got > self.threshold)).sum())
+            self.total += ref.shape[0]
+            return
+        self.same += int((ref.argmax(1) == got.argmax(1)).sum())
+        self.total += ref.shape[0]
+        self.ranked += ref.shape[0]
+        k = min(TOP_K, ref.shape[1])
+        top_ref, top_got = (np.argsort(-a, axis=1, kind="stable")[:, :k] for a in (ref, got))
+        self.overlap += sum(len(set(r) & set(g)) for r, g in zip(top_ref.tolist(), top_got.tolist())) / k
+
+    def agreement(self) -> float:
+        return self.same / self.total if self.total else 1.0
+
+    def compared(self) -> int:
+        return self.total
+
+    def summary(self) -> str:
+        return f"{self.same}/{self.total} predictions keep their top-1 class"
+
+    def details(self) -> dict:
+        figures = {f"top{TOP_K}_overlap": self.overlap / self.ranked} if self.ranked else {}
+        if self.total > self.ranked:
+            figures["threshold"] = self.threshold
+        return figures

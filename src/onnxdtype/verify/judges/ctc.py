@@ -1,0 +1,76 @@
+"""CTC text recognition: does the variant read each line exactly as fp32 does?
+
+Per-step class scores [b, T, C] (or [T, b, C]) are greedy-decoded: argmax per step, repeats collapsed, blanks
+dropped. A line agrees only when the decoded sequences are identical, since one wrong character is a wrong
+reading; character agreement (1 - edit distance / length) is shown to tell one slip from garbage.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from onnxdtype.verify.judges.base import TaskJudge, register, require
+
+
+def greedy_decode(path: np.ndarray, blank: int) -> list[int]:
+    """Best-path CTC decoding of one line's per-step argmax: collapse repeats, then drop blanks."""
+    labels = path.tolist()
+    return [c for i, c in enumerate(labels) if c != blank and (i == 0 or c != labels[i - 1])]
+
+
+def edit_distance(a: list[int], b: list[int]) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
+@register
+class CtcJudge(TaskJudge):
+    name = "ctc"
+    unit = "lines"
+    PARAMS: ClassVar[dict[str, tuple]] = {"blank": (int, 0), "layout": (("auto", "btc", "tbc"), "auto")}
+
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        self.lines = 0
+        self.same = 0
+        self.chars = 0  # characters fp32 read
+        self.edits = 0  # edits from fp32's reading to the variant's
+        self.empty = 0  # lines fp32 reads as nothing: agreeing on them proves little
+
+    def _add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        require(ref.ndim == 3, f"ctc: expected per-step class scores [b, T, C] or [T, b, C], got shape {ref.shape}")
+        if self._time_first(ref.shape):
+            ref, got = ref.swapaxes(0, 1), got.swapaxes(0, 1)
+        blank = self.params["blank"] % ref.shape[2]  # -1: the last class is the blank
+        for r, g in zip(ref.argmax(2), got.argmax(2)):
+            text_ref, text_got = greedy_decode(r, blank), greedy_decode(g, blank)
+            self.lines += 1
+            self.same += text_ref == text_got
+            self.chars += len(text_ref)
+            self.empty += not text_ref
+            self.edits += edit_distance(text_ref, text_got)
+
+    def _time_first(self, shape: tuple[int, ...]) -> bool:
+        """[T, 1, C] is read time-first when layout is auto: a batch of one line is the common export."""
+        layout = self.params["layout"]
+        return layout == "tbc" or (layout == "auto" and shape[1] == 1 and shape[0] > 1)
+
+    def agreement(self) -> float:
+        return self.same / self.lines if self.lines else 1.0
+
+    def compared(self) -> int:
+        return self.lines
+
+    def summary(self) -> str:
+        return f"{self.same}/{self.lines} lines decode identically"
+
+    def details(self) -> dict:
+        chars = max(0.0, 1 - self.edits / self.chars) if self.chars else float(self.edits == 0)
+        return {"char_agreement": chars, "chars": self.chars, "edits": self.edits, "empty_lines": self.empty}
