@@ -17,12 +17,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Every dtype of PP-OCRv4 det/cls/rec, calibrated and verified on real images and text lines. Variants that miss
+# Every dtype of PP-OCRv4 det/cls/rec, calibrated on real images and text lines and verified on others. Variants that miss
 # their tolerance even after repair are reported failed (exit 1): the demo shows them rather than stopping.
 demo: $(STAMP)
 	$(BIN)/python examples/ocr_models.py demo-out/ocr
 	$(BIN)/onnxdtype inspect demo-out/ocr/rec.onnx
-	-$(BIN)/onnxdtype quantize demo-out/ocr --dtype all --calib demo-out/ocr-data --eval demo-out/ocr-data \
+	-$(BIN)/onnxdtype quantize demo-out/ocr --dtype all --calib demo-out/ocr-calib --eval demo-out/ocr-eval \
 		--out demo-out/ocr-variants --latency-runs 10
 	@echo "report: demo-out/ocr-variants/report.html   manifest: demo-out/ocr-variants/onnxdtype.json"
 

@@ -185,7 +185,7 @@ def minilm_feeds(sentences: list[str]) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------ OCR images
-def _rgb(image: np.ndarray) -> np.ndarray:
+def rgb(image: np.ndarray) -> np.ndarray:
     """Gray / RGB / RGBA uint8 -> HxWx3 uint8 RGB."""
     img = np.asarray(image)
     if img.ndim == 2:
@@ -199,7 +199,7 @@ def scene_images() -> list[np.ndarray]:
     from skimage import data
 
     names = ("page", "text", "coffee", "astronaut", "chelsea", "rocket")
-    return [_rgb(getattr(data, name)()) for name in names]
+    return [rgb(getattr(data, name)()) for name in names]
 
 
 def render_text_line(text: str, size: int = 32) -> np.ndarray:
@@ -217,10 +217,16 @@ def render_text_line(text: str, size: int = 32) -> np.ndarray:
 def text_line_images() -> list[np.ndarray]:
     """Text-line crops (RGB uint8): :data:`RENDERED_TEXTS` rendered, then the 7 lines of
     skimage page() (a photographed, slightly tilted book page)."""
+
+    return [render_text_line(t) for t in RENDERED_TEXTS] + page_line_images()
+
+
+def page_line_images() -> list[np.ndarray]:
+    """The 7 text lines of skimage page() (a photographed, slightly tilted book page), RGB uint8."""
     from skimage import data
 
-    page = _rgb(data.page())
-    return [render_text_line(t) for t in RENDERED_TEXTS] + [page[a:b] for a, b in _PAGE_LINES]
+    page = rgb(data.page())
+    return [page[a:b] for a, b in _PAGE_LINES]
 
 
 # ------------------------------------------------------------------- OCR feeds
@@ -234,7 +240,7 @@ def ocr_det_feed(image: np.ndarray, max_side: int = 640) -> dict[str, np.ndarray
     from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
 
     cfg = _rapidocr_config()["Det"]
-    x = DetPreProcess(max_side, "max", cfg["mean"], cfg["std"])(_rgb(image)[..., ::-1].copy())
+    x = DetPreProcess(max_side, "max", cfg["mean"], cfg["std"])(rgb(image)[..., ::-1].copy())
     if x is None:
         raise ValueError(f"image too small for det: {np.shape(image)}")
     return {_ocr_meta("det")[0]: x}
@@ -254,7 +260,7 @@ def _norm_line(bgr: np.ndarray, c: int, h: int, w: int) -> np.ndarray:
 def _bgr_lines(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
     if isinstance(images, np.ndarray) and images.ndim <= 3:
         images = [images]
-    return [_rgb(im)[..., ::-1].copy() for im in images]
+    return [rgb(im)[..., ::-1].copy() for im in images]
 
 
 def ocr_cls_feed(images: np.ndarray | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -288,11 +294,19 @@ def ctc_decode(rec_output: np.ndarray) -> list[str]:
     return [text for text, _score in _ctc_decoder()(np.asarray(rec_output))]
 
 
+WORDS = "the quick brown fox jumps over lazy dog onnx runtime model calibration data 2026 text".split()
+
+
+def word_lines(seed: int, count: int) -> list[str]:
+    """`count` lines of five random words (the ground truth of rendered lines, different for every seed)."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, 5)) for _ in range(count)]
+
+
 def rendered_text_page(seed: int) -> np.ndarray:
     """Rendered lines of words on a white page (RGB uint8), for det calibration and evaluation."""
     rng = np.random.default_rng(seed)
-    words = "the quick brown fox jumps over lazy dog onnx runtime model calibration data 2026 text".split()
-    lines = [render_text_line(" ".join(rng.choice(words, 5)), size=int(rng.integers(20, 40)))
+    lines = [render_text_line(" ".join(rng.choice(WORDS, 5)), size=int(rng.integers(20, 40)))
              for _ in range(8)]
     page = np.full((sum(line.shape[0] + 10 for line in lines) + 40, max(line.shape[1] for line in lines) + 40, 3),
                    255, np.uint8)

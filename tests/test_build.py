@@ -234,3 +234,39 @@ def test_calibration_data_for_a_folder_of_modules_needs_one_subfolder_each(tiny,
     (tmp_path / "calib").mkdir()
     with pytest.raises(OnnxDtypeError, match="one subfolder per module"):
         quantize(folder, "s8u8", tmp_path / "out", calib=Calibration(tmp_path / "calib"))
+
+
+def test_weights_inside_if_branches_get_q8_and_with_fix_input_the_static_dtypes(tmp_path):
+    """A streaming model whose weights live in Constant nodes inside If branches, chosen by an input."""
+    import numpy as np
+
+    import tinymodels
+    from onnxdtype.build import Calibration
+    from onnxdtype.runtime import Config
+
+    model = tinymodels.save(tinymodels.streaming_model("int"), tmp_path / "stream.onnx")
+    data = tmp_path / "calib"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        np.savez(data / f"{i}.npz", x=rng.random((1, 3, 8, 8), np.float32), mode=np.array([1], np.int64))
+    q8 = quantize(model, "q8", tmp_path / "q8", latency_runs=0, workers=1).by("stream", "q8")
+    assert q8.status == "ok" and q8.op_changes.get("MatMulInteger", 0) > 0  # inside the branches
+    with pytest.raises(OnnxDtypeError, match=r"inside If branches.*--fix-input \(candidates: mode\)"):
+        quantize(model, "s8u8", tmp_path / "refused", calib=Calibration(data), workers=1)
+    out = tmp_path / "fixed"
+    s8u8 = quantize(model, "s8u8", out, calib=Calibration(data), fixed_inputs=["mode=1"], latency_runs=0,
+                    workers=1).by("stream", "s8u8")
+    assert s8u8.status == "ok", s8u8.reason
+    assert s8u8.op_changes["QuantizeLinear"] > 0 and s8u8.op_changes["DequantizeLinear"] > 0
+    assert s8u8.params["specialize"]["fixed"] == {"mode": [1]} and s8u8.normalized[0] == "specialize (mode=[1])"
+    built = onnx.load(str(out / "stream_s8u8.onnx"))
+    assert built.graph.input[1].name == "mode"  # the interface is kept
+    assert "If" not in {n.op_type for n in built.graph.node} and s8u8.params["specialize"]["inlined_ifs"] == 1
+    engine = Config.from_dir(out, dtype="s8u8").engine("stream")
+    x = rng.random((1, 3, 8, 8), np.float32)
+    assert engine.run({"x": x, "mode": np.array([1])})["out"].shape == (1, 8, 8, 8)
+    with pytest.raises(OnnxDtypeError, match="'mode' was fixed to \\[1\\]"):
+        engine.run({"x": x, "mode": np.array([0])})
+    with pytest.raises(OnnxDtypeError, match="no module has such an input"):
+        quantize(model, "q8", tmp_path / "typo", fixed_inputs=["mood=1"], workers=1)

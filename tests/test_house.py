@@ -6,8 +6,8 @@ import ast
 from pathlib import Path
 
 import pytest
-
 import tinymodels
+
 from onnxdtype.build import quantize
 from onnxdtype.errors import OnnxDtypeError
 

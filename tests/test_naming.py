@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 import tinymodels
+
 from onnxdtype.build import find_modules
 from onnxdtype.dtype import DType
 from onnxdtype.errors import OnnxDtypeError

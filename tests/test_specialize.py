@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tinymodels
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxdtype.calibration import calibrate
@@ -22,60 +23,8 @@ from onnxdtype.specialize import fixed_value_problem, parse_fixed_inputs, specia
 RNG = np.random.default_rng(0)
 
 
-def _constant(name: str, array: np.ndarray) -> onnx.NodeProto:
-    return helper.make_node("Constant", [], [name], name=f"const_{name}", value=numpy_helper.from_array(array))
-
-
-def _weight(*shape: int) -> np.ndarray:
-    return (RNG.standard_normal(shape) * 0.2).astype(np.float32)
-
-
 def _io(name: str, elem_type: int, dims: list) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem_type, dims)
-
-
-def streaming_model(mode: str = "bool", nested: bool = False) -> onnx.ModelProto:
-    """x[1,3,8,8] and `mode` choosing an If: then = Conv+Relu+MatMul, else = another Conv, weights in Constant
-    nodes inside the branches, both reading the outer Constant `scale`. `mode` is a bool scalar used as the
-    condition, or an int64 [1] compared to 1. `nested`: the then-branch ends in an If on the same condition."""
-    then_nodes = [_constant("wt", _weight(8, 3, 3, 3)), _constant("bt", _weight(8)), _constant("wm", _weight(8, 8)),
-                  helper.make_node("Conv", ["x", "wt", "bt"], ["ct"], name="conv_then", pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", ["ct"], ["rt"], name="relu_then"),
-                  helper.make_node("MatMul", ["rt", "wm"], ["mt"], name="matmul_then"),
-                  helper.make_node("Mul", ["mt", "scale"], ["yt"], name="scale_then")]
-    then_out = "yt"
-    if nested:
-        inner_then = helper.make_graph([_constant("k1", _weight(8, 8, 1, 1)),
-                                        helper.make_node("Conv", ["yt", "k1"], ["n1"], name="conv_inner")],
-                                       "inner_then", [], [_io("n1", TensorProto.FLOAT, [1, 8, 8, 8])])
-        inner_else = helper.make_graph([helper.make_node("Neg", ["yt"], ["n2"], name="neg_inner")],
-                                       "inner_else", [], [_io("n2", TensorProto.FLOAT, [1, 8, 8, 8])])
-        then_nodes.append(helper.make_node("If", ["cond"], ["yn"], name="inner_if",
-                                           then_branch=inner_then, else_branch=inner_else))
-        then_out = "yn"
-    then_graph = helper.make_graph(then_nodes, "then", [], [_io(then_out, TensorProto.FLOAT, [1, 8, 8, 8])])
-    else_graph = helper.make_graph(
-        [_constant("we", _weight(8, 3, 3, 3)),
-         helper.make_node("Conv", ["x", "we"], ["ce"], name="conv_else", pads=[1, 1, 1, 1]),
-         helper.make_node("Add", ["ce", "scale"], ["ye"], name="shift_else")],
-        "else", [], [_io("ye", TensorProto.FLOAT, [1, 8, 8, 8])])
-    nodes = [_constant("scale", np.full((1, 8, 1, 1), 0.5, np.float32))]
-    if mode == "bool":
-        mode_input = _io("mode", TensorProto.BOOL, [])
-        nodes.append(helper.make_node("Identity", ["mode"], ["cond"], name="cond"))
-    else:
-        mode_input = _io("mode", TensorProto.INT64, [1])
-        nodes += [_constant("one", np.array([1], np.int64)),
-                  helper.make_node("Equal", ["mode", "one"], ["cond"], name="is_one")]
-    nodes += [helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_graph, else_branch=else_graph),
-              helper.make_node("Sigmoid", ["y"], ["out"], name="head")]
-    graph = helper.make_graph(nodes, "streaming", [_io("x", TensorProto.FLOAT, [1, 3, 8, 8]), mode_input],
-                              [_io("out", TensorProto.FLOAT, [1, 8, 8, 8])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxdtype-tests")
-    model.ir_version = 8
-    model.metadata_props.add(key="labels", value="a,b")
-    onnx.checker.check_model(model)
-    return model
 
 
 def mode_value(mode: str, on: bool) -> np.ndarray:
@@ -112,7 +61,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("mode", ["bool", "int64"])
 @pytest.mark.parametrize("on", [True, False])
 def test_specialized_model_computes_what_the_original_does(mode, on):
-    model = streaming_model(mode)
+    model = tinymodels.streaming_model(mode)
     before = model.SerializeToString()
     result = specialize(model, {"mode": mode_value(mode, on)})
     assert model.SerializeToString() == before  # the input model is left alone
@@ -130,7 +79,7 @@ def test_specialized_model_computes_what_the_original_does(mode, on):
 
 
 def test_branch_weights_reach_the_top_level():
-    model = streaming_model()
+    model = tinymodels.streaming_model()
     assert weighted_nodes(normalize(model, ("constants",))[0]) == []  # inside the branches: out of reach
     specialized = specialize(model, {"mode": np.array(True)}).model
     assert constants_to_initializers(specialized) == 4  # scale, wt, bt, wm: nothing of the untaken branch
@@ -142,16 +91,16 @@ def test_branch_weights_reach_the_top_level():
 
 def test_summary_names_the_weights_in_branches_and_the_input_choosing_them():
     for mode in ("bool", "int64"):
-        model = streaming_model(mode)
+        model = tinymodels.streaming_model(mode)
         assert subgraph_weight_summary(model) == (
             "3 Conv/MatMul inside If branches; static calibration cannot reach subgraphs; fix the inputs that "
             "choose the branch with --fix-input (candidates: mode)")
         assert subgraph_weight_summary(specialize(model, {"mode": mode_value(mode, True)}).model) is None
-    assert "4 Conv/MatMul" in subgraph_weight_summary(streaming_model(nested=True))
+    assert "4 Conv/MatMul" in subgraph_weight_summary(tinymodels.streaming_model(nested=True))
 
 
 def test_nested_if_on_the_same_input_folds_too():
-    model = streaming_model("int64", nested=True)
+    model = tinymodels.streaming_model("int64", nested=True)
     for on in (True, False):
         result = specialize(model, {"mode": mode_value("int64", on)})
         assert result.inlined_ifs == (2 if on else 1) and "If" not in op_counts(result.model)
@@ -189,11 +138,11 @@ def test_branch_outputs_that_are_outer_tensors_or_branch_initializers_become_ide
 
 
 def test_specialized_model_goes_through_calibration_and_static_s8u8(tmp_path):
-    fp32 = normalize(specialize(streaming_model("int64"), {"mode": np.array([1])}).model, static.PASSES)[0]
+    fp32 = normalize(specialize(tinymodels.streaming_model("int64"), {"mode": np.array([1])}).model, static.PASSES)[0]
     feeds = [{"x": x, "mode": np.array([1])} for x in images(8, seed=3)]
     calibration = calibrate(fp32, Samples(feeds), "minmax", tmp_path)
     options = static.options_for("s8u8", static.Options(ranges_file=str(calibration.path)))
-    unspecialized = normalize(streaming_model("int64"), static.PASSES)[0]
+    unspecialized = normalize(tinymodels.streaming_model("int64"), static.PASSES)[0]
     assert static.check(unspecialized, options) == "no Conv, ConvTranspose, MatMul or Gemm with a constant weight"
     variant = static.build(fp32, options)
     assert not isinstance(variant, static.NotApplicable), variant
@@ -209,7 +158,7 @@ def test_specialized_model_goes_through_calibration_and_static_s8u8(tmp_path):
 
 def test_dynamic_q8_quantizes_inside_the_unspecialized_branches():
     """quantize_dynamic's EnableSubgraph: ConvInteger / MatMulInteger inside the If branches, no specializing."""
-    model = normalize(streaming_model("int64"), dynamic.PASSES)[0]
+    model = normalize(tinymodels.streaming_model("int64"), dynamic.PASSES)[0]
     variant = dynamic.build(model, dynamic.Options(quantize_conv=True))
     assert not isinstance(variant, dynamic.NotApplicable), variant
     branch_ops = {n.op_type for g in list(iter_graphs(variant.model.graph))[1:] for n in g.node}
@@ -220,10 +169,10 @@ def test_dynamic_q8_quantizes_inside_the_unspecialized_branches():
 
 
 def test_parse_fixed_inputs_reads_the_declared_type_and_shape():
-    model = streaming_model("int64")
+    model = tinymodels.streaming_model("int64")
     parsed = parse_fixed_inputs(["mode=1"], model)["mode"]
     assert parsed.dtype == np.int64 and parsed.shape == (1,) and parsed.tolist() == [1]
-    parsed = parse_fixed_inputs(["mode = true"], streaming_model("bool"))["mode"]
+    parsed = parse_fixed_inputs(["mode = true"], tinymodels.streaming_model("bool"))["mode"]
     assert parsed.dtype == np.bool_ and parsed.shape == () and bool(parsed)
     vector = helper.make_model(helper.make_graph(
         [helper.make_node("Identity", ["v"], ["w"])], "g",
@@ -243,7 +192,7 @@ def test_parse_fixed_inputs_reads_the_declared_type_and_shape():
 ])
 def test_bad_fix_input_items_are_one_line_errors(items, message):
     with pytest.raises(OnnxDtypeError) as error:
-        parse_fixed_inputs(items, streaming_model("int64"))
+        parse_fixed_inputs(items, tinymodels.streaming_model("int64"))
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
@@ -255,11 +204,11 @@ def test_bad_fix_input_items_are_one_line_errors(items, message):
 ])
 def test_bad_fixed_values_are_one_line_errors(fixed, message):
     with pytest.raises(OnnxDtypeError, match=f"^{re.escape(message)}$"):
-        specialize(streaming_model("int64"), fixed)
+        specialize(tinymodels.streaming_model("int64"), fixed)
 
 
 def test_runtime_refuses_another_value_for_a_fixed_input():
-    record = specialize(streaming_model("int64"), {"mode": np.array([1])}).fixed
+    record = specialize(tinymodels.streaming_model("int64"), {"mode": np.array([1])}).fixed
     x = images(1, seed=6)[0]
     assert fixed_value_problem(record, {"x": x, "mode": np.array([1])}) is None
     assert fixed_value_problem(record, {"x": x}) is None  # onnxruntime names a missing input itself

@@ -190,3 +190,63 @@ def masked_encoder() -> onnx.ModelProto:
              helper.make_node("Relu", ["h"], ["y"], name="relu")]
     inputs = [_io("x", "N", "T", 16), helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", "T"])]
     return _model(nodes, inputs, [_io("y", "N", "T", 8)], inits, opset=13)
+
+
+# ------------------------------------------------ weights in Constant nodes inside If branches (--fix-input)
+_BRANCH_RNG = np.random.default_rng(0)
+
+
+def _constant_node(name: str, array: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], name=f"const_{name}", value=numpy_helper.from_array(array))
+
+
+def _branch_weight(*shape: int) -> np.ndarray:
+    return (_BRANCH_RNG.standard_normal(shape) * 0.2).astype(np.float32)
+
+
+def _typed_io(name: str, elem_type: int, dims: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem_type, dims)
+
+
+def streaming_model(mode: str = "bool", nested: bool = False) -> onnx.ModelProto:
+    """x[1,3,8,8] and `mode` choosing an If: then = Conv+Relu+MatMul, else = another Conv, weights in Constant
+    nodes inside the branches, both reading the outer Constant `scale`. `mode` is a bool scalar used as the
+    condition, or an int64 [1] compared to 1. `nested`: the then-branch ends in an If on the same condition."""
+    then_nodes = [_constant_node("wt", _branch_weight(8, 3, 3, 3)), _constant_node("bt", _branch_weight(8)), _constant_node("wm", _branch_weight(8, 8)),
+                  helper.make_node("Conv", ["x", "wt", "bt"], ["ct"], name="conv_then", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", ["ct"], ["rt"], name="relu_then"),
+                  helper.make_node("MatMul", ["rt", "wm"], ["mt"], name="matmul_then"),
+                  helper.make_node("Mul", ["mt", "scale"], ["yt"], name="scale_then")]
+    then_out = "yt"
+    if nested:
+        inner_then = helper.make_graph([_constant_node("k1", _branch_weight(8, 8, 1, 1)),
+                                        helper.make_node("Conv", ["yt", "k1"], ["n1"], name="conv_inner")],
+                                       "inner_then", [], [_typed_io("n1", TensorProto.FLOAT, [1, 8, 8, 8])])
+        inner_else = helper.make_graph([helper.make_node("Neg", ["yt"], ["n2"], name="neg_inner")],
+                                       "inner_else", [], [_typed_io("n2", TensorProto.FLOAT, [1, 8, 8, 8])])
+        then_nodes.append(helper.make_node("If", ["cond"], ["yn"], name="inner_if",
+                                           then_branch=inner_then, else_branch=inner_else))
+        then_out = "yn"
+    then_graph = helper.make_graph(then_nodes, "then", [], [_typed_io(then_out, TensorProto.FLOAT, [1, 8, 8, 8])])
+    else_graph = helper.make_graph(
+        [_constant_node("we", _branch_weight(8, 3, 3, 3)),
+         helper.make_node("Conv", ["x", "we"], ["ce"], name="conv_else", pads=[1, 1, 1, 1]),
+         helper.make_node("Add", ["ce", "scale"], ["ye"], name="shift_else")],
+        "else", [], [_typed_io("ye", TensorProto.FLOAT, [1, 8, 8, 8])])
+    nodes = [_constant_node("scale", np.full((1, 8, 1, 1), 0.5, np.float32))]
+    if mode == "bool":
+        mode_input = _typed_io("mode", TensorProto.BOOL, [])
+        nodes.append(helper.make_node("Identity", ["mode"], ["cond"], name="cond"))
+    else:
+        mode_input = _typed_io("mode", TensorProto.INT64, [1])
+        nodes += [_constant_node("one", np.array([1], np.int64)),
+                  helper.make_node("Equal", ["mode", "one"], ["cond"], name="is_one")]
+    nodes += [helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_graph, else_branch=else_graph),
+              helper.make_node("Sigmoid", ["y"], ["out"], name="head")]
+    graph = helper.make_graph(nodes, "streaming", [_typed_io("x", TensorProto.FLOAT, [1, 3, 8, 8]), mode_input],
+                              [_typed_io("out", TensorProto.FLOAT, [1, 8, 8, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxdtype-tests")
+    model.ir_version = 8
+    model.metadata_props.add(key="labels", value="a,b")
+    onnx.checker.check_model(model)
+    return model

@@ -99,11 +99,14 @@ def check_eval_data(modules: list[Module], bases: dict[str, onnx.ModelProto],
             check_feed(feed, inputs, f"{m.name}: evaluation data {data.source!r} sample {i}")
 
 
-def verify_spec(m: Module, model: onnx.ModelProto, data: EvalData | None, tmp: Path, wanted: list[DType],
-                tolerances: dict | None, repair: bool, budget: RepairBudget | None, metric: str | None) -> VerifySpec:
-    """What the workers need to verify a module's variants: evaluation data saved in `tmp`, tolerances, repair."""
-    data = data or synthesize(model)
-    return VerifySpec(str(data.save(tmp / f"eval-{m.name}")), data.source, data.synthesized,
+def verify_spec(plan: ModulePlan, data: EvalData | None, tmp: Path, wanted: list[DType], tolerances: dict | None,
+                repair: bool, budget: RepairBudget | None, metric: str | None) -> VerifySpec:
+    """What the workers need to verify a module's variants: evaluation data saved in `tmp`, tolerances, repair.
+    Fixed inputs take their fixed values in every sample: the variant is only meant for those."""
+    data = data or synthesize(plan.base)
+    if plan.fixed:
+        data = EvalData([{**feed, **plan.fixed} for feed in data.feeds], data.source, data.synthesized)
+    return VerifySpec(str(data.save(tmp / f"eval-{plan.module.name}")), data.source, data.synthesized,
                       {d.value: min_cosine_for(d, tolerances) for d in wanted},
                       (tolerances or {}).get("atol", DEFAULT_ATOL), metric, repair, budget or RepairBudget())
 

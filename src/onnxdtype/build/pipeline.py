@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from onnxdtype.build import data as module_data
 from onnxdtype.build.plan import (
     NEEDS_CALIBRATION,
     Calibration,
     ModulePlan,
+    check_fixed_inputs,
     check_out_dir,
     find_modules,
     known_outcome,
@@ -59,6 +61,7 @@ def quantize(
     repair_budget: RepairBudget | None = None,
     metric: str | None = None,
     calib: Calibration | None = None,
+    fixed_inputs: dict[str, Any] | list[str] | None = None,
 ) -> BuildResult:
     """Build the requested dtype variants of a model (or of every module in a folder) into `out_dir`,
     verify each against fp32, repair those that miss their tolerance, and time them.
@@ -67,7 +70,10 @@ def quantize(
     fields; dtype keys win over recipe keys. `eval_data` is one EvalData or a data path (see Calibration), or one per
     module name; without it the held-out part of `calib` is used, else inputs are synthesized (which proves loading
     only). `tolerances` overrides minimum cosines by dtype name or "default" (and "atol"). `latency_runs=0` skips
-    timing. `metric` is a user task metric "module:function" (see verify.evaluate.evaluate).
+    timing. `metric` is a user task metric "module:function" (see verify.evaluate.evaluate). `fixed_inputs`
+    ({name: value} or ["NAME=VALUE"]) specializes every module declaring those inputs before its variants are built
+    (If branches they choose are inlined, so static calibration reaches their weights); variants keep the interface
+    and record the values, and onnxdtype's runtime refuses others.
     """
     source = Path(model)
     modules = find_modules(source)
@@ -90,6 +96,7 @@ def quantize(
                 problem = base_precision_problem(bases[m.name]) or load_error(m.path)
                 if problem:
                     raise OnnxDtypeError(f"{m.path}: {problem}")
+            check_fixed_inputs(fixed_inputs, bases)
             module_data.check_eval_data(modules, bases, eval_data)
             remove_stale_temp(out)
             manifest = read_manifest(out)
@@ -98,7 +105,7 @@ def quantize(
                 plans: list[ModulePlan] = []
                 given_data: dict[str, EvalData | None] = {}
                 for m in modules:  # every user error is found before the first write into the folder
-                    plan = normalize_once(m, bases[m.name], wanted, tmp)
+                    plan = normalize_once(m, bases[m.name], wanted, tmp, fixed_inputs)
                     refuse_not_applicable(plan, wanted, overrides, explicit)
                     given_data[m.name] = module_data.module_eval_data(plan, len(modules), eval_data, calib)
                     module_data.check_calibration_data(plan, len(modules), calib, wanted)
@@ -111,7 +118,7 @@ def quantize(
                     base_entry = place_base(m, plan.base, out, force)
                     held_out = module_data.calibrate_module(plan, len(modules), calib, wanted, out)
                     data = latency_data[m.name] = given_data[m.name] or held_out
-                    spec = module_data.verify_spec(m, plan.base, data, tmp, wanted, tolerances, repair, repair_budget,
+                    spec = module_data.verify_spec(plan, data, tmp, wanted, tolerances, repair, repair_budget,
                                                    metric) if verify else None
                     for dtype in wanted:
                         known = known_outcome(plan, dtype, out, manifest, force, overrides, calib is not None)
@@ -123,7 +130,7 @@ def quantize(
                         step_options = options_for(dtype, overrides, plan.calibrated)
                         tasks.append(VariantTask(m.name, dtype.value, str(norm.path), norm.done,
                                                  {step: asdict(o) for step, o in step_options.items()}, str(tmp),
-                                                 base_entry["bytes"], spec))
+                                                 base_entry["bytes"], spec, plan.specialized))
                 finished = []
                 for result in pool.run(tasks):
                     publish_variant(out, result, keep_failed)

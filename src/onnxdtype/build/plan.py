@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from onnxdtype.calibration.data import HELD_OUT_FRACTION
@@ -20,6 +21,7 @@ from onnxdtype.naming import is_variant_stem, variant_filename
 from onnxdtype.normalize import keep_metadata, normalize
 from onnxdtype.recipes import RECIPES
 from onnxdtype.results import Status, VariantResult
+from onnxdtype.specialize import parse_fixed_inputs, specialize
 
 NEEDS_CALIBRATION = "needs calibration data (--calib DATA)"
 
@@ -56,9 +58,11 @@ class ModulePlan:
     """One module's normalized models (one per distinct pass set) and, after calibration, the options it adds
     (recipe name -> fields: the ranges file and method)."""
     module: Module
-    base: onnx.ModelProto
+    base: onnx.ModelProto  # the fp32 model as given (copied into the output folder byte for byte)
     normalized: dict[tuple[str, ...], Normalized] = field(default_factory=dict)
     calibrated: dict[str, dict[str, Any]] = field(default_factory=dict)
+    specialized: dict[str, Any] | None = None  # what --fix-input did (specialize.Specialized, as recorded)
+    fixed: dict[str, np.ndarray] = field(default_factory=dict)  # the fixed input values
 
     def for_dtype(self, dtype: DType) -> Normalized:
         return self.normalized[passes_for(dtype)]
@@ -82,15 +86,19 @@ def passes_for(dtype: DType) -> tuple[str, ...]:
     return tuple(sorted(passes))
 
 
-def normalize_once(m: Module, model: onnx.ModelProto, wanted: list[DType], tmp: Path) -> ModulePlan:
-    """Normalize the base once per distinct pass set the requested recipes need, saved once per distinct result."""
-    plan = ModulePlan(m, model)
+def normalize_once(m: Module, base: onnx.ModelProto, wanted: list[DType], tmp: Path,
+                   fixed_inputs: dict[str, Any] | list[str] | None = None) -> ModulePlan:
+    """Specialize the base for the module's fixed inputs (if any), then normalize it once per distinct pass set
+    the requested recipes need, saved once per distinct result."""
+    plan = ModulePlan(m, base)
+    model = _specialized(plan, fixed_inputs) if fixed_inputs else base
     by_done: dict[tuple[str, ...], Normalized] = {}
     for dtype in wanted:
         passes = passes_for(dtype)
         if not passes or passes in plan.normalized:
             continue
         norm, done = normalize(model, passes)
+        done = ([f"specialize ({_fixed_text(plan.fixed)})"] if plan.fixed else []) + done
         if tuple(done) not in by_done:  # e.g. no Gemm to rewrite: the "constants" and "constants+gemm" models are one
             keep_metadata(model, norm)
             path = tmp / f"{m.name}.normalized{len(by_done)}.onnx"
@@ -98,6 +106,38 @@ def normalize_once(m: Module, model: onnx.ModelProto, wanted: list[DType], tmp: 
             by_done[tuple(done)] = Normalized(norm, path, done)
         plan.normalized[passes] = by_done[tuple(done)]
     return plan
+
+
+def _specialized(plan: ModulePlan, fixed_inputs: dict[str, Any] | list[str]) -> onnx.ModelProto:
+    """The module's base with the fixed inputs it declares folded in (`--fix-input`); other names are ignored here
+    (a folder's modules have different inputs) and checked across modules by `check_fixed_inputs`."""
+    declared = {i.name for i in plan.base.graph.input}
+    if isinstance(fixed_inputs, dict):
+        values = {k: v for k, v in fixed_inputs.items() if k in declared}
+    else:
+        values = parse_fixed_inputs([i for i in fixed_inputs if i.partition("=")[0].strip() in declared], plan.base)
+    if not values:
+        return plan.base
+    done = specialize(plan.base, values)
+    plan.fixed = {name: np.asarray(value) for name, value in values.items()}
+    plan.specialized = {"fixed": done.fixed, "folded_nodes": done.folded_nodes, "inlined_ifs": done.inlined_ifs,
+                        "dropped_nodes": done.dropped_nodes}
+    return done.model
+
+
+def check_fixed_inputs(fixed_inputs: dict[str, Any] | list[str] | None, bases: dict[str, onnx.ModelProto]) -> None:
+    """Every fixed input names an input of at least one module."""
+    names = list(fixed_inputs) if isinstance(fixed_inputs, dict) else \
+        [item.partition("=")[0].strip() for item in fixed_inputs or []]
+    declared = {i.name for base in bases.values() for i in base.graph.input}
+    unknown = [n for n in names if n not in declared]
+    if unknown:
+        raise OnnxDtypeError(f"--fix-input {', '.join(unknown)}: no module has such an input "
+                             f"(inputs: {', '.join(sorted(declared))})")
+
+
+def _fixed_text(fixed: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{name}={value.tolist()}" for name, value in fixed.items())
 
 
 # ---------------------------------------------------------------- options: recipe defaults <- by recipe <- by dtype
@@ -115,7 +155,8 @@ def resolve_options(overrides: dict[str, Any] | None) -> dict[str, dict[str, Any
         known = {f.name for step in steps for f in dataclasses.fields(RECIPES[step].Options)}
         unknown = sorted(set(fields) - known)
         if unknown:
-            raise OnnxDtypeError(f"options for {key}: no option {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise OnnxDtypeError(f"options for {key}: no option {', '.join(unknown)} "
+                                 f"(known: {', '.join(sorted(known))})")
         for step in steps:  # each step's Options validates its own fields
             RECIPES[step].Options(**{k: v for k, v in fields.items() if k in _field_names(step)})
         checked[parse_dtype(key).value if _is_dtype(key) else key] = fields
@@ -160,10 +201,16 @@ def not_applicable(dtype: DType, plan: ModulePlan, overrides: dict) -> str | Non
     return RECIPES[first].check(plan.for_dtype(dtype).model, options_for(dtype, overrides, plan.calibrated)[first])
 
 
+def applies_once_calibrated(dtype: DType, plan: ModulePlan, overrides: dict) -> str | None:
+    """Why the dtype would change nothing even with calibration data, or None (it applies)."""
+    reason = not_applicable(dtype, plan, overrides)
+    return None if reason == RECIPES[INFO[dtype].steps[0]].NEEDS_CALIBRATION else reason
+
+
 def refuse_not_applicable(plan: ModulePlan, wanted: list[DType], overrides: dict, explicit: bool) -> None:
     """A dtype asked for by name that would change nothing is an error, raised before anything is written."""
     for dtype in wanted if explicit else []:
-        reason = None if INFO[dtype].needs_calibration else not_applicable(dtype, plan, overrides)
+        reason = applies_once_calibrated(dtype, plan, overrides)
         if reason:
             raise OnnxDtypeError(f"{plan.module.name}: {dtype} is not applicable: {reason}")
 
@@ -197,10 +244,7 @@ def applicability(model: onnx.ModelProto) -> dict[str, str | None]:
         passes = passes_for(dtype)
         if passes not in plan.normalized:
             plan.normalized[passes] = Normalized(normalize(model, passes)[0], Path(), [])
-        reason = not_applicable(dtype, plan, {})
-        if info.needs_calibration and reason in (None, RECIPES[info.steps[0]].NEEDS_CALIBRATION):
-            reason = None  # it applies; building it takes calibration data (--calib DATA)
-        verdicts[dtype.value] = reason
+        verdicts[dtype.value] = applies_once_calibrated(dtype, plan, {})  # building it may take --calib DATA
     return verdicts
 
 

@@ -31,6 +31,7 @@ class VariantTask:
     tmp: str  # where the variant is written
     base_bytes: int
     verify: VerifySpec | None = None
+    specialized: dict | None = None  # what --fix-input did to the base before normalizing (plan.ModulePlan)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -36,6 +36,8 @@ def build_variant(task: VariantTask) -> VariantResult:
     steps = INFO[DType(task.dtype)].steps
     result = VariantResult(task.module, task.dtype, Status.OK, recipe=list(steps), normalized=task.normalized,
                            base_bytes=task.base_bytes)
+    if task.specialized:
+        result.params["specialize"] = task.specialized
     start = time.perf_counter()
     path = Path(task.tmp) / variant_filename(task.module, DType(task.dtype))
     try:

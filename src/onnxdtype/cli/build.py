@@ -41,6 +41,7 @@ def quantize(
     calib: Annotated[Optional[Path], typer.Option(help="Calibration data: folder of .npz/.npy/images or one .npz (DATA/<module>/ per module)")] = None,
     calib_spec: Annotated[Optional[str], typer.Option(help="Image preprocessing: imagenet, unit, or a .json/.toml spec")] = None,
     calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile")] = "minmax",
+    fix_input: Annotated[Optional[list[str]], typer.Option("--fix-input", help="NAME=VALUE: build for this input value only (Ifs it chooses are inlined, so static calibration reaches their weights; the variant refuses other values) (repeatable)")] = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation data, same formats as --calib (default: held-out calibration data)")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Task metric module:function or file.py:function")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine, e.g. q8=0.98, default=0.99, atol=1e-4 (repeatable)")] = None,
@@ -92,7 +93,7 @@ def quantize(
                 model, dtype, out, force=force, options=options, workers=workers, progress=on_result, metric=metric,
                 tolerances=tolerance_values, repair=repair, keep_failed=keep_failed, latency_runs=latency_runs,
                 repair_budget=RepairBudget(max_weight_fraction=repair_max_weights), eval_data=eval_data,
-                calib=Calibration(calib, calib_spec, calib_method) if calib else None)
+                calib=Calibration(calib, calib_spec, calib_method) if calib else None, fixed_inputs=fix_input)
         except OnnxDtypeError as exc:
             progress.stop()
             hint = " (--dtype all skips what does not apply)" if "is not applicable" in str(exc) else ""

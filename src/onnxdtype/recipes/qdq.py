@@ -30,10 +30,17 @@ from onnxdtype.calibration.ranges import (
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import needs_external_data
 from onnxdtype.normalize import name_unnamed_nodes
+from onnxdtype.specialize import subgraph_weight_summary
 
 NEEDS_CALIBRATION = "needs calibration data (--calib)"
 SMOOTH_ALPHA = 0.7  # SmoothQuant migration strength for weights that mix channels (measured on MiniLM, PP-OCRv4 det)
 EQUALIZE_SPREAD = 2.0  # equalize a tensor when its widest channel's range exceeds the median channel's by this
+
+
+def no_weights_reason(model: onnx.ModelProto) -> str:
+    """Why a static recipe finds nothing to quantize: weights it cannot reach inside If/Loop bodies (with the inputs
+    that would specialize them), or none at all."""
+    return subgraph_weight_summary(model) or "no Conv, ConvTranspose, MatMul or Gemm with a constant weight"
 
 
 def quantize_static_problem() -> str | None:

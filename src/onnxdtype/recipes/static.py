@@ -38,6 +38,7 @@ from onnxdtype.recipes.qdq import (
     equalize,
     float_tail,
     named_copy,
+    no_weights_reason,
     quantize_static_problem,
     quantize_with_ranges,
 )
@@ -84,7 +85,7 @@ def keep(options: Options, nodes: list[str], precision: str) -> Options:
 def check(model: onnx.ModelProto, options: Options) -> str | None:
     weighted = [n.name or n.output[0] for n in weighted_nodes(model) if n.name not in options.nodes_to_exclude]
     if not weighted:
-        return "no Conv, ConvTranspose, MatMul or Gemm with a constant weight"
+        return no_weights_reason(model)
     if options.float_tail and not set(weighted) - set(float_tail(model)):
         return "its only weighted ops feed the outputs directly, and the float-tail rule keeps them float"
     problem = quantize_static_problem()

@@ -70,6 +70,7 @@ from onnxdtype.recipes.qdq import (
     equalize,
     float_tail,
     named_copy,
+    no_weights_reason,
     quantize_static_problem,
     quantize_with_ranges,
 )
@@ -127,7 +128,7 @@ def check(model: onnx.ModelProto, options: Options) -> str | None:
     chosen = selected_nodes(model, options)
     if not chosen:
         if not weighted_nodes(model):
-            return "no Conv, ConvTranspose, MatMul or Gemm with a constant weight"
+            return no_weights_reason(model)
         return "its only weighted ops feed the outputs directly, and the float-tail rule keeps them float" \
             if options.float_tail else "every weighted op is excluded"
     if options.backend == "modelopt":

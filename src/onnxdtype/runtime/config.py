@@ -162,7 +162,7 @@ class Config:
         device = parse_device(settings.device)
         inputs = graph_inputs(found.file) if device.kind == "tensorrt" and settings.dims else None
         return ResolvedModule(module, found.file, found.dtype, settings.dtype, found.how, device,
-                              provider_list(device, settings, inputs), settings)
+                              provider_list(device, settings, inputs), settings, found.fixed_inputs)
 
     def commit(self) -> Config:
         """Resolve every module now, so a missing variant fails here, not at the first inference."""

@@ -100,6 +100,12 @@ class Engine:
                 raise OnnxDtypeError(f"{self.module.name}: input {spec.name} takes {spec.dtype}; got {array.dtype} "
                                      f"values, which a cast would truncate")
             prepared[spec.name] = np.ascontiguousarray(array, dtype=spec.dtype)
+        if self.module.fixed_inputs:
+            from onnxdtype.specialize import fixed_value_problem
+
+            problem = fixed_value_problem(self.module.fixed_inputs, prepared)
+            if problem:
+                raise OnnxDtypeError(f"{self.module.name}: {problem}")
         return prepared
 
     def warmup_feeds(self) -> dict[str, np.ndarray]:
@@ -120,6 +126,9 @@ class Engine:
                     by_name.setdefault(name, size)
                 shape.append(size)
             feeds[spec.name] = np.ones(shape, dtype=spec.dtype)
+        for name, value in (self.module.fixed_inputs or {}).items():  # the only value the variant was built for
+            if name in feeds:
+                feeds[name] = np.asarray(value, dtype=feeds[name].dtype)
         return feeds
 
     def _warm_up(self, count: int) -> None:

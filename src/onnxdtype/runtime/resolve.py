@@ -8,6 +8,7 @@ side is `missing="build"`, imported lazily.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class Resolution:
     file: Path
     dtype: DType
     how: str  # explicit | manifest | name | cache | built
+    fixed_inputs: dict | None = None  # input values the variant was specialized for (--fix-input), from the manifest
 
 
 def discover_modules(folder: Path) -> dict[str, ModuleSource]:
@@ -86,7 +88,23 @@ def available_dtypes(source: ModuleSource) -> list[DType]:
 
 
 def resolve(name: str, source: ModuleSource, settings: Settings, root: Path) -> Resolution:
-    """The file to run for one module under its settings, following the missing-variant policy."""
+    """The file to run for one module under its settings, following the missing-variant policy, with the input
+    values it was specialized for when its manifest records them."""
+    found = _resolve(name, source, settings, root)
+    return dataclasses.replace(found, fixed_inputs=fixed_inputs_of(found.file))
+
+
+def fixed_inputs_of(path: Path) -> dict | None:
+    """The fixed input values the manifest beside `path` records for it (a variant built with --fix-input)."""
+    manifest = read_manifest(path.parent)
+    for module, entry in manifest["modules"].items():
+        for dtype, item in entry.get("variants", {}).items():
+            if item.get("file") and confined_path(path.parent, item["file"], f"{module}/{dtype}") == path.resolve():
+                return (item.get("params") or {}).get("specialize", {}).get("fixed")
+    return None
+
+
+def _resolve(name: str, source: ModuleSource, settings: Settings, root: Path) -> Resolution:
     if settings.file is not None:
         return _explicit(name, source, settings, root)
     dtype = settings.dtype

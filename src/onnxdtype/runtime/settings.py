@@ -79,6 +79,7 @@ class ResolvedModule:
     device: Device
     providers: ProviderList
     settings: Settings
+    fixed_inputs: dict | None = None  # values this variant was specialized for (--fix-input); others are refused
 
     @property
     def bytes(self) -> int:
