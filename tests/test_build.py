@@ -239,8 +239,8 @@ def test_calibration_data_for_a_folder_of_modules_needs_one_subfolder_each(tiny,
 def test_weights_inside_if_branches_get_q8_and_with_fix_input_the_static_dtypes(tmp_path):
     """A streaming model whose weights live in Constant nodes inside If branches, chosen by an input."""
     import numpy as np
-
     import tinymodels
+
     from onnxdtype.build import Calibration
     from onnxdtype.runtime import Config
 
