@@ -38,8 +38,8 @@ def test_recipe_options_reach_the_manifest(tiny, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--dtype", "fp12"], "unknown dtype 'fp12'"),
     (["--dtype", "bf16"], "no recipe builds bf16"),
-    (["--dtype", "q4", "--q4-block-size", "30"], "--q4-block-size must be a power of two"),
-    (["--dtype", "bnb4", "--bnb4-type", "nf3"], "--bnb4-type must be nf4 or fp4"),
+    (["--dtype", "q4", "--q4-block-size", "30"], "q4 block_size must be a power of two >= 16, not 30"),
+    (["--dtype", "bnb4", "--bnb4-type", "nf3"], "bnb4 quant_type 'nf3' is not valid; valid: fp4, nf4"),
     (["--dtype", "u8u8"], "u8u8: needs calibration data"),
 ])
 def test_user_mistakes_are_one_line_errors(tiny, tmp_path, args, message):

@@ -341,7 +341,7 @@ def test_recurrent_pairs_and_state_guesses():
     assert pairs == {"hn": "h", "cn": "c", "present.0.key": "past_key_values.0.key"}  # out_state: 16 vs 8
     specs = guess_tasks(model)
     assert specs["hn"].task == "state" and "fed back as input h" in specs["hn"].why
-    assert specs["y"].task == "classify"
+    assert specs["y"].task == "generic"  # [1, 8] from an Identity: nothing says it is a classifier
 
 
 # --- real models -------------------------------------------------------------------------------------------

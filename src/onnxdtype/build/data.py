@@ -14,7 +14,7 @@ from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import update_manifest
 from onnxdtype.recipes import RECIPES
-from onnxdtype.verify.evaluate import DEFAULT_ATOL, EvalData, min_cosine_for, synthesize
+from onnxdtype.verify.evaluate import DEFAULT_ATOL, EvalData, agreement_for, min_cosine_for, synthesize
 from onnxdtype.verify.repair import RepairBudget
 
 
@@ -108,6 +108,7 @@ def verify_spec(plan: ModulePlan, data: EvalData | None, tmp: Path, wanted: list
         data = EvalData([{**feed, **plan.fixed} for feed in data.feeds], data.source, data.synthesized)
     return VerifySpec(str(data.save(tmp / f"eval-{plan.module.name}")), data.source, data.synthesized,
                       {d.value: min_cosine_for(d, tolerances) for d in wanted},
+                      {d.value: agreement_for(d, tolerances) for d in wanted}, plan.tasks,
                       (tolerances or {}).get("atol", DEFAULT_ATOL), metric, repair, budget or RepairBudget())
 
 

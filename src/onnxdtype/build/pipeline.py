@@ -19,8 +19,10 @@ from onnxdtype.build.plan import (
     ModulePlan,
     check_fixed_inputs,
     check_out_dir,
+    check_task_keys,
     find_modules,
     known_outcome,
+    module_tasks,
     normalize_once,
     options_for,
     refuse_clobber,
@@ -62,6 +64,7 @@ def quantize(
     metric: str | None = None,
     calib: Calibration | None = None,
     fixed_inputs: dict[str, Any] | list[str] | None = None,
+    tasks: dict[str, str] | None = None,
 ) -> BuildResult:
     """Build the requested dtype variants of a model (or of every module in a folder) into `out_dir`,
     verify each against fp32, repair those that miss their tolerance, and time them.
@@ -73,7 +76,8 @@ def quantize(
     timing. `metric` is a user task metric "module:function" (see verify.evaluate.evaluate). `fixed_inputs`
     ({name: value} or ["NAME=VALUE"]) specializes every module declaring those inputs before its variants are built
     (If branches they choose are inlined, so static calibration reaches their weights); variants keep the interface
-    and record the values, and onnxdtype's runtime refuses others.
+    and record the values, and onnxdtype's runtime refuses others. `tasks` overrides the guessed task judge of a
+    module's outputs ({"rec": "ctc"}, {"det/out": "dense:threshold=0.3"}, "*" for every module).
     """
     source = Path(model)
     modules = find_modules(source)
@@ -81,6 +85,7 @@ def quantize(
     wanted = parse_dtype_list(dtypes)
     out = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)
     check_out_dir(out)
+    check_task_keys(tasks, modules)
     overrides = resolve_options(options)
     if metric:
         load_metric(metric)  # a wrong --metric is a user error now, not a failure in every worker later
@@ -106,6 +111,7 @@ def quantize(
                 given_data: dict[str, EvalData | None] = {}
                 for m in modules:  # every user error is found before the first write into the folder
                     plan = normalize_once(m, bases[m.name], wanted, tmp, fixed_inputs)
+                    plan.tasks = module_tasks(plan, tasks)
                     refuse_not_applicable(plan, wanted, overrides, explicit)
                     given_data[m.name] = module_data.module_eval_data(plan, len(modules), eval_data, calib)
                     module_data.check_calibration_data(plan, len(modules), calib, wanted)

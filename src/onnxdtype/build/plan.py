@@ -22,6 +22,7 @@ from onnxdtype.normalize import keep_metadata, normalize
 from onnxdtype.recipes import RECIPES
 from onnxdtype.results import Status, VariantResult
 from onnxdtype.specialize import parse_fixed_inputs, specialize
+from onnxdtype.verify.judges import guess_tasks, parse_task
 
 NEEDS_CALIBRATION = "needs calibration data (--calib DATA)"
 
@@ -62,6 +63,7 @@ class ModulePlan:
     normalized: dict[tuple[str, ...], Normalized] = field(default_factory=dict)
     calibrated: dict[str, dict[str, Any]] = field(default_factory=dict)
     specialized: dict[str, Any] | None = None  # what --fix-input did (specialize.Specialized, as recorded)
+    tasks: dict[str, dict] = field(default_factory=dict)  # output -> the judge deciding it (TaskSpec fields)
     fixed: dict[str, np.ndarray] = field(default_factory=dict)  # the fixed input values
 
     def for_dtype(self, dtype: DType) -> Normalized:
@@ -123,6 +125,33 @@ def _specialized(plan: ModulePlan, fixed_inputs: dict[str, Any] | list[str]) -> 
     plan.specialized = {"fixed": done.fixed, "folded_nodes": done.folded_nodes, "inlined_ifs": done.inlined_ifs,
                         "dropped_nodes": done.dropped_nodes}
     return done.model
+
+
+def module_tasks(plan: ModulePlan, tasks: dict[str, str] | None) -> dict[str, dict]:
+    """The judge of each output of the module: guessed (shape, producing op, metadata), then the user's `tasks`
+    ({"rec": "ctc", "det/sigmoid_0.tmp_0": "dense:threshold=0.3", "*": "classify"}); recurrent states keep theirs."""
+    guessed = guess_tasks(plan.base)
+    for key, text in (tasks or {}).items():
+        module, _, output = key.partition("/")
+        if module not in ("*", plan.module.name):
+            continue
+        if output and output not in guessed:
+            raise OnnxDtypeError(f"--task {key}: {plan.module.name} has no output {output!r} "
+                                 f"(outputs: {', '.join(guessed)})")
+        spec = parse_task(text)
+        for name in [output] if output else [n for n, s in guessed.items() if s.task != "state"]:
+            guessed[name] = spec
+    return {name: dataclasses.asdict(spec) for name, spec in guessed.items()}
+
+
+def check_task_keys(tasks: dict[str, str] | None, modules: list[Module]) -> None:
+    """Every --task key names a module (or '*'); tasks parse."""
+    names = {m.name for m in modules}
+    for key, text in (tasks or {}).items():
+        module = key.partition("/")[0]
+        if module != "*" and module not in names:
+            raise OnnxDtypeError(f"--task {key}={text}: no module {module!r} (modules: {', '.join(sorted(names))})")
+        parse_task(text)
 
 
 def check_fixed_inputs(fixed_inputs: dict[str, Any] | list[str] | None, bases: dict[str, onnx.ModelProto]) -> None:

@@ -14,7 +14,9 @@ class VerifySpec:
     eval_dir: str
     source: str
     synthesized: bool
-    min_cosine: dict[str, float]  # by dtype name
+    min_cosine: dict[str, float]  # by dtype name: what generic outputs need
+    agreement: dict[str, float]  # by dtype name: the share of task units that must agree with fp32
+    tasks: dict[str, dict]  # output -> TaskSpec fields (the judge deciding it, its parameters and why)
     atol: float
     metric: str | None
     repair: bool

@@ -21,6 +21,7 @@ from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import needs_external_data, write_model
 from onnxdtype.ops import ORT_NUMPY_TYPES
+from onnxdtype.verify.judges import TaskSpec, make_judge, required_agreement
 from onnxdtype.verify.metrics import OutputStats, judge
 
 DEFAULT_MIN_COSINE = {"16": 0.9999, "8": 0.99, "4": 0.98, "4+16": 0.98}  # by DTypeInfo.bits, SPEC.md
@@ -32,6 +33,14 @@ def min_cosine_for(dtype: DType, overrides: dict[str, float] | None = None) -> f
     """The tolerance for a dtype: an override by dtype name, else by 'default', else SPEC.md's by bit width."""
     overrides = overrides or {}
     return overrides.get(dtype.value, overrides.get("default", DEFAULT_MIN_COSINE[INFO[dtype].bits]))
+
+
+def agreement_for(dtype: DType, overrides: dict[str, float] | None = None) -> float:
+    """The task agreement a dtype needs: an override 'task.<dtype>', else 'task', else SPEC.md's by bit width."""
+    overrides = overrides or {}
+    given = {key.removeprefix("task."): value for key, value in overrides.items() if key.startswith("task")}
+    chosen = given.get(dtype.value, given.get("task"))
+    return required_agreement(INFO[dtype].bits, None if chosen is None else {"default": chosen})
 
 
 @dataclass
@@ -127,6 +136,8 @@ class Criteria:
     min_cosine: float
     atol: float = DEFAULT_ATOL
     metric: str | None = None
+    agreement: float = 0.97  # the share of task units (lines, labels, detections...) that must agree with fp32
+    tasks: dict[str, dict] | None = None  # output -> TaskSpec fields; absent outputs and "generic" use the cosines
 
 
 def load_metric(spec: str) -> Callable[[list[dict], list[dict]], dict]:
@@ -160,6 +171,8 @@ def evaluate(base: ort.InferenceSession, variant: ort.InferenceSession, feeds: I
     """
     names = [o.name for o in base.get_outputs()]
     stats = {name: OutputStats(name) for name in names}
+    judges = {name: make_judge(TaskSpec(**spec)) for name, spec in (criteria.tasks or {}).items()
+              if name in stats and spec["task"] != "generic"}
     metric = load_metric(criteria.metric) if criteria.metric else None
     ref_all: list[dict] = []
     got_all: list[dict] = []
@@ -167,15 +180,21 @@ def evaluate(base: ort.InferenceSession, variant: ort.InferenceSession, feeds: I
         refs, gots = run(base, feed, names), run(variant, feed, names)
         for name, ref, got in zip(names, refs, gots):
             stats[name].add(ref.astype(np.float32), got.astype(np.float32))
+            if name in judges:
+                judges[name].add(ref, got)
         if metric:
             ref_all.append(dict(zip(names, refs)))
             got_all.append(dict(zip(names, gots)))
     outputs = {name: s.figures() for name, s in stats.items()}
+    for name, task_judge in judges.items():  # the task's figures first; the cosines stay beside them as proxies
+        outputs[name] = {"judge": {"task": task_judge.name, **task_judge.figures()}, **outputs[name]}
     task = {k: (v if isinstance(v, (bool, str)) else float(v)) for k, v in metric(ref_all, got_all).items()} \
         if metric else None
     if task is not None and "ok" in task:
         failure = None if task["ok"] else f"task metric {criteria.metric}: " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in task.items() if k != "ok")
     else:
-        failure = judge(outputs, criteria.min_cosine, criteria.atol)
+        failures = (task_judge.failure(criteria.agreement) for task_judge in judges.values())
+        failure = next((f"output {name}: {f}" for name, f in zip(judges, failures) if f), None) or \
+            judge({n: f for n, f in outputs.items() if n not in judges}, criteria.min_cosine, criteria.atol)
     return {"outputs": outputs, "task": task}, failure
