@@ -73,6 +73,19 @@ def _scatter(title: str, points: list[tuple[float, float, VariantResult]], x_lab
     return "".join(parts)
 
 
+def _judges(result: BuildResult) -> list[str]:
+    """One row per module output: the judge that decided it, and why it was chosen."""
+    rows, seen = [], set()
+    for r in result.results:
+        for output, spec in ((r.verification or {}).get("tasks") or {}).items():
+            if (r.module, output) not in seen:
+                seen.add((r.module, output))
+                params = ",".join(f"{k}={v}" for k, v in spec.get("params", {}).items())
+                cells = [r.module, output, spec["task"] + (f":{params}" if params else ""), spec.get("why", "")]
+                rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return rows
+
+
 def render(result: BuildResult) -> str:
     measured = _points(result)
     error_points = [(r.size_ratio, max(1.0 - r.worst_cosine, 1e-9), r) for r in measured if r.worst_cosine is not None]
@@ -82,6 +95,7 @@ def render(result: BuildResult) -> str:
         verification = r.verification or {}
         cells = [r.module, r.dtype, r.file or "—", f"{r.bytes / 1e6:.2f}" if r.bytes else "—",
                  f"{r.size_ratio:.2f}" if r.size_ratio else "—",
+                 f"{r.task_agreement[0]} {r.task_agreement[1]:.1%}" if r.task_agreement else "—",
                  f"{r.worst_cosine:.5f}" if r.worst_cosine is not None else "—",
                  f"{r.speedup:.2f}" if r.speedup else "—",
                  r.status + (" (repaired)" if r.repaired else "") + (f": {r.reason}" if r.reason else ""),
@@ -94,7 +108,9 @@ def render(result: BuildResult) -> str:
                        "params": r.params, "op_changes": r.op_changes}
             details.append(f"<details><summary>{html.escape(r.module)} {html.escape(r.dtype)}: figures</summary>"
                            f"<pre>{html.escape(json.dumps(payload, indent=1, default=str))}</pre></details>")
-    header = ["module", "dtype", "file", "MB", "size ×", "worst cosine", "speed ×", "status", "evaluation data"]
+    header = ["module", "dtype", "file", "MB", "size ×", "task agreement", "worst cosine", "speed ×", "status",
+              "evaluation data"]
+    judges = _judges(result)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>onnxdtype report</title>
 <style>
@@ -104,11 +120,17 @@ th {{ background: #f0f0f0; }} figure {{ display: inline-block; margin: 0 1em 1em
 pre {{ font-size: 11px; background: #f7f7f7; padding: 8px; overflow-x: auto; }}
 </style></head><body>
 <h1>onnxdtype report</h1>
-<p>{len(result.results)} results in <code>{html.escape(str(result.out_dir))}</code>. Cosine is the worst over outputs and
-their feature channels against fp32; speed × is fp32 / variant median latency (all threads), measured interleaved
+<p>{len(result.results)} results in <code>{html.escape(str(result.out_dir))}</code>. Task agreement is the lowest share
+of task units (lines read alike, labels, detections, neighbours, map pixels) agreeing with fp32 over the outputs a task
+judge decides; cosine is the worst over outputs and their feature channels against fp32 (what generic outputs are
+judged on); speed × is fp32 / variant median latency (all threads), measured interleaved
 in one process. Green: ok; red: failed; ringed: repaired by keeping nodes in fp32.</p>
 {_scatter("error (1 - worst cosine) vs size", error_points, "size × fp32", "1 - cosine (log scale)", log_y=True)}
 {_scatter("speed vs size", speed_points, "size × fp32", "speedup × fp32")}
+<h2>Task judges</h2>
+<table><tr><th>module</th><th>output</th><th>judge</th><th>why</th></tr>
+{"".join(judges)}
+</table>
 <table><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr>
 {"".join(rows)}
 </table>

@@ -19,7 +19,7 @@ STATUS_STYLE = {"ok": "green", "kept": "green", "failed": "bold red", "not_appli
 
 def build_table(result: BuildResult) -> Table:
     table = Table(title=f"onnxdtype variants in {result.out_dir}", title_justify="left")
-    numeric = ("MB", "size ×", "cosine", "speed ×", "s")
+    numeric = ("MB", "size ×", "task", "cosine", "speed ×", "s")
     for column in ("module", "dtype", "file", *numeric, "status"):
         table.add_column(column, justify="right" if column in numeric else "left")
     for r in result.results:
@@ -35,12 +35,15 @@ def build_table(result: BuildResult) -> Table:
             r.module, r.dtype, r.file or "—",
             f"{r.bytes / 1e6:.1f}" if r.bytes else "—",
             f"{r.size_ratio:.2f}" if r.size_ratio else "—",
+            f"{r.task_agreement[0]} {r.task_agreement[1]:.1%}" if r.task_agreement else "—",
             f"{r.worst_cosine:.5f}" if r.worst_cosine is not None else "—",
             f"{r.speedup:.2f}" if r.speedup else "—",
             f"{r.seconds:.1f}" if r.seconds is not None else "—",
             f"[{STATUS_STYLE.get(r.status, '')}]{status}[/]",
         )
-    table.caption = "cosine: worst over outputs and channels, against fp32; speed ×: fp32 / variant median latency"
+    table.caption = ("task: the judge with the lowest agreement to fp32 (lines read alike, labels, detections, neighbours,"
+                     " map IoU); cosine: worst over outputs and channels (what generic outputs are judged on); "
+                     "speed ×: fp32 / variant median latency")
     return table
 
 
@@ -55,7 +58,7 @@ def dtypes_table() -> Table:
     return table
 
 
-def inspect_tables(facts: ModelFacts, applicability: dict[str, str | None]) -> list[Table]:
+def inspect_tables(facts: ModelFacts, applicability: dict[str, str | None], tasks: dict | None = None) -> list[Table]:
     io = Table(title=f"{facts.path}  (opset {facts.opset}, IR {facts.ir_version}, {facts.producer or 'unknown producer'})",
                title_justify="left")
     for column in ("", "name", "type", "shape"):
@@ -74,7 +77,13 @@ def inspect_tables(facts: ModelFacts, applicability: dict[str, str | None]) -> l
     apply.add_column("applies")
     for name, reason in applicability.items():
         apply.add_row(name, "[green]yes[/]" if reason is None else f"[yellow]no[/]: {reason}")
-    return [io, ops, apply]
+    judges = Table(title="task judges (guessed; --task overrides)", title_justify="left")
+    for column in ("output", "task", "why"):
+        judges.add_column(column)
+    for name, spec in (tasks or {}).items():
+        params = ",".join(f"{k}={v}" for k, v in spec.params.items())
+        judges.add_row(name, spec.task + (f":{params}" if params else ""), spec.why)
+    return [io, ops, apply, judges]
 
 
 def print_tables(tables: list[Table], console: Console | None = None) -> None:

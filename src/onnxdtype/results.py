@@ -84,6 +84,14 @@ class VariantResult:
         return min(values) if values else None
 
     @property
+    def task_agreement(self) -> tuple[str, float] | None:
+        """The task judge with the lowest agreement to fp32 and that agreement (0..1), when any output has one."""
+        outputs = (self.verification or {}).get("outputs") or {}
+        judged = [(f["judge"]["task"], f["judge"]["agreement"]) for f in outputs.values()
+                  if (f.get("judge") or {}).get("agreement") is not None]
+        return min(judged, key=lambda item: item[1]) if judged else None
+
+    @property
     def speedup(self) -> float | None:
         return (self.latency or {}).get("threads_all", {}).get("speedup")
 

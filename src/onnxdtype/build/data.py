@@ -8,7 +8,7 @@ import onnx
 
 from onnxdtype.build.plan import Calibration, Module, ModulePlan
 from onnxdtype.build.task import VerifySpec
-from onnxdtype.calibration.data import check_feed, load_samples, model_inputs
+from onnxdtype.calibration.data import check_feed, load_samples, model_inputs, module_path
 from onnxdtype.calibration.run import calibrate_path
 from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
@@ -22,28 +22,13 @@ def calibrated_dtypes(wanted: list[DType]) -> list[DType]:
     return [d for d in wanted if INFO[d].needs_calibration]
 
 
-def module_path(path: str | Path | dict, module: Module, modules: int, what: str) -> Path:
-    """The data path for one module: its entry in a dict, DATA/<module>/ when that folder exists, else DATA."""
-    if isinstance(path, dict):
-        if module.name not in path:
-            raise OnnxDtypeError(f"{what}: no data given for module {module.name} (given: {', '.join(path)})")
-        return Path(path[module.name])
-    own = Path(path) / module.name
-    if own.is_dir():
-        return own
-    if modules > 1:
-        raise OnnxDtypeError(f"{what} {path}: with several modules it needs one subfolder per module "
-                             f"({module.name}/ missing)")
-    return Path(path)
-
-
 def check_calibration_data(plan: ModulePlan, modules: int, calib: Calibration | None, wanted: list[DType]) -> None:
     """Read every calibration sample once (each is checked as it is read) before anything is written."""
     static = calibrated_dtypes(wanted)
     if calib is None or not static:
         return
-    for _ in load_samples(module_path(calib.data, plan.module, modules, "--calib"), plan.for_dtype(static[0]).model,
-                          calib.image_spec):
+    path = module_path(calib.data, plan.module.name, modules, "--calib")
+    for _ in load_samples(path, plan.for_dtype(static[0]).model, calib.image_spec):
         pass
 
 
@@ -54,8 +39,9 @@ def calibrate_module(plan: ModulePlan, modules: int, calib: Calibration | None, 
     static = calibrated_dtypes(wanted)
     if calib is None or not static:
         return None
-    done = calibrate_path(plan.for_dtype(static[0]).model, module_path(calib.data, plan.module, modules, "--calib"),
-                          calib.image_spec, calib.method, out, calib.eval_fraction)
+    path = module_path(calib.data, plan.module.name, modules, "--calib")
+    done = calibrate_path(plan.for_dtype(static[0]).model, path, calib.image_spec, calib.method, out,
+                          calib.eval_fraction)
     entry = {**done.samples.describe(), "method": done.result.method, "ranges_file": done.result.path.name,
              "samples_used": done.result.samples_used, "seconds": done.result.seconds, "cached": done.result.cached,
              "held_out_for_eval": len(done.held_out)}
@@ -63,6 +49,8 @@ def calibrate_module(plan: ModulePlan, modules: int, calib: Calibration | None, 
     calibrated = {"ranges_file": str(done.result.path), "method": done.result.method}
     plan.calibrated = {step: calibrated for d in static for step in INFO[d].steps if RECIPES[step].NEEDS_CALIBRATION}
     held_out = done.held_out
+    if len(held_out):
+        record_evaluation(out, plan.module.name, evaluation_entry(path, calib.image_spec, calib.eval_fraction))
     return EvalData(list(held_out), f"held-out {len(held_out)} of the calibration samples ({done.samples.source})",
                     False) if len(held_out) else None
 
@@ -75,9 +63,22 @@ def module_eval_data(plan: ModulePlan, modules: int, eval_data: EvalData | dict 
     if eval_data is None or isinstance(eval_data, EvalData):
         return eval_data
     model = next(iter(plan.normalized.values())).model if plan.normalized else None
-    samples = load_samples(module_path(eval_data, plan.module, modules, "--eval"), model,
-                           calib.image_spec if calib else None)
+    path = module_path(eval_data, plan.module.name, modules, "--eval")
+    samples = load_samples(path, model, calib.image_spec if calib else None)
+    plan.evaluation = evaluation_entry(path, calib.image_spec if calib else None, None)
     return EvalData(list(samples), f"{len(samples)} samples from {samples.source}", False)
+
+
+def evaluation_entry(path: Path, image_spec: object, held_out: float | None) -> dict:
+    """Where a module's evaluation data comes from: a data path (and the held-out fraction when it is the part of
+    the calibration data kept back), so `onnxdtype verify DIR` reads the same samples again."""
+    spec = str(image_spec) if isinstance(image_spec, Path) else image_spec
+    return {"data": str(Path(path).resolve()), "image_spec": spec if spec is None or isinstance(spec, (str, dict))
+            else None, "held_out": held_out}
+
+
+def record_evaluation(out: Path, module: str, entry: dict) -> None:
+    update_manifest(out, lambda data: data["modules"][module].__setitem__("evaluation", entry))
 
 
 def check_eval_data(modules: list[Module], bases: dict[str, onnx.ModelProto],

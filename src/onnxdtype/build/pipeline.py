@@ -122,6 +122,8 @@ def quantize(
                 for plan in plans:
                     m = plan.module
                     base_entry = place_base(m, plan.base, out, force)
+                    if plan.evaluation:
+                        module_data.record_evaluation(out, m.name, plan.evaluation)
                     held_out = module_data.calibrate_module(plan, len(modules), calib, wanted, out)
                     data = latency_data[m.name] = given_data[m.name] or held_out
                     spec = module_data.verify_spec(plan, data, tmp, wanted, tolerances, repair, repair_budget,

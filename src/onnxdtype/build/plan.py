@@ -64,6 +64,7 @@ class ModulePlan:
     calibrated: dict[str, dict[str, Any]] = field(default_factory=dict)
     specialized: dict[str, Any] | None = None  # what --fix-input did (specialize.Specialized, as recorded)
     tasks: dict[str, dict] = field(default_factory=dict)  # output -> the judge deciding it (TaskSpec fields)
+    evaluation: dict[str, Any] | None = None  # where --eval data came from (recorded for `onnxdtype verify`)
     fixed: dict[str, np.ndarray] = field(default_factory=dict)  # the fixed input values
 
     def for_dtype(self, dtype: DType) -> Normalized:
@@ -297,7 +298,8 @@ def refuse_clobber(out: Path, modules: list[Module], wanted: list[DType], manife
         for dtype in wanted:
             target = out / variant_filename(m.name, dtype)
             if target.exists() and not vouched(out, manifest, m.name, dtype):
-                raise OnnxDtypeError(f"{target}: exists and is not a verified onnxdtype output; use --force to overwrite")
+                raise OnnxDtypeError(f"{target}: exists and is not a verified onnxdtype output; "
+                                     f"use --force to overwrite")
         base_target = out / f"{m.name}.onnx"
         if base_target.exists() and base_target.resolve() != m.path.resolve() \
                 and model_sha256(base_target) != model_sha256(m.path):

@@ -109,7 +109,8 @@ def _spec_from_dict(raw: dict, where: str) -> ImageSpec:
     fields = {f.name for f in dataclasses.fields(ImageSpec)}
     unknown = sorted(set(raw) - fields)
     if unknown:
-        raise OnnxDtypeError(f"{where}: unknown setting {', '.join(unknown)}; valid: preset, {', '.join(sorted(fields))}")
+        raise OnnxDtypeError(f"{where}: unknown setting {', '.join(unknown)}; "
+                             f"valid: preset, {', '.join(sorted(fields))}")
     values.update(raw)
     try:
         if values.get("size") is not None:
@@ -217,6 +218,21 @@ class SampleSet:
         """What the manifest records about the data."""
         return {"source": str(self.source), "format": self.kind, "samples": len(self.items),
                 "spec": dataclasses.asdict(self.spec) if self.spec else None, "fingerprint": self.fingerprint}
+
+
+def module_path(path: str | Path | dict, module: str, modules: int, what: str) -> Path:
+    """The data path for one module: its entry in a dict, DATA/<module>/ when that folder exists, else DATA."""
+    if isinstance(path, dict):
+        if module not in path:
+            raise OnnxDtypeError(f"{what}: no data given for module {module} (given: {', '.join(path)})")
+        return Path(path[module])
+    own = Path(path) / module
+    if own.is_dir():
+        return own
+    if modules > 1:
+        raise OnnxDtypeError(f"{what} {path}: with several modules it needs one subfolder per module "
+                             f"({module}/ missing)")
+    return Path(path)
 
 
 def load_samples(path: str | Path, model: onnx.ModelProto, spec: str | Path | dict | ImageSpec | None = None

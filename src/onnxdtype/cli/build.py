@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from onnxdtype.cli.options import recipe_settings, tolerances
+from onnxdtype.cli.options import recipe_settings, tasks, tolerances
 from onnxdtype.cli.output import console, err_console, fail
 from onnxdtype.errors import OnnxDtypeError
 
@@ -41,10 +41,11 @@ def quantize(
     calib: Annotated[Optional[Path], typer.Option(help="Calibration data: folder of .npz/.npy/images or one .npz (DATA/<module>/ per module)")] = None,
     calib_spec: Annotated[Optional[str], typer.Option(help="Image preprocessing: imagenet, unit, or a .json/.toml spec")] = None,
     calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile")] = "minmax",
+    task: Annotated[Optional[list[str]], typer.Option("--task", help="The judge of a module's outputs: MODULE=TASK[:k=v,...], MODULE/OUTPUT=TASK or TASK for all (classify, detect, ctc, embed, dense, generic) (repeatable)")] = None,
     fix_input: Annotated[Optional[list[str]], typer.Option("--fix-input", help="NAME=VALUE: build for this input value only (Ifs it chooses are inlined, so static calibration reaches their weights; the variant refuses other values) (repeatable)")] = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation data, same formats as --calib (default: held-out calibration data)")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Task metric module:function or file.py:function")] = None,
-    tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine, e.g. q8=0.98, default=0.99, atol=1e-4 (repeatable)")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine (q8=0.98, default=0.99, atol=1e-4) or task agreement (task=0.95, task.q4=0.9) (repeatable)")] = None,
     repair: Annotated[bool, typer.Option(help="Repair variants that miss their tolerance")] = True,
     repair_max_weights: Annotated[float, typer.Option(help="Repair may keep at most this share of weights in fp32")] = 0.25,
     keep_failed: Annotated[bool, typer.Option("--keep-failed", help="Keep the files of failed variants")] = False,
@@ -78,6 +79,7 @@ def quantize(
         for key, fields in recipe_settings(set_option).items():
             options[key] = {**options.get(key, {}), **fields}
         tolerance_values = tolerances(tolerance)
+        task_settings = tasks(task)
     except OnnxDtypeError as exc:
         fail(str(exc))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -93,7 +95,8 @@ def quantize(
                 model, dtype, out, force=force, options=options, workers=workers, progress=on_result, metric=metric,
                 tolerances=tolerance_values, repair=repair, keep_failed=keep_failed, latency_runs=latency_runs,
                 repair_budget=RepairBudget(max_weight_fraction=repair_max_weights), eval_data=eval_data,
-                calib=Calibration(calib, calib_spec, calib_method) if calib else None, fixed_inputs=fix_input)
+                calib=Calibration(calib, calib_spec, calib_method) if calib else None, fixed_inputs=fix_input,
+                tasks=task_settings)
         except OnnxDtypeError as exc:
             progress.stop()
             hint = " (--dtype all skips what does not apply)" if "is not applicable" in str(exc) else ""
@@ -128,8 +131,9 @@ def _finish(result, as_json: bool) -> None:
 
 def verify(
     folder: Annotated[Path, typer.Argument(help="A variants folder with onnxdtype.json")],
+    eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation data (default: what the build recorded: its --eval data or the held-out calibration samples)")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Task metric module:function or file.py:function")] = None,
-    tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine, e.g. q8=0.98 (repeatable)")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine (q8=0.98) or task agreement (task.q8=0.95) (repeatable)")] = None,
     latency_runs: Annotated[int, typer.Option(help="Timed runs per variant (0: no timing)")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,
 ) -> None:
@@ -137,7 +141,8 @@ def verify(
     from onnxdtype.verify.recheck import verify_folder
 
     try:
-        result = verify_folder(folder, tolerances=tolerances(tolerance), metric=metric, latency_runs=latency_runs)
+        result = verify_folder(folder, eval_data, tolerances=tolerances(tolerance), metric=metric,
+                               latency_runs=latency_runs)
     except OnnxDtypeError as exc:
         fail(str(exc))
     _finish(result, as_json)

@@ -44,6 +44,7 @@ def dtypes() -> None:
 def inspect(model: Annotated[Path, typer.Argument(help="An .onnx file")]) -> None:
     """Show a model's inputs/outputs, opset, op counts, parameters, and which dtypes apply and why not."""
     from onnxdtype.build import applicability
+    from onnxdtype.verify.judges import guess_tasks
     from onnxdtype.model import load_model, model_facts
     from onnxdtype.report import inspect_tables, print_tables
 
@@ -51,7 +52,7 @@ def inspect(model: Annotated[Path, typer.Argument(help="An .onnx file")]) -> Non
         loaded = load_model(model)
     except OnnxDtypeError as exc:
         fail(str(exc))
-    print_tables(inspect_tables(model_facts(model, loaded), applicability(loaded)), console)
+    print_tables(inspect_tables(model_facts(model, loaded), applicability(loaded), guess_tasks(loaded)), console)
 
 
 build.register(app)

@@ -14,7 +14,8 @@ from onnxdtype.errors import OnnxDtypeError
 
 
 def tolerances(items: list[str] | None) -> dict[str, float]:
-    """'q8=0.98' items -> {'q8': 0.98}; keys are dtype names, 'default' or 'atol'."""
+    """'q8=0.98' items -> {'q8': 0.98}; keys are dtype names, 'default' or 'atol' (cosines and the absolute floor),
+    'task' or 'task.<dtype>' (the share of task units that must agree)."""
     parsed: dict[str, float] = {}
     for item in items or []:
         key, _, value = item.partition("=")
@@ -25,7 +26,23 @@ def tolerances(items: list[str] | None) -> dict[str, float]:
         name = key.strip().lower()
         if not math.isfinite(number) or number < 0 or (name != "atol" and number > 1):
             raise OnnxDtypeError(f"--tolerance {item!r}: a cosine is in [0, 1], atol >= 0")
-        parsed[name if name in ("default", "atol") else parse_dtype(name).value] = number
+        if name in ("default", "atol", "task"):
+            parsed[name] = number
+        elif name.startswith("task."):
+            parsed["task." + parse_dtype(name.removeprefix("task.")).value] = number
+        else:
+            parsed[parse_dtype(name).value] = number
+    return parsed
+
+
+def tasks(items: list[str] | None) -> dict[str, str]:
+    """'rec=ctc', 'det/out=dense:threshold=0.3', 'classify' -> {'rec': 'ctc', 'det/out': ..., '*': 'classify'}.
+    A task's own parameters follow a colon, so the first '=' before any colon separates the key."""
+    parsed: dict[str, str] = {}
+    for item in items or []:
+        head = item.partition(":")[0]
+        key, sep, _ = head.partition("=")
+        parsed[key.strip() if sep else "*"] = item[len(key) + 1:].strip() if sep else item.strip()
     return parsed
 
 

@@ -1,24 +1,41 @@
 """`onnxdtype verify DIR`: re-verify a variants folder from its manifest.
 
 Each file's sha256 is checked against the manifest first: a mismatch fails the variant and the file is
-never loaded. Then the figures are measured again against the fp32 base and the manifest is updated.
+never loaded. Then the figures are measured again against the fp32 base — on the evaluation data given, else on
+the data the build recorded (its --eval folder, or the held-out part of its calibration data), else on inputs
+synthesized from shapes (which proves loading only, and says so) — each output judged by the task the build
+recorded for it, and the manifest is updated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
+
+from onnxdtype.calibration.data import load_samples, module_path
 from onnxdtype.dtype import parse_dtype
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import confined_path, read_manifest, update_manifest
 from onnxdtype.model import load_model, model_sha256
 from onnxdtype.results import BuildResult, Status, VariantResult
-from onnxdtype.verify.evaluate import DEFAULT_ATOL, Criteria, EvalData, load_metric, min_cosine_for, session, synthesize
+from onnxdtype.verify.evaluate import (
+    DEFAULT_ATOL,
+    Criteria,
+    EvalData,
+    agreement_for,
+    load_metric,
+    min_cosine_for,
+    session,
+    synthesize,
+)
+from onnxdtype.verify.judges import guess_tasks
 from onnxdtype.verify.latency import measure
 from onnxdtype.verify.record import skipped, verify_variant
 
 
-def verify_folder(folder: str | Path, eval_data: EvalData | dict[str, EvalData] | None = None,
+def verify_folder(folder: str | Path, eval_data: EvalData | dict[str, EvalData] | str | Path | None = None,
                   tolerances: dict[str, float] | None = None, metric: str | None = None, latency_runs: int = 20
                   ) -> BuildResult:
     """Re-verify every built variant the manifest lists; returns a BuildResult like quantize() does."""
@@ -34,7 +51,7 @@ def verify_folder(folder: str | Path, eval_data: EvalData | dict[str, EvalData] 
     for module, entry in manifest["modules"].items():
         base_path = confined_path(folder, entry["base"]["file"], f"{module}/base")
         base_problem = _integrity_problem(base_path, entry["base"])
-        data = (eval_data.get(module) if isinstance(eval_data, dict) else eval_data) or synthesize(load_model(base_path))
+        data = _module_data(module, entry, base_path, eval_data, len(manifest["modules"]))
         for dtype_name, variant in entry.get("variants", {}).items():
             result = VariantResult(module, dtype_name, variant["status"], variant.get("reason"), variant.get("file"),
                                    variant.get("bytes"), variant.get("sha256"), base_bytes=entry["base"]["bytes"],
@@ -48,7 +65,8 @@ def verify_folder(folder: str | Path, eval_data: EvalData | dict[str, EvalData] 
             if problem:
                 result.fail(problem)
             else:
-                _measure(result, base_path, path, data, tolerances, metric, latency_runs)
+                _measure(result, base_path, path, _for_variant(data, variant), tolerances, metric, latency_runs,
+                         (variant.get("verification") or {}).get("tasks") or _guessed(base_path))
             update_manifest(folder, lambda m, r=result: _store(m, r))
             results.append(result)
     return BuildResult(folder, results, requested_explicitly=False)
@@ -59,14 +77,51 @@ def _integrity_problem(path: Path, entry: dict) -> str | None:
         return f"{path.name} is missing"
     digest = model_sha256(path)
     if digest != entry.get("sha256"):
-        return f"{path.name}: sha256 {digest[:12]}… does not match the manifest's {str(entry.get('sha256'))[:12]}…; not loaded"
+        return (f"{path.name}: sha256 {digest[:12]}… does not match the manifest's {str(entry.get('sha256'))[:12]}…; "
+                f"not loaded")
     return None
 
 
-def _measure(result: VariantResult, base_path: Path, path: Path, data: EvalData, tolerances: dict | None, metric: str | None,
-             latency_runs: int) -> None:
+def _module_data(module: str, entry: dict, base_path: Path, given: EvalData | dict | str | Path | None,
+                 modules: int) -> EvalData:
+    """The evaluation data for one module: given (EvalData, one per module, or a path), else what the build recorded
+    (read again with the same image spec and held-out split), else synthesized."""
+    if isinstance(given, dict):
+        given = given.get(module)
+    if isinstance(given, EvalData):
+        return given
+    recorded = entry.get("evaluation") or {}
+    if given is not None:
+        path, spec, held_out = module_path(given, module, modules, "--eval"), recorded.get("image_spec"), None
+    elif recorded.get("data") and Path(recorded["data"]).exists():
+        path, spec, held_out = Path(recorded["data"]), recorded.get("image_spec"), recorded.get("held_out")
+    else:
+        return synthesize(load_model(base_path))
+    samples = load_samples(path, load_model(base_path), spec)
+    part = samples.split(held_out)[1] if held_out else samples
+    kind = f"held-out {len(part)} of the calibration samples" if held_out else f"{len(part)} samples"
+    return EvalData(list(part), f"{kind} ({samples.source})", False)
+
+
+def _for_variant(data: EvalData, variant: dict) -> EvalData:
+    """A variant built for fixed input values (--fix-input) is verified at those values."""
+    fixed = ((variant.get("params") or {}).get("specialize") or {}).get("fixed")
+    if not fixed:
+        return data
+    values = {name: np.asarray(value) for name, value in fixed.items()}
+    return EvalData([{**feed, **{k: v.astype(feed[k].dtype) if k in feed else v for k, v in values.items()}}
+                     for feed in data.feeds], data.source, data.synthesized)
+
+
+def _guessed(base_path: Path) -> dict[str, dict]:
+    return {name: dataclasses.asdict(spec) for name, spec in guess_tasks(load_model(base_path)).items()}
+
+
+def _measure(result: VariantResult, base_path: Path, path: Path, data: EvalData, tolerances: dict | None,
+             metric: str | None, latency_runs: int, tasks: dict[str, dict]) -> None:
     dtype = parse_dtype(result.dtype)
-    criteria = Criteria(min_cosine_for(dtype, tolerances), (tolerances or {}).get("atol", DEFAULT_ATOL), metric)
+    criteria = Criteria(min_cosine_for(dtype, tolerances), (tolerances or {}).get("atol", DEFAULT_ATOL), metric,
+                        agreement_for(dtype, tolerances), tasks)
     if not data.feeds:
         result.verification = skipped(data)
         return
