@@ -29,7 +29,7 @@ def quantize(
     q8_weight_type: Annotated[str, typer.Option(help="q8 weights: auto (uint8 with Conv/attention ops, else int8), int8, uint8")] = "auto",
     q8_per_channel: Annotated[bool, typer.Option(help="q8 per-channel weight scales")] = True,
     q8_reduce_range: Annotated[bool, typer.Option(help="q8 7-bit weights (avoids int overflow on older x86)")] = False,
-    q8_conv: Annotated[bool, typer.Option("--q8-conv", help="q8 also quantizes Conv (ConvInteger; often loses accuracy)")] = False,
+    q8_conv: Annotated[bool, typer.Option("--q8-conv/--no-q8-conv", help="q8 quantizes Conv too (ConvInteger, per-channel weights); --no-q8-conv leaves Conv float")] = True,
     q4_block_size: Annotated[int, typer.Option(help="q4 block size (16, 32, 64, 128...)")] = 32,
     q4_asymmetric: Annotated[bool, typer.Option(help="q4 with zero points")] = False,
     q4_accuracy_level: Annotated[Optional[int], typer.Option(help="MatMulNBits accuracy_level (0-4)")] = None,
