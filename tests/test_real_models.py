@@ -24,6 +24,7 @@ pytestmark = pytest.mark.real
 
 # Quantized ops a variant must contain to count as really quantized (not an fp32 copy).
 QUANTIZED_MARK = {"q8": "MatMulInteger", "q4": "MatMulNBits", "q4f16": "MatMulNBits", "bnb4": "MatMulBnb4"}
+REQUIRED = {"16": 0.999, "8": 0.97, "4": 0.90, "4+16": 0.90}  # SPEC.md's task agreement by bit width
 # Minimum cosine to fp32 per dtype on these models (SPEC.md's are 0.9999 / 0.99 / 0.98 for the verified build).
 MIN_COSINE = {"fp16": 0.999, "q8": 0.99, "q4": 0.98, "q4f16": 0.98, "bnb4": 0.98}
 
@@ -60,24 +61,30 @@ def ocr_build(ocr_dir, tmp_path_factory):
 
 
 def test_ocr_build_statuses(ocr_build):
+    """Judged on the task: det on its text regions, cls on labels, rec on the lines it reads (SPEC.md)."""
     built = {(r.module, r.dtype): r.status for r in ocr_build.results if r.status != "skipped"}
     assert built == {
-        ("det", "fp16"): "ok", ("det", "q8"): "not_applicable", ("det", "q4"): "not_applicable",
+        ("det", "fp16"): "ok", ("det", "q8"): "ok", ("det", "q4"): "not_applicable",
         ("det", "q4f16"): "not_applicable", ("det", "bnb4"): "not_applicable",
         ("cls", "fp16"): "ok", ("cls", "q8"): "ok", ("cls", "q4"): "ok", ("cls", "q4f16"): "ok", ("cls", "bnb4"): "ok",
-        ("rec", "fp16"): "ok", ("rec", "q8"): "ok",
-        # 4-bit weights flip the recognizer's per-time-step distributions (worst step cosine 0.83 for q4) and
-        # keeping enough MatMuls in fp32 would exceed the repair budget: honestly failed, files kept
-        ("rec", "q4"): "failed", ("rec", "q4f16"): "failed", ("rec", "bnb4"): "failed",
+        ("rec", "fp16"): "ok",
+        # 8-bit and 4-bit weights change how 3 of the 11 lines read, and keeping enough weights in fp32 to read them
+        # as fp32 does exceeds the repair budget: honestly failed, files kept
+        ("rec", "q8"): "failed", ("rec", "q4"): "failed", ("rec", "q4f16"): "failed", ("rec", "bnb4"): "failed",
     }
-    assert "Conv" in ocr_build.by("det", "q8").reason
+    assert ocr_build.by("det", "q8").op_changes["ConvInteger"] > 0  # q8 on a pure Conv net, as the seed has it
     assert ocr_build.by("det", "fp16").kept_in_float  # the BatchNormalization with 1e7 variances stays fp32
-    for dtype in ("q4", "q4f16", "bnb4"):
-        assert ocr_build.by("rec", dtype).reason.startswith("verification: output softmax_11.tmp_0: channel")
+    tasks = {r.module: {o: t["task"] for o, t in r.verification["tasks"].items()}
+             for r in ocr_build.results if r.verification and r.verification.get("tasks")}
+    assert tasks == {"det": {"sigmoid_0.tmp_0": "dense"}, "cls": {"save_infer_model/scale_0.tmp_1": "classify"},
+                     "rec": {"softmax_11.tmp_0": "ctc"}}
+    for dtype in ("q8", "q4", "q4f16", "bnb4"):
+        assert ocr_build.by("rec", dtype).reason.startswith("verification: output softmax_11.tmp_0: ctc: ")
         assert "repair budget" in ocr_build.by("rec", dtype).reason
     for r in ocr_build.results:
         if r.status == "ok":
-            assert r.worst_cosine >= {"16": 0.9999, "8": 0.99}.get(INFO[DType(r.dtype)].bits, 0.98)
+            task, agreement = r.task_agreement
+            assert agreement >= REQUIRED[INFO[DType(r.dtype)].bits], (r.module, r.dtype, task)
 
 
 def test_ocr_det_fp16_finds_the_same_text(ocr_build):
@@ -94,18 +101,27 @@ def test_ocr_det_fp16_finds_the_same_text(ocr_build):
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "q8", "q4", "q4f16", "bnb4"])
-def test_ocr_rec_reads_the_same_text(ocr_build, dtype):
+def test_ocr_rec_judge_counts_the_lines_rapidocr_reads_alike(ocr_build, dtype):
+    """The ctc judge's verdict is what rapidocr's own decoder shows, line by line, on the same evaluation data; an ok
+    variant reads every rendered line right."""
     out = ocr_build.out_dir
     path = out / f"rec_{dtype}.onnx"
     assert_really_converted(path, dtype)
     labels = {p.key for p in onnx.load(str(path)).metadata_props}
     assert "character" in labels  # the recognizer's alphabet survives the quantizers
     ref, var = session(out / "rec.onnx"), session(path)
-    for text in realmodels.RENDERED_TEXTS:
-        feed = realmodels.ocr_rec_feed(realmodels.render_text_line(text))
-        a, b = ref.run(None, feed)[0], var.run(None, feed)[0]
-        assert realmodels.ctc_decode(b)[0].strip() == text
-        assert cosine(a, b) > MIN_COSINE[dtype]
+    alike = 0
+    for line in realmodels.text_line_images():
+        feed = realmodels.ocr_rec_feed(line)
+        alike += realmodels.ctc_decode(ref.run(None, feed)[0]) == realmodels.ctc_decode(var.run(None, feed)[0])
+    result = ocr_build.by("rec", dtype)
+    judged = result.verification["outputs"]["softmax_11.tmp_0"]["judge"]
+    assert judged["units"] == len(realmodels.text_line_images())
+    assert alike == round(judged["agreement"] * judged["units"]) - judged["undecided_lines"]
+    if result.status == "ok":
+        for text in realmodels.RENDERED_TEXTS:
+            assert realmodels.ctc_decode(var.run(None, realmodels.ocr_rec_feed(realmodels.render_text_line(text))
+                                                 )[0])[0].strip() == text
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "q8", "q4", "q4f16", "bnb4"])
@@ -115,7 +131,6 @@ def test_ocr_cls_keeps_the_orientation(ocr_build, dtype):
     feed = realmodels.ocr_cls_feed(realmodels.text_line_images())
     a, b = session(out / "cls.onnx").run(None, feed)[0], session(out / f"cls_{dtype}.onnx").run(None, feed)[0]
     assert (a.argmax(1) == b.argmax(1)).all()
-    assert cosine(a, b) > MIN_COSINE[dtype]
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +146,10 @@ def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
     return similarity.argmax(1)
 
 
-# After verification and repair every variant meets SPEC.md's cosine on every output; the sentence-level
-# task check below (min embedding cosine, nearest-neighbour agreement) is stated with a margin.
-MINILM_EMBEDDING = {"fp16": (0.9999, 1.0), "q8": (0.985, 0.95), "q4": (0.98, 0.9), "q4f16": (0.98, 0.9),
-                    "bnb4": (0.98, 0.9)}
+# After verification and repair every variant keeps SPEC.md's share of nearest neighbours (embed judge); the
+# check below recomputes it on all 24 sentences in one batch, with the embedding cosine as a floor.
+MINILM_EMBEDDING = {"fp16": (0.9999, 0.999), "q8": (0.98, 0.95), "q4": (0.95, 0.9), "q4f16": (0.95, 0.9),
+                    "bnb4": (0.95, 0.9)}
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "q8", "q4", "q4f16", "bnb4"])
@@ -160,12 +175,12 @@ def test_minilm_q8_uses_int8_per_channel_weights(minilm_build):
 def test_minilm_repairs_stay_within_budget_and_are_recorded(minilm_build):
     for dtype in ("q8", "q4", "q4f16", "bnb4"):
         r = minilm_build.by("model", dtype)
-        assert r.worst_cosine >= r.verification["min_cosine"]
+        task, agreement = r.task_agreement
+        assert task == "embed" and agreement >= r.verification["agreement"]
         repair = r.verification.get("repair")
         if repair:  # what repair cost is in the manifest: nodes and share of weights kept in higher precision
             assert repair["failure"] is None and 0 < repair["kept_weight_fraction"] <= 0.25
             in_8bit = r.params.get("blockwise4", {}).get("nodes_in_8bit", [])
             assert set(repair["kept"]) <= set(r.kept_in_float) | set(in_8bit)
             assert r.verification["before_repair"]["failure"]
-    assert minilm_build.by("model", "q4").params["blockwise4"]["nodes_in_8bit"]  # q4 repairs at 8 bits first
     assert minilm_build.by("model", "q8").latency["threads_1"]["speedup"] > 0

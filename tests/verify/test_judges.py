@@ -61,6 +61,19 @@ def test_ctc_one_flipped_step_makes_its_line_disagree():
     assert judged("ctc", [(ref, ref)]).failure(0.999) is None
 
 
+def test_ctc_flip_where_fp32_itself_is_undecided_counts_apart():
+    """PP-OCRv4 rec in fp16 read 'markers are' where fp32 read 'markersare': fp32's blank 0.4955 vs space 0.5018."""
+    ref = one_hot([[0, 3, 0, 4, 0]])
+    ref[0, 2, [0, 1]] = [0.5018, 0.4955]  # fp32 barely prefers the blank over class 1 at step 2
+    got = ref.copy()
+    got[0, 2, [0, 1]] = [0.4984, 0.4989]  # the variant tips the other way: reads [3, 1, 4]
+    f = judged("ctc", [(ref, got)]).figures()
+    assert (f["agreement"], f["undecided_lines"], f["edits"]) == (1.0, 1, 1)
+    assert judged("ctc", [(ref, got)], margin=0.001).figures()["agreement"] == 0.0  # a tighter margin: a misread
+    decided = one_hot([[0, 3, 0, 4, 0]])
+    assert judged("ctc", [(decided, got)]).figures()["agreement"] == 0.0  # fp32 sure of the blank: a misread
+
+
 def test_ctc_reads_time_first_batch_of_one_and_a_last_blank():
     ref = one_hot([[0, 3, 3, 0, 3, 5, 5]]).swapaxes(0, 1)  # [T, 1, C]
     got = one_hot([[0, 3, 0, 3, 3, 5, 5]]).swapaxes(0, 1)  # [3, 3, 5] too, by another path
@@ -188,18 +201,22 @@ def test_embed_pools_tokens_and_falls_back_to_cosine_below_three_samples():
 
 # --- dense -------------------------------------------------------------------------------------------------
 
-def test_dense_agreement_is_the_foreground_iou_over_all_samples():
-    ref = np.zeros((1, 1, 4, 4), np.float32)
+def test_dense_agreement_is_the_f1_of_regions_matched_by_iou():
+    ref = np.zeros((1, 1, 12, 12), np.float32)
     got = ref.copy()
-    ref[0, 0, :2, :2] = 0.9  # 4 pixels
-    got[0, 0, :2, 1:3] = 0.8  # 4 pixels, 2 shared: IoU 2 / 6
+    ref[0, 0, :2, :2] = 0.9  # region A: 4 pixels
+    got[0, 0, :2, 1:3] = 0.8  # overlaps A by 2 of 6 pixels: IoU 1/3, no match
+    ref[0, 0, 6:10, 6:10] = got[0, 0, 6:10, 6:10] = 0.9  # region B: 16 pixels, found again
+    got[0, 0, 9, 6] = 0.2  # one boundary pixel lost: B still matches (IoU 15/16)
     empty = np.zeros_like(ref)
-    judge = judged("dense", [(ref, got), (empty, empty)])
+    judge = judged("dense", [(ref, got), (empty, empty)], min_area=1)
     f = judge.figures()
-    assert (f["agreement"], f["units"], f["unit"], f["threshold"]) == (pytest.approx(1 / 3), 4, "pixels", 0.5)
-    assert judge.failure(0.9).startswith("dense: foreground IoU over 4 fp32 pixels")
+    assert (f["agreement"], f["units"], f["unit"], f["threshold"]) == (0.5, 2, "regions", 0.5)  # 2*1 / (2 + 2)
+    assert f["pixel_iou"] == pytest.approx(17 / 22)
+    assert judge.failure(0.9).startswith("dense: 1 of 2 fp32 regions found again (2 in the variant), F1")
+    assert judged("dense", [(ref, got)]).figures()["units"] == 1  # min_area 16 drops the 4-pixel region
     logits = np.where(ref > 0, 4.0, -4.0)
-    f = judged("dense", [(logits, logits - 3.0)]).figures()  # threshold 0: 4 -> 1 stays foreground
+    f = judged("dense", [(logits, logits - 3.0)], min_area=1).figures()  # threshold 0: 4 -> 1 stays foreground
     assert (f["threshold"], f["agreement"]) == (0.0, 1.0)
     assert judged("dense", [(empty, empty)]).figures()["agreement"] == 1.0
 
@@ -262,7 +279,7 @@ def test_parse_task(text, task, params):
 @pytest.mark.parametrize("text, message", [
     ("nope", "unknown task 'nope' (valid: classify, ctc, dense, detect, embed, generic, state)"),
     ("ctc:blank", "expected key=value"),
-    ("ctc:beam=3", "unknown parameter 'beam' (valid: blank, layout)"),
+    ("ctc:beam=3", "unknown parameter 'beam' (valid: blank, layout, margin)"),
     ("ctc:blank=0,blank=1", "blank given twice"),
     ("detect:conf=high", "conf='high' should be float"),
     ("detect:layout=v9", "layout='v9' is not one of auto, yolo, v8, v5"),

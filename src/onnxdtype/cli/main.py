@@ -44,9 +44,9 @@ def dtypes() -> None:
 def inspect(model: Annotated[Path, typer.Argument(help="An .onnx file")]) -> None:
     """Show a model's inputs/outputs, opset, op counts, parameters, and which dtypes apply and why not."""
     from onnxdtype.build import applicability
-    from onnxdtype.verify.judges import guess_tasks
     from onnxdtype.model import load_model, model_facts
     from onnxdtype.report import inspect_tables, print_tables
+    from onnxdtype.verify.judges import guess_tasks
 
     try:
         loaded = load_model(model)

@@ -137,6 +137,18 @@ def auto_threshold(ref: np.ndarray) -> float:
     return 0.5 if finite.size and finite.min() >= 0 and finite.max() <= 1 else 0.0
 
 
+UNDECIDED_MARGIN = 0.02  # fp32's top-2 scores within 2 % of each other: fp32 itself has not decided
+
+
+def undecided(scores: np.ndarray, chosen: np.ndarray, margin: float) -> np.ndarray:
+    """Per row of fp32 `scores` [n, C]: True where the variant's `chosen` class scores within `margin` (relative)
+    of fp32's own top-1 — a coin flip in fp32 (PP-OCRv4 rec: blank 0.4955 vs space 0.5018), which another CPU, thread
+    count or BLAS flips as readily as a dtype does. Such flips are counted apart, not as disagreements."""
+    top = scores.max(axis=1)
+    picked = np.take_along_axis(scores, chosen[:, None], axis=1)[:, 0]
+    return (top - picked) <= margin * np.maximum(np.abs(top), 1e-12)
+
+
 def percent_below(fraction: float, required: float) -> str:
     """`fraction` as a percentage with one decimal, or as many more as it takes to read below `required`
     (99.89 %, not a puzzling 99.9 % < 99.9 %)."""

@@ -2,8 +2,9 @@
 
 Scores or logits [b, C] or [b, ..., C], classes on `axis` (last by default); every position before the class axis
 is one prediction. A single score per prediction (C == 1, a sigmoid head) is judged as a yes/no decision at
-`threshold` (default: 0.5 for probabilities, 0 for logits). Top-5 overlap is shown, not judged: it tells a
-near-tie flip from a wrecked head.
+`threshold` (default: 0.5 for probabilities, 0 for logits). A flip to a class fp32 scored within `margin` of its
+own top-1 is a coin flip fp32 had not decided (base.undecided): counted as agreeing and reported apart. Top-5
+overlap is shown, not judged: it tells a near-tie flip from a wrecked head.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from onnxdtype.verify.judges.base import TaskJudge, auto_threshold, register, require
+from onnxdtype.verify.judges.base import UNDECIDED_MARGIN, TaskJudge, auto_threshold, register, require, undecided
 
 TOP_K = 5
 
@@ -21,7 +22,8 @@ TOP_K = 5
 class ClassifyJudge(TaskJudge):
     name = "classify"
     unit = "predictions"
-    PARAMS: ClassVar[dict[str, tuple]] = {"axis": (int, -1), "threshold": (float, None)}
+    PARAMS: ClassVar[dict[str, tuple]] = {"axis": (int, -1), "threshold": (float, None),
+                                          "margin": (float, UNDECIDED_MARGIN)}
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
@@ -30,6 +32,7 @@ class ClassifyJudge(TaskJudge):
         self.ranked = 0  # predictions with several classes, the ones a top-k overlap means something for
         self.overlap = 0.0  # sum over those of |top-k(fp32) ∩ top-k(variant)| / k
         self.threshold = self.params["threshold"]
+        self.undecided = 0
 
     def _add(self, ref: np.ndarray, got: np.ndarray) -> None:
         axis = self.params["axis"]
@@ -41,7 +44,10 @@ class ClassifyJudge(TaskJudge):
             self.same += int(((ref > self.threshold) == (got > self.threshold)).sum())
             self.total += ref.shape[0]
             return
-        self.same += int((ref.argmax(1) == got.argmax(1)).sum())
+        flipped = ref.argmax(1) != got.argmax(1)
+        coin_flips = int(undecided(ref[flipped], got.argmax(1)[flipped], self.params["margin"]).sum())
+        self.same += int((~flipped).sum()) + coin_flips
+        self.undecided += coin_flips
         self.total += ref.shape[0]
         self.ranked += ref.shape[0]
         k = min(TOP_K, ref.shape[1])
@@ -61,4 +67,4 @@ class ClassifyJudge(TaskJudge):
         figures = {f"top{TOP_K}_overlap": self.overlap / self.ranked} if self.ranked else {}
         if self.total > self.ranked:
             figures["threshold"] = self.threshold
-        return figures
+        return {**figures, "undecided": self.undecided}

@@ -2,7 +2,9 @@
 
 Per-step class scores [b, T, C] (or [T, b, C]) are greedy-decoded: argmax per step, repeats collapsed, blanks
 dropped. A line agrees only when the decoded sequences are identical, since one wrong character is a wrong
-reading; character agreement (1 - edit distance / length) is shown to tell one slip from garbage.
+reading — unless every step where the variant's path leaves fp32's is one fp32 itself has not decided (its top-2
+within `margin`, base.undecided): those lines are counted as agreeing and reported apart. Character agreement
+(1 - edit distance / length) is shown to tell one slip from garbage.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from onnxdtype.verify.judges.base import TaskJudge, register, require
+from onnxdtype.verify.judges.base import UNDECIDED_MARGIN, TaskJudge, register, require, undecided
 
 
 def greedy_decode(path: np.ndarray, blank: int) -> list[int]:
@@ -34,7 +36,8 @@ def edit_distance(a: list[int], b: list[int]) -> int:
 class CtcJudge(TaskJudge):
     name = "ctc"
     unit = "lines"
-    PARAMS: ClassVar[dict[str, tuple]] = {"blank": (int, 0), "layout": (("auto", "btc", "tbc"), "auto")}
+    PARAMS: ClassVar[dict[str, tuple]] = {"blank": (int, 0), "layout": (("auto", "btc", "tbc"), "auto"),
+                                          "margin": (float, UNDECIDED_MARGIN)}
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
@@ -43,16 +46,20 @@ class CtcJudge(TaskJudge):
         self.chars = 0  # characters fp32 read
         self.edits = 0  # edits from fp32's reading to the variant's
         self.empty = 0  # lines fp32 reads as nothing: agreeing on them proves little
+        self.undecided = 0  # lines read differently only where fp32's own top-2 are within the margin
 
     def _add(self, ref: np.ndarray, got: np.ndarray) -> None:
         require(ref.ndim == 3, f"ctc: expected per-step class scores [b, T, C] or [T, b, C], got shape {ref.shape}")
         if self._time_first(ref.shape):
             ref, got = ref.swapaxes(0, 1), got.swapaxes(0, 1)
         blank = self.params["blank"] % ref.shape[2]  # -1: the last class is the blank
-        for r, g in zip(ref.argmax(2), got.argmax(2)):
+        for scores, r, g in zip(ref, ref.argmax(2), got.argmax(2)):
             text_ref, text_got = greedy_decode(r, blank), greedy_decode(g, blank)
+            steps = np.flatnonzero(r != g)
+            coin_flips = text_ref != text_got and undecided(scores[steps], g[steps], self.params["margin"]).all()
             self.lines += 1
-            self.same += text_ref == text_got
+            self.same += text_ref == text_got or bool(coin_flips)
+            self.undecided += bool(coin_flips)
             self.chars += len(text_ref)
             self.empty += not text_ref
             self.edits += edit_distance(text_ref, text_got)
@@ -73,4 +80,5 @@ class CtcJudge(TaskJudge):
 
     def details(self) -> dict:
         chars = max(0.0, 1 - self.edits / self.chars) if self.chars else float(self.edits == 0)
-        return {"char_agreement": chars, "chars": self.chars, "edits": self.edits, "empty_lines": self.empty}
+        return {"char_agreement": chars, "chars": self.chars, "edits": self.edits, "empty_lines": self.empty,
+                "undecided_lines": self.undecided}
