@@ -250,3 +250,21 @@ def streaming_model(mode: str = "bool", nested: bool = False) -> onnx.ModelProto
     model.metadata_props.add(key="labels", value="a,b")
     onnx.checker.check_model(model)
     return model
+
+
+def stateful(recurrent_scale: float = 1.0) -> onnx.ModelProto:
+    """One recurrent cell: hn = tanh(x Wx + h Wh), y = softmax(hn Wo) over 3 classes; hn feeds h on the next step.
+    `recurrent_scale` multiplies Wh: a variant whose error sits only in the state path, invisible from a zero state."""
+    rng = np.random.default_rng(3)
+    recurrent = rng.standard_normal((8, 8)).astype(np.float32)
+    recurrent *= 0.9 / np.abs(np.linalg.eigvals(recurrent)).max()  # the state persists over many steps
+    inits = [numpy_helper.from_array(_weight(rng, 4, 8, scale=0.8), "wx"),
+             numpy_helper.from_array((recurrent * recurrent_scale).astype(np.float32), "wh"),
+             numpy_helper.from_array(_weight(rng, 8, 3, scale=1.0), "wo")]
+    nodes = [helper.make_node("MatMul", ["x", "wx"], ["a"], name="input_proj"),
+             helper.make_node("MatMul", ["h", "wh"], ["b"], name="state_proj"),
+             helper.make_node("Add", ["a", "b"], ["s"], name="sum"),
+             helper.make_node("Tanh", ["s"], ["hn"], name="cell"),
+             helper.make_node("MatMul", ["hn", "wo"], ["logits"], name="head"),
+             helper.make_node("Softmax", ["logits"], ["y"], name="scores", axis=-1)]
+    return _model(nodes, [_io("x", 1, 4), _io("h", 1, 8)], [_io("y", 1, 3), _io("hn", 1, 8)], inits)

@@ -57,7 +57,7 @@ def test_ctc_one_flipped_step_makes_its_line_disagree():
     f = judge.figures()
     assert (f["agreement"], f["units"], f["unit"]) == (0.5, 2, "lines")
     assert (f["chars"], f["edits"], f["empty_lines"]) == (5, 1, 0) and f["char_agreement"] == pytest.approx(0.8)
-    assert judge.failure(0.97) == "ctc: 1/2 lines decode identically (50.0 %) < 97 %"
+    assert judge.failure(0.97) == "ctc: 1/2 lines decode identically (50.0 %) < 97 %; 2 lines: one is 50.0 %"
     assert judged("ctc", [(ref, ref)]).failure(0.999) is None
 
 
@@ -95,7 +95,8 @@ def test_classify_counts_top1_flips_and_top5_overlap():
     f = judge.figures()
     assert (f["agreement"], f["units"], f["unit"]) == (0.75, 4, "predictions")
     assert f["top5_overlap"] == pytest.approx((1 + 1 + 1 + 0.8) / 4)
-    assert judge.failure(0.9) == "classify: 3/4 predictions keep their top-1 class (75.0 %) < 90 %"
+    assert judge.failure(0.9) == \
+        "classify: 3/4 predictions keep their top-1 class (75.0 %) < 90 %; 4 predictions: one is 25.0 %"
     assert judge.failure(0.75) is None
 
 
@@ -150,7 +151,8 @@ def test_detect_one_class_flip_of_two_boxes_is_f1_one_half():
     assert (f["agreement"], f["units"], f["unit"], f["matched"], f["missed"], f["extra"]) == \
         (0.5, 2, "detections", 1, 1, 1)
     assert judge.failure(0.97) == \
-        "detect: F1 over 2 fp32 detections: 1 matched, 1 missed, 1 extra (50.0 %) < 97 %"
+        "detect: F1 over 2 fp32 detections: 1 matched, 1 missed, 1 extra (50.0 %) < 97 %; " \
+        "2 detections: one is 50.0 %"
 
 
 def test_detect_matches_by_iou_and_reads_the_v5_layout():
@@ -186,7 +188,8 @@ def test_embed_a_sample_whose_nearest_neighbour_changes_disagrees():
     assert (f["agreement"], f["units"], f["unit"]) == (0.75, 4, "samples")
     assert f["cosine_min"] == pytest.approx(0.1 / np.hypot(0.1, 0.9), rel=1e-5)
     assert f["cosine_mean"] == pytest.approx((0.1 / np.hypot(0.1, 0.9) + 3) / 4, rel=1e-5)
-    assert judge.failure(0.97) == "embed: 3/4 samples keep their 1 nearest neighbour(s) (75.0 %) < 97 %"
+    assert judge.failure(0.97) == \
+        "embed: 3/4 samples keep their 1 nearest neighbour(s) (75.0 %) < 97 %; 4 samples: one is 25.0 %"
 
 
 def test_embed_pools_tokens_and_falls_back_to_cosine_below_three_samples():

@@ -15,7 +15,9 @@ from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import update_manifest
 from onnxdtype.recipes import RECIPES
 from onnxdtype.verify.evaluate import DEFAULT_ATOL, EvalData, agreement_for, min_cosine_for, synthesize
+from onnxdtype.verify.judges import recurrent_pairs
 from onnxdtype.verify.repair import RepairBudget
+from onnxdtype.verify.sequences import is_sequence_folder, read_sequences
 
 
 def calibrated_dtypes(wanted: list[DType]) -> list[DType]:
@@ -64,8 +66,12 @@ def module_eval_data(plan: ModulePlan, modules: int, eval_data: EvalData | dict 
         return eval_data
     model = next(iter(plan.normalized.values())).model if plan.normalized else None
     path = module_path(eval_data, plan.module.name, modules, "--eval")
-    samples = load_samples(path, model, calib.image_spec if calib else None)
     plan.evaluation = evaluation_entry(path, calib.image_spec if calib else None, None)
+    if is_sequence_folder(path):
+        data = EvalData.of_sequences(read_sequences(path), f"sequences from {path}")
+        check_sequences(data, plan.base, plan.module.name)
+        return data
+    samples = load_samples(path, model, calib.image_spec if calib else None)
     return EvalData(list(samples), f"{len(samples)} samples from {samples.source}", False)
 
 
@@ -95,9 +101,24 @@ def check_eval_data(modules: list[Module], bases: dict[str, onnx.ModelProto],
             continue
         if not data.feeds:
             raise OnnxDtypeError(f"{m.name}: evaluation data {data.source!r} holds no samples")
+        if data.sequences:
+            check_sequences(data, bases[m.name], m.name)
+            continue
         inputs = model_inputs(bases[m.name])
         for i, feed in enumerate(data.feeds):
             check_feed(feed, inputs, f"{m.name}: evaluation data {data.source!r} sample {i}")
+
+
+def check_sequences(data: EvalData, model: onnx.ModelProto, module: str) -> None:
+    """Each step gives every input but the recurrent state, which the steps carry over (the first may start it)."""
+    inputs, states = model_inputs(model), set(recurrent_pairs(model).values())
+    if not states:
+        raise OnnxDtypeError(f"{module}: evaluation data {data.source!r} holds sequences, but no output of the model "
+                             f"feeds an input back (no recurrent state)")
+    for i, steps in enumerate(data.sequences or []):
+        for j, step in enumerate(steps):
+            present = [x for x in inputs if x.name not in states or x.name in step]
+            check_feed(step, present, f"{module}: evaluation data {data.source!r} sequence {i} step {j}")
 
 
 def verify_spec(plan: ModulePlan, data: EvalData | None, tmp: Path, wanted: list[DType], tolerances: dict | None,
@@ -106,10 +127,11 @@ def verify_spec(plan: ModulePlan, data: EvalData | None, tmp: Path, wanted: list
     Fixed inputs take their fixed values in every sample: the variant is only meant for those."""
     data = data or synthesize(plan.base)
     if plan.fixed:
-        data = EvalData([{**feed, **plan.fixed} for feed in data.feeds], data.source, data.synthesized)
+        data = EvalData([{**feed, **plan.fixed} for feed in data.feeds], data.source, data.synthesized,
+                        [[{**step, **plan.fixed} for step in steps] for steps in data.sequences or []] or None)
     return VerifySpec(str(data.save(tmp / f"eval-{plan.module.name}")), data.source, data.synthesized,
                       {d.value: min_cosine_for(d, tolerances) for d in wanted},
-                      {d.value: agreement_for(d, tolerances) for d in wanted}, plan.tasks,
+                      {d.value: agreement_for(d, tolerances) for d in wanted}, plan.tasks, recurrent_pairs(plan.base),
                       (tolerances or {}).get("atol", DEFAULT_ATOL), metric, repair, budget or RepairBudget())
 
 

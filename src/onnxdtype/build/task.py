@@ -17,6 +17,7 @@ class VerifySpec:
     min_cosine: dict[str, float]  # by dtype name: what generic outputs need
     agreement: dict[str, float]  # by dtype name: the share of task units that must agree with fp32
     tasks: dict[str, dict]  # output -> TaskSpec fields (the judge deciding it, its parameters and why)
+    states: dict[str, str]  # recurrent output -> the input it feeds (sequences run step by step)
     atol: float
     metric: str | None
     repair: bool

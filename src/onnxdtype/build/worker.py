@@ -110,7 +110,7 @@ def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.M
         result.verification = skipped(eval_data)
         return built
     criteria = Criteria(spec.min_cosine[result.dtype], spec.atol, spec.metric, spec.agreement[result.dtype],
-                        spec.tasks)
+                        spec.tasks, spec.states)
     base = accuracy_session(source_path)  # from the file: no second in-memory copy of a large model
     verification, figures, failure = verify_variant(base, accuracy_session(built), eval_data, criteria)
     if failure and spec.repair:

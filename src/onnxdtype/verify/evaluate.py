@@ -23,6 +23,7 @@ from onnxdtype.model import needs_external_data, write_model
 from onnxdtype.ops import ORT_NUMPY_TYPES
 from onnxdtype.verify.judges import TaskSpec, make_judge, required_agreement
 from onnxdtype.verify.metrics import OutputStats, judge
+from onnxdtype.verify.sequences import is_sequence_folder, paired_runs, read_sequences
 
 DEFAULT_MIN_COSINE = {"16": 0.9999, "8": 0.99, "4": 0.98, "4+16": 0.98}  # by DTypeInfo.bits, SPEC.md
 DEFAULT_ATOL = 1e-4  # an output whose largest error is below this passes whatever its cosine (near-zero maps)
@@ -45,18 +46,31 @@ def agreement_for(dtype: DType, overrides: dict[str, float] | None = None) -> fl
 
 @dataclass
 class EvalData:
+    """Evaluation samples: independent feeds, or `sequences` of step feeds for stateful models (verify.sequences);
+    with sequences, `feeds` holds their first steps (for what runs one feed: ranking, latency)."""
     feeds: list[dict[str, np.ndarray]]
     source: str
     synthesized: bool
+    sequences: list[list[dict[str, np.ndarray]]] | None = None
+
+    @classmethod
+    def of_sequences(cls, sequences: list[list[dict[str, np.ndarray]]], source: str) -> EvalData:
+        return cls([steps[0] for steps in sequences if steps], source, False, sequences)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
+        if self.sequences:
+            for i, steps in enumerate(self.sequences):
+                EvalData(steps, self.source, self.synthesized).save(folder / f"sequence{i:05d}")
+            return folder
         for i, feed in enumerate(self.feeds):
             np.savez(folder / f"{i:05d}.npz", **feed)
         return folder
 
     @classmethod
     def load(cls, folder: Path, source: str, synthesized: bool) -> EvalData:
+        if is_sequence_folder(folder):
+            return cls.of_sequences(read_sequences(folder), source)
         feeds = []
         for path in sorted(folder.glob("*.npz")):
             with np.load(path) as data:
@@ -138,6 +152,7 @@ class Criteria:
     metric: str | None = None
     agreement: float = 0.97  # the share of task units (lines, labels, detections...) that must agree with fp32
     tasks: dict[str, dict] | None = None  # output -> TaskSpec fields; absent outputs and "generic" use the cosines
+    states: dict[str, str] | None = None  # recurrent output -> the input it feeds: sequences run step by step
 
 
 def load_metric(spec: str) -> Callable[[list[dict], list[dict]], dict]:
@@ -163,8 +178,9 @@ def load_metric(spec: str) -> Callable[[list[dict], list[dict]], dict]:
 
 
 def evaluate(base: ort.InferenceSession, variant: ort.InferenceSession, feeds: Iterable[dict],
-             criteria: Criteria) -> tuple[dict, str | None]:
-    """Figures of the variant against fp32 over all feeds, and why it fails `criteria` (None: it passes).
+             criteria: Criteria, sequences: list[list[dict]] | None = None) -> tuple[dict, str | None]:
+    """Figures of the variant against fp32 over all feeds (or every step of `sequences`, each side carrying its
+    own recurrent state), and why it fails `criteria` (None: it passes).
 
     figures = {"outputs": {name: per-output figures}, "task": the user metric's figures or None}. A task
     metric that returns "ok" decides on its own: it knows the task better than any tensor figure.
@@ -176,8 +192,7 @@ def evaluate(base: ort.InferenceSession, variant: ort.InferenceSession, feeds: I
     metric = load_metric(criteria.metric) if criteria.metric else None
     ref_all: list[dict] = []
     got_all: list[dict] = []
-    for feed in feeds:
-        refs, gots = run(base, feed, names), run(variant, feed, names)
+    for refs, gots in paired_runs(base, variant, names, feeds, sequences, criteria.states, run):
         for name, ref, got in zip(names, refs, gots):
             stats[name].add(ref.astype(np.float32), got.astype(np.float32))
             if name in judges:

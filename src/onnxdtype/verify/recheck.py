@@ -30,7 +30,7 @@ from onnxdtype.verify.evaluate import (
     session,
     synthesize,
 )
-from onnxdtype.verify.judges import guess_tasks
+from onnxdtype.verify.judges import guess_tasks, recurrent_pairs
 from onnxdtype.verify.latency import measure
 from onnxdtype.verify.record import skipped, verify_variant
 
@@ -121,7 +121,7 @@ def _measure(result: VariantResult, base_path: Path, path: Path, data: EvalData,
              metric: str | None, latency_runs: int, tasks: dict[str, dict]) -> None:
     dtype = parse_dtype(result.dtype)
     criteria = Criteria(min_cosine_for(dtype, tolerances), (tolerances or {}).get("atol", DEFAULT_ATOL), metric,
-                        agreement_for(dtype, tolerances), tasks)
+                        agreement_for(dtype, tolerances), tasks, recurrent_pairs(load_model(base_path)))
     if not data.feeds:
         result.verification = skipped(data)
         return

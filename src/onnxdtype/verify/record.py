@@ -20,7 +20,7 @@ def verify_variant(base: ort.InferenceSession, variant: ort.InferenceSession, da
     """Figures of the variant against fp32 on `data`: the record, the raw figures and the failure that counts.
 
     Synthesized inputs prove loading, not accuracy: their figures are recorded, never judged."""
-    figures, failure = evaluate(base, variant, data.feeds, criteria)
+    figures, failure = evaluate(base, variant, data.feeds, criteria, data.sequences)
     record: Verification = {"data": data.source, "synthesized": data.synthesized, **asdict(criteria), **figures,
                             "failure": failure}
     if data.synthesized:

@@ -94,7 +94,7 @@ def repair(source: onnx.ModelProto, plan: RepairPlan, eval_data: EvalData, crite
             if model is None:
                 return RepairOutcome(None, None, "nothing left to quantize after keeping the guilty nodes",
                                      trial, fraction, attempts)
-            figures, reason = evaluate(base, session(model), eval_data.feeds, criteria)
+            figures, reason = evaluate(base, session(model), eval_data.feeds, criteria, eval_data.sequences)
             attempts.append({"kept_nodes": len(trial), "kept_weight_fraction": round(fraction, 4),
                              "precision": precision,
                              "failure": reason})

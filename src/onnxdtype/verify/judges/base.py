@@ -196,7 +196,9 @@ class TaskJudge:
         agreement = self.agreement()
         if agreement + 1e-12 >= required:
             return None
-        return f"{self.name}: {self.summary()} ({percent_below(agreement, required)}) < {required * 100:g} %"
+        units = self.compared()
+        grain = f"; {units} {self.unit}: one is {100 / units:.1f} %" if units else ""
+        return f"{self.name}: {self.summary()} ({percent_below(agreement, required)}) < {required * 100:g} %{grain}"
 
     def _add(self, ref: np.ndarray, got: np.ndarray) -> None:
         raise NotImplementedError
