@@ -28,12 +28,13 @@ from onnxdtype import DType
 from onnxdtype.runtime import Config, Engine
 
 MODULES = ("det", "cls", "rec")
-# det is a pure Conv net: q8 (MatMul/Gather only by default) and the 4-bit dtypes do not apply to it.
+# det is a pure Conv net: the 4-bit dtypes do not apply to it. rec's q8 (Conv included) and 4-bit variants fail
+# verification on real text lines (3 of 11 read differently): rec runs fp16 or fp32 here.
 MIXES: dict[str, dict[str, str]] = {
     "fp32": {"det": "fp32", "cls": "fp32", "rec": "fp32"},
     "fp16": {"det": "fp16", "cls": "fp16", "rec": "fp16"},
-    "det fp16, cls q8, rec q8": {"det": "fp16", "cls": "q8", "rec": "q8"},
-    "det fp32, cls fp16, rec q4": {"det": "fp32", "cls": "fp16", "rec": "q4"},
+    "det q8, cls q8, rec fp16": {"det": "q8", "cls": "q8", "rec": "fp16"},
+    "det fp32, cls q4, rec fp32": {"det": "fp32", "cls": "q4", "rec": "fp32"},
 }
 LINES = ["Hello onnxdtype 2026", "The quick brown fox jumps over the lazy dog", "ONNX Runtime on CPU"]
 # Warm-up shapes: cls always sees 48x192 crops, rec 48 x (width of the line, 320 at least).

@@ -128,9 +128,10 @@ def test_ocr_rec_judge_counts_the_lines_rapidocr_reads_alike(ocr_build, dtype):
 def test_ocr_cls_keeps_the_orientation(ocr_build, dtype):
     out = ocr_build.out_dir
     assert_really_converted(out / f"cls_{dtype}.onnx", dtype)
-    feed = realmodels.ocr_cls_feed(realmodels.text_line_images())
-    a, b = session(out / "cls.onnx").run(None, feed)[0], session(out / f"cls_{dtype}.onnx").run(None, feed)[0]
-    assert (a.argmax(1) == b.argmax(1)).all()
+    ref, var = session(out / "cls.onnx"), session(out / f"cls_{dtype}.onnx")
+    for line in realmodels.text_line_images():  # one line at a time, as verified: q8 scales activations per run,
+        feed = realmodels.ocr_cls_feed(line)  # so a batch of all 11 lines quantizes each of them differently
+        assert ref.run(None, feed)[0].argmax(1) == var.run(None, feed)[0].argmax(1)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def test_every_mix_reads_what_fp32_reads(models):
         assert reading.lines == readings["fp32"].lines, mix
         assert {m: d.value for m, d in reading.dtypes.items()} == example.MIXES[mix]
         assert all(seconds > 0 for seconds in reading.seconds.values())
-    assert {p.name for p in models.glob("*_*.onnx")} >= {"det_fp16.onnx", "cls_q8.onnx", "rec_q8.onnx", "rec_q4.onnx"}
+    assert {p.name for p in models.glob("*_*.onnx")} >= {"det_fp16.onnx", "det_q8.onnx", "cls_q8.onnx", "cls_q4.onnx"}
 
 
 def test_the_script_runs_from_the_command_line(models):
