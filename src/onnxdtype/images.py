@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,13 @@ from onnxdtype.io import first_line
 
 RESIZE_MODES = ("stretch", "letterbox", "short-side")
 CHANNEL_ORDERS = ("RGB", "BGR", "L")  # L: one grey channel
+
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
+PRESETS: dict[str, dict] = {
+    "unit": {"scale": 1 / 255, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)},
+    "imagenet": {"scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,88 @@ class ImageSpec:
     channels: str = "RGB"
     layout: str = "auto"
     dtype: str | None = None
+
+
+def load_image_spec(spec: str | Path | dict | ImageSpec) -> ImageSpec:
+    """A spec from a preset name ("imagenet", "unit"), a .json/.toml file, a dict, or an ImageSpec.
+
+    Files and dicts may start from a preset ({"preset": "imagenet", "size": [224, 224]}).
+    """
+    if isinstance(spec, ImageSpec):
+        return spec
+    where = "preprocessing spec"
+    if isinstance(spec, (str, Path)):
+        if str(spec).lower() in PRESETS:
+            return _spec_from_dict({"preset": str(spec).lower()}, where)
+        where = str(spec)
+        spec = _read_spec_file(Path(spec))
+    if not isinstance(spec, dict):
+        raise OnnxDtypeError(f"{where}: expected a table of settings, got {type(spec).__name__}")
+    return _spec_from_dict(spec, where)
+
+
+def _read_spec_file(path: Path) -> dict:
+    if not path.is_file():
+        raise OnnxDtypeError(f"{path}: no such preprocessing spec (or a preset: {', '.join(PRESETS)})")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib  # Python >= 3.11
+
+            return tomllib.loads(path.read_text())
+        return json.loads(path.read_text())
+    except ImportError:
+        raise OnnxDtypeError(f"{path}: TOML specs need Python >= 3.11; write the spec as JSON") from None
+    except (OSError, ValueError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise OnnxDtypeError(f"{path}: not a readable JSON/TOML spec ({str(exc).splitlines()[0]})") from None
+
+
+def _spec_from_dict(raw: dict, where: str) -> ImageSpec:
+    raw = dict(raw)
+    preset = raw.pop("preset", None)
+    values: dict = {}
+    if preset is not None:
+        if str(preset).lower() not in PRESETS:
+            raise OnnxDtypeError(f"{where}: unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        values.update(PRESETS[str(preset).lower()])
+    fields = {f.name for f in dataclasses.fields(ImageSpec)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise OnnxDtypeError(f"{where}: unknown setting {', '.join(unknown)}; "
+                             f"valid: preset, {', '.join(sorted(fields))}")
+    values.update(raw)
+    try:
+        if values.get("size") is not None:
+            size = values["size"]
+            size = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
+            if len(size) != 2 or min(size) < 1:
+                raise ValueError("size must be [height, width] of positive integers")
+            values["size"] = size
+        for key in ("mean", "std"):
+            if key in values:
+                v = values[key]
+                values[key] = tuple(float(x) for x in ((v,) * 3 if isinstance(v, (int, float)) else v))
+                if len(values[key]) != 3:
+                    raise ValueError(f"{key} must be one number or three")
+        if any(s == 0 for s in values.get("std", (1.0,))):
+            raise ValueError("std must not be 0")
+        for key in ("scale", "pad"):
+            if key in values:
+                values[key] = float(values[key])
+        for key in ("short_side", "multiple"):
+            if values.get(key) is not None:
+                values[key] = int(values[key])
+                if values[key] < 1:
+                    raise ValueError(f"{key} must be a positive integer")
+        spec = ImageSpec(**values)
+    except (TypeError, ValueError) as exc:
+        raise OnnxDtypeError(f"{where}: {exc}") from None
+    choices = {"resize": RESIZE_MODES, "channels": ("RGB", "BGR"), "layout": ("auto", "NCHW", "NHWC")}
+    for key, allowed in choices.items():
+        if getattr(spec, key) not in allowed:
+            raise OnnxDtypeError(f"{where}: {key} {getattr(spec, key)!r} is not one of {', '.join(allowed)}")
+    if spec.resize == "short-side" and spec.short_side is None:
+        raise OnnxDtypeError(f"{where}: resize 'short-side' needs short_side (the short side's length in pixels)")
+    return spec
 
 
 def image_size(path: Path) -> tuple[int, int]:
