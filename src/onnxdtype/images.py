@@ -1,5 +1,5 @@
-"""The one image loader: how an image file becomes an input tensor, for calibration data, evaluation data and
-`onnxdtype run --input photo.png` alike."""
+"""The one image loader: how an image file becomes an input tensor (a spec: size and resize mode, mean/std or scale,
+RGB/BGR/grey, layout; presets), for calibration data, evaluation data and `onnxdtype run --input photo.png` alike."""
 
 from __future__ import annotations
 
