@@ -47,6 +47,11 @@ REQUIRED = ("NAME", "PASSES", "KIND", "NEEDS_CALIBRATION", "HIGHER_PRECISIONS", 
             "check", "build")
 
 
+def same_options(dtype_name: str, options: Any) -> Any:
+    """`options_for` of a family whose dtypes all take the same options."""
+    return options
+
+
 def with_nodes(options: Any, field_name: str, nodes: Iterable[str]) -> Any:
     """A copy of `options` whose list `field_name` also holds `nodes` (order kept, no duplicates)."""
     current = list(getattr(options, field_name))

@@ -12,7 +12,7 @@ import onnx
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
 from onnxdtype.model import constant_2d_matmuls, missing_constant_matmul
-from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, power_of_two, with_nodes
+from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, power_of_two, same_options, with_nodes
 
 NAME = "blockwise4"
 PASSES = ("constants", "gemm")
@@ -40,8 +40,7 @@ class Options:
         names("q4 nodes_in_8bit", self.nodes_in_8bit)
 
 
-def options_for(dtype_name: str, options: Options) -> Options:
-    return options
+options_for = same_options  # every dtype of this family takes the same options
 
 
 def keep(options: Options, nodes: list[str], precision: str) -> Options:

@@ -11,7 +11,7 @@ import onnx
 from onnxruntime.quantization.matmul_bnb4_quantizer import MatMulBnb4Quantizer
 
 from onnxdtype.model import missing_constant_matmul
-from onnxdtype.recipes.base import NotApplicable, Variant, choice, names, power_of_two, with_nodes
+from onnxdtype.recipes.base import NotApplicable, Variant, choice, names, power_of_two, same_options, with_nodes
 
 NAME = "bnb4"
 PASSES = ("constants", "gemm")
@@ -33,8 +33,7 @@ class Options:
         names("bnb4 nodes_to_exclude", self.nodes_to_exclude)
 
 
-def options_for(dtype_name: str, options: Options) -> Options:
-    return options
+options_for = same_options  # every dtype of this family takes the same options
 
 
 def keep(options: Options, nodes: list[str], precision: str) -> Options:

@@ -28,7 +28,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from onnxdtype.model import iter_graphs, iter_scoped_nodes, needs_external_data
 from onnxdtype.ops import DYNAMIC_WEIGHT_INPUT, UINT8_WEIGHT_TRIGGERS
-from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, with_nodes
+from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, same_options, with_nodes
 
 NAME = "dynamic"
 PASSES = ("constants", "gemm", "opset13")
@@ -53,8 +53,7 @@ class Options:
         names("q8 nodes_to_exclude", self.nodes_to_exclude)
 
 
-def options_for(dtype_name: str, options: Options) -> Options:
-    return options
+options_for = same_options  # every dtype of this family takes the same options
 
 
 def keep(options: Options, nodes: list[str], precision: str) -> Options:

@@ -16,7 +16,7 @@ from onnxruntime.transformers import float16 as ort_float16
 
 from onnxdtype.model import iter_graphs, needs_external_data
 from onnxdtype.ops import FP16_MAX
-from onnxdtype.recipes.base import NotApplicable, Variant, flag, names, with_nodes
+from onnxdtype.recipes.base import NotApplicable, Variant, flag, names, same_options, with_nodes
 
 NAME = "float16"
 PASSES = ("constants",)
@@ -39,8 +39,7 @@ class Options:
         names("fp16 block_nodes", self.block_nodes)
 
 
-def options_for(dtype_name: str, options: Options) -> Options:
-    return options
+options_for = same_options  # every dtype of this family takes the same options
 
 
 def keep(options: Options, nodes: list[str], precision: str) -> Options:
