@@ -143,7 +143,8 @@ def test_specialized_model_goes_through_calibration_and_static_s8u8(tmp_path):
     calibration = calibrate(fp32, Samples(feeds), "minmax", tmp_path)
     options = static.options_for("s8u8", static.Options(ranges_file=str(calibration.path)))
     unspecialized = normalize(tinymodels.streaming_model("int64"), static.PASSES)[0]
-    assert static.check(unspecialized, options) == "no Conv, ConvTranspose, MatMul or Gemm with a constant weight"
+    assert static.check(unspecialized, options).startswith("3 Conv/MatMul inside If branches; static calibration "
+                                                           "cannot reach subgraphs; fix the inputs that choose")
     variant = static.build(fp32, options)
     assert not isinstance(variant, static.NotApplicable), variant
     counts = op_counts(variant.model)

@@ -97,19 +97,20 @@ def render(result: BuildResult) -> str:
                  f"{r.size_ratio:.2f}" if r.size_ratio else "—",
                  f"{r.task_agreement[0]} {r.task_agreement[1]:.1%}" if r.task_agreement else "—",
                  f"{r.worst_cosine:.5f}" if r.worst_cosine is not None else "—",
-                 f"{r.speedup:.2f}" if r.speedup else "—",
+                 f"{r.speedup:.2f}" if r.speedup else "—", r.kernel_summary or "—",
                  r.status + (" (repaired)" if r.repaired else "") + (f": {r.reason}" if r.reason else ""),
                  verification.get("data", "—") + (" — accuracy not judged" if verification.get("synthesized") else "")]
         rows.append("<tr class=\"variant\">" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     details = []
     for r in result.results:
         if r.verification or r.latency:
-            payload = {"verification": r.verification, "latency": r.latency, "kept_in_float": r.kept_in_float,
+            payload = {"verification": r.verification, "latency": r.latency, "kernels": r.kernels,
+                       "kept_in_float": r.kept_in_float,
                        "params": r.params, "op_changes": r.op_changes}
             details.append(f"<details><summary>{html.escape(r.module)} {html.escape(r.dtype)}: figures</summary>"
                            f"<pre>{html.escape(json.dumps(payload, indent=1, default=str))}</pre></details>")
-    header = ["module", "dtype", "file", "MB", "size ×", "task agreement", "worst cosine", "speed ×", "status",
-              "evaluation data"]
+    header = ["module", "dtype", "file", "MB", "size ×", "task agreement", "worst cosine", "speed ×",
+              "kernels onnxruntime ran", "status", "evaluation data"]
     judges = _judges(result)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>onnxdtype report</title>

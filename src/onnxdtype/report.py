@@ -19,7 +19,7 @@ STATUS_STYLE = {"ok": "green", "kept": "green", "failed": "bold red", "not_appli
 
 def build_table(result: BuildResult) -> Table:
     table = Table(title=f"onnxdtype variants in {result.out_dir}", title_justify="left")
-    numeric = ("MB", "size ×", "task", "cosine", "speed ×", "s")
+    numeric = ("MB", "size ×", "task", "cosine", "speed ×", "int/qdq", "s")
     for column in ("module", "dtype", "file", *numeric, "status"):
         table.add_column(column, justify="right" if column in numeric else "left")
     for r in result.results:
@@ -38,12 +38,14 @@ def build_table(result: BuildResult) -> Table:
             f"{r.task_agreement[0]} {r.task_agreement[1]:.1%}" if r.task_agreement else "—",
             f"{r.worst_cosine:.5f}" if r.worst_cosine is not None else "—",
             f"{r.speedup:.2f}" if r.speedup else "—",
+            f"{sum(r.kernels['integer'].values())}/{sum(r.kernels['conversions'].values())}" if r.kernels else "—",
             f"{r.seconds:.1f}" if r.seconds is not None else "—",
             f"[{STATUS_STYLE.get(r.status, '')}]{status}[/]",
         )
     table.caption = ("task: the judge with the lowest agreement to fp32 (lines read alike, labels, detections, neighbours,"
                      " map IoU); cosine: worst over outputs and channels (what generic outputs are judged on); "
-                     "speed ×: fp32 / variant median latency")
+                     "speed ×: fp32 / variant median latency; int/qdq: integer kernels / Q-DQ conversions in the "
+                     "graph onnxruntime runs")
     return table
 
 

@@ -63,6 +63,7 @@ class VariantResult:
     op_changes: dict = field(default_factory=dict)
     verification: Verification | None = None
     latency: dict | None = None
+    kernels: dict | None = None  # integer kernels and Q/DQ in onnxruntime's optimized graph (verify.kernels)
     base_bytes: int | None = None
 
     def __post_init__(self) -> None:
@@ -90,6 +91,15 @@ class VariantResult:
         judged = [(f["judge"]["task"], f["judge"]["agreement"]) for f in outputs.values()
                   if (f.get("judge") or {}).get("agreement") is not None]
         return min(judged, key=lambda item: item[1]) if judged else None
+
+    @property
+    def kernel_summary(self) -> str | None:
+        """'QLinearConv 32, Q/DQ 4': the integer kernels onnxruntime ran, and the conversions around them."""
+        if not self.kernels:
+            return None
+        parts = [f"{op} {n}" for op, n in self.kernels["integer"].items()]
+        conversions = sum(self.kernels["conversions"].values())
+        return ", ".join(parts + ([f"Q/DQ {conversions}"] if conversions else [])) or "none"
 
     @property
     def speedup(self) -> float | None:

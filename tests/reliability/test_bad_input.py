@@ -258,7 +258,7 @@ def test_unknown_dtype_names(tiny, tmp_path, dtype, fragment):
     pytest.param(("-d", "fp16", "--workers", "-1"), "--workers", id="workers-negative"),
     pytest.param(("-d", "fp16", "--latency-runs", "-1"), "--latency-runs", id="latency-runs-negative"),
     pytest.param(("-d", "q4", "--q4-block-size", "48"), "power of two", id="block-size"),
-    pytest.param(("-d", "bnb4", "--bnb4-type", "fp8"), "--bnb4-type must be nf4 or fp4", id="bnb4-type"),
+    pytest.param(("-d", "bnb4", "--bnb4-type", "fp8"), "bnb4 quant_type 'fp8' is not valid; valid: fp4, nf4", id="bnb4-type"),
     pytest.param(("-d", "fp16", "--metric", "no_such_module:f"), "cannot import no_such_module", id="metric-import"),
     pytest.param(("-d", "fp16", "--metric", "plain"), "expected module:function", id="metric-form"),
 ])

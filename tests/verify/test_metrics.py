@@ -64,3 +64,20 @@ def test_feature_axis():
     assert feature_axis((1, 22, 8400)) == 1
     assert feature_axis((8, 16)) is None  # one value per sample and channel: judged whole
     assert feature_axis((1, 1000, 7)) is None
+
+
+def test_kernels_counts_what_onnxruntime_runs(tmp_path):
+    """q8 of a MatMul net runs integer kernels after onnxruntime's fusions; the fp32 file runs none."""
+    import tinymodels
+
+    from onnxdtype.normalize import normalize
+    from onnxdtype.recipes import dynamic
+    from onnxdtype.verify.kernels import kernels
+
+    fp32 = tinymodels.save(tinymodels.mlp(), tmp_path / "mlp.onnx")
+    q8 = tinymodels.save(dynamic.build(normalize(tinymodels.mlp(), dynamic.PASSES)[0], dynamic.Options()).model,
+                         tmp_path / "mlp_q8.onnx")
+    assert kernels(fp32)["integer"] == {} and kernels(fp32)["float_nodes"] > 0
+    found = kernels(q8)
+    assert sum(found["integer"].values()) >= 2  # the two MatMuls, as MatMulIntegerToFloat or DynamicQuantizeMatMul
+    assert set(found["integer"]) <= {"MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger"}

@@ -41,6 +41,7 @@ from onnxdtype.manifest import folder_lock, read_manifest
 from onnxdtype.model import base_precision_problem, load_model, temp_dir_in
 from onnxdtype.results import BuildResult, VariantResult
 from onnxdtype.verify.evaluate import EvalData, load_metric
+from onnxdtype.verify.kernels import kernels
 from onnxdtype.verify.latency import measure
 from onnxdtype.verify.repair import RepairBudget
 
@@ -149,6 +150,8 @@ def quantize(
                         if result.file and latency_runs > 0 else None
                     if feed is not None:
                         result.latency = measure(out / f"{result.module}.onnx", out / result.file, feed, latency_runs)
+                    if result.file:
+                        result.kernels = kernels(out / result.file)
                     results.append(record(out, result, progress))
     except OSError as exc:  # a full disk, a folder turned read-only, a file size limit: one line, not a traceback
         where = f" ({exc.filename})" if exc.filename else ""

@@ -31,6 +31,7 @@ from onnxdtype.verify.evaluate import (
     synthesize,
 )
 from onnxdtype.verify.judges import guess_tasks, recurrent_pairs
+from onnxdtype.verify.kernels import kernels
 from onnxdtype.verify.latency import measure
 from onnxdtype.verify.record import skipped, verify_variant
 
@@ -129,12 +130,13 @@ def _measure(result: VariantResult, base_path: Path, path: Path, data: EvalData,
     result.status, result.reason = (Status.FAILED, f"verification: {failure}") if failure else (Status.OK, None)
     if latency_runs > 0:
         result.latency = measure(base_path, path, data.feeds[0], latency_runs)
+    result.kernels = kernels(path)
 
 
 def _store(manifest: dict, result: VariantResult) -> None:
     variant = manifest["modules"][result.module]["variants"][result.dtype]
     variant.update(status=result.status, reason=result.reason, verification=result.verification,
-                   latency=result.latency)
+                   latency=result.latency, kernels=result.kernels)
 
 
 
