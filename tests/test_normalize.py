@@ -47,3 +47,13 @@ def test_nothing_to_do_reports_nothing_and_input_is_untouched():
     out, done = normalize(model, ("constants", "gemm", "opset13"))
     assert done == []
     assert model.SerializeToString() == before
+
+
+def test_batchnorm_after_a_conv_folds_into_it_unless_the_conv_output_is_read_elsewhere():
+    model = tinymodels.conv_batchnorm()
+    out, done = normalize(model, ("batchnorm",))
+    assert done[0] == "1 BatchNormalization folded into their Conv"
+    assert op_counts(out)["BatchNormalization"] == 1  # bn2: conv2's output is also a graph output
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    for ref, got in zip(*(ort.InferenceSession(m.SerializeToString()).run(None, {"x": x}) for m in (model, out))):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)

@@ -268,3 +268,21 @@ def stateful(recurrent_scale: float = 1.0) -> onnx.ModelProto:
              helper.make_node("MatMul", ["hn", "wo"], ["logits"], name="head"),
              helper.make_node("Softmax", ["logits"], ["y"], name="scores", axis=-1)]
     return _model(nodes, [_io("x", 1, 4), _io("h", 1, 8)], [_io("y", 1, 3), _io("hn", 1, 8)], inits)
+
+
+def conv_batchnorm() -> onnx.ModelProto:
+    """Conv -> BatchNormalization -> Relu, and a second Conv whose output a BatchNormalization shares with the graph
+    output (not foldable): static variants want the first folded."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(_weight(rng, 8, 3, 3, 3), "k1"),
+             numpy_helper.from_array(_weight(rng, 8, 8, 1, 1), "k2"),
+             numpy_helper.from_array(rng.uniform(0.5, 2, 8).astype(np.float32), "scale"),
+             numpy_helper.from_array(_weight(rng, 8), "bias"),
+             numpy_helper.from_array(_weight(rng, 8), "mean"),
+             numpy_helper.from_array(rng.uniform(0.1, 4, 8).astype(np.float32), "var")]
+    nodes = [helper.make_node("Conv", ["x", "k1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "scale", "bias", "mean", "var"], ["b1"], name="bn1"),
+             helper.make_node("Relu", ["b1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "k2"], ["c2"], name="conv2"),
+             helper.make_node("BatchNormalization", ["c2", "scale", "bias", "mean", "var"], ["y"], name="bn2")]
+    return _model(nodes, [_io("x", 1, 3, 8, 8)], [_io("y", 1, 8, 8, 8), _io("c2", 1, 8, 8, 8)], inits)

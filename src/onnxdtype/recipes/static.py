@@ -30,6 +30,7 @@ from pathlib import Path
 import onnx
 
 from onnxdtype.calibration.ranges import CALIBRATION_PASSES, ORT_METHODS, weighted_nodes
+from onnxdtype.normalize import fold_batchnorm
 from onnxdtype.ops import KERNEL_WEIGHT_INPUT
 from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, with_nodes
 from onnxdtype.recipes.qdq import (
@@ -104,6 +105,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
 
     calibration = cached_ranges(model, options.ranges_file, options.method)
     model = named_copy(model)  # quantize_static edits its input; nodes_to_exclude needs names
+    folded = fold_batchnorm(model)  # the folded Conv writes the BatchNormalization's output, whose range is cached
     excluded = set(options.nodes_to_exclude) | (set(float_tail(model)) if options.float_tail else set())
     quantized = {n.name for n in weighted_nodes(model)} - excluded
     notes: list[str] = []
@@ -125,6 +127,8 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     )
     kept = sorted(n.name for n in model.graph.node  # excluded nodes the quantizer would otherwise have touched
                   if n.name in excluded and (op_types is None or n.op_type in op_types))
+    if folded:
+        notes.append(f"{folded} BatchNormalization folded into their Conv (onnxruntime cannot across a Q/DQ pair)")
     if options.float_tail:
         notes.append("float tail: nodes after the last weighted op on every path to an output stay float")
     if options.kernel_ops_only:
