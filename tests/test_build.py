@@ -271,3 +271,30 @@ def test_weights_inside_if_branches_get_q8_and_with_fix_input_the_static_dtypes(
         engine.run({"x": x, "mode": np.array([0])})
     with pytest.raises(OnnxDtypeError, match="no module has such an input"):
         quantize(model, "q8", tmp_path / "typo", fixed_inputs=["mood=1"], workers=1)
+
+
+def test_static_search_keeps_the_fastest_placement_that_passes_and_records_the_trail(tiny, tmp_path):
+    import numpy as np
+
+    from onnxdtype.build import Calibration
+
+    data = tmp_path / "calib"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        np.savez(data / f"{i}.npz", x=rng.standard_normal((4, 64)).astype(np.float32))
+    result = quantize(tiny("mlp"), "u8u8", tmp_path / "out", calib=Calibration(data), latency_runs=0,
+                      workers=1).by("mlp", "u8u8")
+    assert result.status == "ok", result.reason
+    trail = result.params["search"]
+    assert len(trail["candidates"]) == 4 and trail["chosen"] is not None
+    chosen = trail["candidates"][trail["chosen"]]
+    passed = [c for c in trail["candidates"] if c["failure"] is None]
+    assert chosen["speedup_1thread"] == max(c["speedup_1thread"] for c in passed)
+    assert result.params["static"]["kernel_ops_only"] == chosen["options"]["static"]["kernel_ops_only"]
+    plain = quantize(tiny("mlp"), "u8u8", tmp_path / "plain", calib=Calibration(data), latency_runs=0, workers=1,
+                     search=False).by("mlp", "u8u8")
+    assert "search" not in plain.params and plain.params["static"]["kernel_ops_only"] is True
+    fixed = quantize(tiny("mlp"), "u8u8", tmp_path / "fixed", calib=Calibration(data), latency_runs=0, workers=1,
+                     options={"static": {"equalize": False}}).by("mlp", "u8u8")
+    assert "search" not in fixed.params  # an option the search varies was set by the user: their choice stands

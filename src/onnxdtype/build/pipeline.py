@@ -33,6 +33,7 @@ from onnxdtype.build.plan import (
 )
 from onnxdtype.build.pool import WorkerPool, worker_count
 from onnxdtype.build.publish import place_base, publish_variant, record
+from onnxdtype.build.search import candidates_for
 from onnxdtype.build.task import VariantTask
 from onnxdtype.build.worker import load_error
 from onnxdtype.dtype import INFO, DType, parse_dtype_list
@@ -66,6 +67,7 @@ def quantize(
     calib: Calibration | None = None,
     fixed_inputs: dict[str, Any] | list[str] | None = None,
     tasks: dict[str, str] | None = None,
+    search: bool = True,
 ) -> BuildResult:
     """Build the requested dtype variants of a model (or of every module in a folder) into `out_dir`,
     verify each against fp32, repair those that miss their tolerance, and time them.
@@ -78,7 +80,8 @@ def quantize(
     ({name: value} or ["NAME=VALUE"]) specializes every module declaring those inputs before its variants are built
     (If branches they choose are inlined, so static calibration reaches their weights); variants keep the interface
     and record the values, and onnxdtype's runtime refuses others. `tasks` overrides the guessed task judge of a
-    module's outputs ({"rec": "ctc"}, {"det/out": "dense:threshold=0.3"}, "*" for every module).
+    module's outputs ({"rec": "ctc"}, {"det/out": "dense:threshold=0.3"}, "*" for every module). `search` tries
+    the static dtypes' placements on the evaluation data and keeps the fastest that passes (build.search).
     """
     source = Path(model)
     modules = find_modules(source)
@@ -137,9 +140,11 @@ def quantize(
                             continue
                         norm = plan.for_dtype(dtype)
                         step_options = options_for(dtype, overrides, plan.calibrated)
+                        given = {f for key in (*INFO[dtype].steps, dtype.value) for f in overrides.get(key, {})}
                         tasks.append(VariantTask(m.name, dtype.value, str(norm.path), norm.done,
                                                  {step: asdict(o) for step, o in step_options.items()}, str(tmp),
-                                                 base_entry["bytes"], spec, plan.specialized))
+                                                 base_entry["bytes"], spec, plan.specialized,
+                                                 candidates_for(INFO[dtype].steps, given) if search else []))
                 finished = []
                 for result in pool.run(tasks):
                     publish_variant(out, result, keep_failed)

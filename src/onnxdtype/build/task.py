@@ -35,6 +35,7 @@ class VariantTask:
     base_bytes: int
     verify: VerifySpec | None = None
     specialized: dict | None = None  # what --fix-input did to the base before normalizing (plan.ModulePlan)
+    search: list[dict] = field(default_factory=list)  # option overrides to try, fastest first (build.search)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

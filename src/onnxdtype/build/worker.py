@@ -15,6 +15,7 @@ from pathlib import Path
 
 import onnx
 
+from onnxdtype.build.search import search
 from onnxdtype.build.task import VariantTask, VerifySpec
 from onnxdtype.dtype import INFO, DType
 from onnxdtype.io import first_line
@@ -46,7 +47,10 @@ def build_variant(task: VariantTask) -> VariantResult:
         built = run_steps(source, steps, options, result)
         if built is None:
             return result
-        if task.verify is not None:
+        found = _searched(source, task, steps, options, result) if task.verify and task.search else None
+        if found is not None:
+            built = found
+        elif task.verify is not None:
             built = _verify_and_repair(source, Path(task.norm_path), built, steps, options, task.verify, result)
         keep_metadata(source, built)
         result.op_changes = op_changes(source, built)
@@ -102,15 +106,29 @@ def kept_options(steps: tuple[str, ...], options: dict, in_float: list[str], ran
     return rebuilt
 
 
+def _judging(spec: VerifySpec, dtype: str) -> tuple[EvalData, Criteria]:
+    eval_data = EvalData.load(Path(spec.eval_dir), spec.source, spec.synthesized)
+    return eval_data, Criteria(spec.min_cosine[dtype], spec.atol, spec.metric, spec.agreement[dtype], spec.tasks,
+                               spec.states)
+
+
+def _searched(source: onnx.ModelProto, task: VariantTask, steps: tuple[str, ...], options: dict,
+              result: VariantResult) -> onnx.ModelProto | None:
+    """The fastest placement that passes on real data (build.search), or None: then the default is repaired."""
+    eval_data, criteria = _judging(task.verify, result.dtype)
+    if not eval_data.feeds or eval_data.synthesized:
+        return None
+    found = search(source, task.norm_path, steps, options, task.search, eval_data, criteria, result, run_steps)
+    return found[0] if found else None
+
+
 def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.ModelProto, steps: tuple[str, ...],
                        options: dict, spec: VerifySpec, result: VariantResult) -> onnx.ModelProto:
     """Figures against fp32; on a miss, repair (unless disabled). A variant still missing is marked failed."""
-    eval_data = EvalData.load(Path(spec.eval_dir), spec.source, spec.synthesized)
+    eval_data, criteria = _judging(spec, result.dtype)
     if not eval_data.feeds:
         result.verification = skipped(eval_data)
         return built
-    criteria = Criteria(spec.min_cosine[result.dtype], spec.atol, spec.metric, spec.agreement[result.dtype],
-                        spec.tasks, spec.states)
     base = accuracy_session(source_path)  # from the file: no second in-memory copy of a large model
     verification, figures, failure = verify_variant(base, accuracy_session(built), eval_data, criteria)
     if failure and spec.repair:
@@ -132,7 +150,7 @@ def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.M
         if outcome.model is not None:
             built, failure = outcome.model, None
             verification.update(**outcome.figures, failure=None)
-            result.params, result.kept_in_float = trial.params, trial.kept_in_float
+            result.params, result.kept_in_float = {**result.params, **trial.params}, trial.kept_in_float
             result.notes = trial.notes + [f"repaired: {len(outcome.kept)} nodes kept in higher precision "
                                           f"({outcome.kept_weight_fraction:.1%} of weights)"]
     result.verification = verification

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from onnxdtype.verify.evaluate import cast_feed, session
 
@@ -18,6 +19,22 @@ def _timed_session(path: Path, threads: int):
     start = time.perf_counter()
     sess = session(path, threads)
     return sess, time.perf_counter() - start
+
+
+def one_thread_speedup(base: ort.InferenceSession, variant: ort.InferenceSession, feed: dict[str, np.ndarray],
+                       runs: int = 10, warmup: int = 2) -> float:
+    """fp32 median / variant median over interleaved runs of two sessions (made with one thread by the caller)."""
+    base_feed, variant_feed = cast_feed(base, feed), cast_feed(variant, feed)
+    for _ in range(warmup):
+        base.run(None, base_feed)
+        variant.run(None, variant_feed)
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(runs):
+        for sess, sess_feed, spent in ((base, base_feed, times[0]), (variant, variant_feed, times[1])):
+            start = time.perf_counter()
+            sess.run(None, sess_feed)
+            spent.append(time.perf_counter() - start)
+    return statistics.median(times[0]) / statistics.median(times[1])
 
 
 def measure(base_path: Path, variant_path: Path, feed: dict[str, np.ndarray], runs: int = 20, warmup: int = 3
