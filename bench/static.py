@@ -62,8 +62,7 @@ def plain(model_path: Path, data: Path, spec: dict | None, out: Path) -> None:
 def det_data(folder: Path) -> tuple[Path, Path, dict]:
     from PIL import Image
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "recipes"))
-    from test_static import text_page
+    text_page = realmodels.rendered_text_page
 
     images = folder / "images"
     images.mkdir()

@@ -1,0 +1,110 @@
+"""The 8-bit table: is a static variant faster than fp32 and does it keep the task? In one run per model, on data
+it was not calibrated on (the demo's calibration and evaluation folders, examples/ocr_models.py; MiniLM's sentences
+split 16 / 8):
+
+  plain      onnxruntime's quantize_static (QDQ, per-channel, its own MinMax calibration, every op it quantizes)
+  default    onnxdtype with the search off (activations at weighted ops only, equalization, float tail)
+  search     onnxdtype as built by default (the fastest placement that passes, build/search.py)
+
+Columns: task agreement (the judge onnxdtype guesses for the output), 1-thread and all-thread speedup against fp32
+(medians of interleaved runs), size, and the integer kernels / Q-DQ conversions in onnxruntime's optimized graph.
+Usage: python bench/static_speed.py [--models det,cls,rec,minilm] [--dtypes s8u8,u8u8] [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "examples")]
+import ocr_models  # noqa: E402
+import realmodels  # noqa: E402
+
+from onnxdtype.build import Calibration, quantize  # noqa: E402
+from onnxdtype.calibration import load_samples  # noqa: E402
+from onnxdtype.recipes.static import DTYPE_TYPES  # noqa: E402
+from onnxdtype.verify.evaluate import Criteria, EvalData, evaluate, session  # noqa: E402
+from onnxdtype.verify.judges import guess_tasks  # noqa: E402
+from onnxdtype.verify.kernels import kernels  # noqa: E402
+from onnxdtype.verify.latency import measure  # noqa: E402
+
+
+def ocr_case(kind: str, work: Path) -> tuple[Path, Path, Path]:
+    ocr_models.main(work / "ocr")
+    return work / "ocr" / f"{kind}.onnx", work / "ocr-calib" / kind, work / "ocr-eval" / kind
+
+
+def minilm_case(work: Path) -> tuple[Path, Path, Path]:
+    model = realmodels.export_minilm(ROOT / ".cache" / "minilm" / "model.onnx")
+    for name, sentences in (("calib", realmodels.SENTENCES[:16]), ("eval", realmodels.SENTENCES[16:])):
+        (work / name).mkdir(parents=True, exist_ok=True)
+        for i, sentence in enumerate(sentences):
+            np.savez(work / name / f"{i:02d}.npz", **realmodels.minilm_feeds([sentence]))
+    return model, work / "calib", work / "eval"
+
+
+def plain(model: Path, calib: Path, dtype: str, out: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    samples = iter(load_samples(calib, onnx.load(str(model))))
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(samples, None)
+
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    weight, activation = DTYPE_TYPES[dtype]
+    path = out / f"plain_{dtype}.onnx"
+    quantize_static(str(model), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=types[weight], activation_type=types[activation])
+    return path
+
+
+def row(label: str, fp32: Path, variant: Path, eval_dir: Path, runs: int) -> str:
+    model = onnx.load(str(fp32))
+    data = EvalData(list(load_samples(eval_dir, model)), str(eval_dir), False)
+    tasks = {name: dataclasses.asdict(spec) for name, spec in guess_tasks(model).items()}
+    figures, _ = evaluate(session(fp32), session(variant), data.feeds, Criteria(0.99, tasks=tasks))
+    judged = [f["judge"] for f in figures["outputs"].values() if f.get("judge")]
+    task = min(judged, key=lambda j: j["agreement"]) if judged else None
+    worst_cosine = min(f["cosine"] for f in figures["outputs"].values())
+    task_text = f"{task['task']} {task['agreement']:.1%}" if task else f"cosine {worst_cosine:.4f}"
+    speed = measure(fp32, variant, data.feeds[0], runs)
+    found = kernels(variant) or {"integer": {}, "conversions": {}}
+    size = variant.stat().st_size / fp32.stat().st_size
+    return (f"  {label:16} {task_text:>16} {speed['threads_1']['speedup']:>8.2f} {speed['threads_all']['speedup']:>8.2f}"
+            f" {size:6.2f} {sum(found['integer'].values()):>5}/{sum(found['conversions'].values()):<5}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="det,cls,rec,minilm")
+    parser.add_argument("--dtypes", default="s8u8,u8u8")
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="onnxdtype-bench-") as scratch:
+        work = Path(scratch)
+        for name in args.models.split(","):
+            model, calib, eval_dir = minilm_case(work / name) if name == "minilm" else ocr_case(name, work)
+            print(f"{name}: {'variant':16} {'task':>16} {'1 thread':>8} {'all':>8} {'size':>6} int/qdq")
+            for dtype in args.dtypes.split(","):
+                print(f"  {dtype}: {row('plain', model, plain(model, calib, dtype, work), eval_dir, args.runs)[2:]}")
+                for label, search in (("default", False), ("search", True)):
+                    out = work / f"{name}-{dtype}-{label}"
+                    result = quantize(model, dtype, out, calib=Calibration(calib), eval_data=eval_dir, search=search,
+                                      latency_runs=0, workers=1, keep_failed=True).results[0]
+                    status = "" if result.status == "ok" else f"   ({result.status})"
+                    print(row(label, model, out / result.file, eval_dir, args.runs) + status)
+
+
+if __name__ == "__main__":
+    main()
