@@ -298,3 +298,21 @@ def test_static_search_keeps_the_fastest_placement_that_passes_and_records_the_t
     fixed = quantize(tiny("mlp"), "u8u8", tmp_path / "fixed", calib=Calibration(data), latency_runs=0, workers=1,
                      options={"static": {"equalize": False}}).by("mlp", "u8u8")
     assert "search" not in fixed.params  # an option the search varies was set by the user: their choice stands
+
+
+def test_yolo_like_detector_gets_a_verified_q8_with_conv_quantized(tmp_path):
+    """The seed's q8 on a pure Conv net: ConvInteger for every Conv (per-channel weights), judged per channel of the
+    [boxes | scores] head on inputs it was not built from."""
+    import numpy as np
+
+    import tinymodels
+    from onnxdtype.verify.evaluate import EvalData
+
+    model = tinymodels.save(tinymodels.detector(), tmp_path / "det.onnx")
+    rng = np.random.default_rng(0)
+    data = EvalData([{"x": rng.random((1, 3, 64, 64), np.float32)} for _ in range(8)], "random images", False)
+    result = quantize(model, "q8", tmp_path / "out", eval_data=data, latency_runs=0, workers=1).by("det", "q8")
+    assert result.status == "ok", result.reason
+    assert result.op_changes["ConvInteger"] == 4 and result.op_changes["Conv"] == -4
+    assert result.verification["outputs"]["y"]["worst_channel"]["cosine"] >= 0.99
+    assert "4 ConvInteger weights per output channel" in " ".join(result.notes)
