@@ -66,3 +66,11 @@ def test_q4_can_keep_chosen_matmuls_at_8_bits():
             for n in variant.model.graph.node if n.op_type == "MatMulNBits"}
     assert bits == {"mm1_Q4": 4, "mm2_Q8": 8}
     assert variant.params["nodes_in_8bit"] == ["mm2"] and variant.kept_in_float == []
+
+
+@pytest.mark.parametrize("recipe, op", [(blockwise, "MatMulNBits"), (bnb4, "MatMulBnb4")])
+def test_matmuls_inside_if_branches_become_4bit(recipe, op):
+    variant = build(recipe, tinymodels.if_subgraph())
+    assert op_counts(variant.model)[op] == 2 and op_counts(variant.model)["MatMul"] == 0  # counted in the branches
+    x = np.ones((2, 64), np.float32)
+    assert ort.InferenceSession(variant.model.SerializeToString()).run(None, {"x": x})[0].shape == (2, 16)
