@@ -78,3 +78,19 @@ def test_console_script_runs_without_traceback_and_keeps_onnxruntime_quiet(tiny,
     assert "mlp_q8.onnx" in proc.stdout
     assert "WARNING" not in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "out"]  # no temp files in the working dir
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "mlp=nope"], "--task mlp=nope: unknown task 'nope' (valid: classify"),
+    (["--task", "other=ctc"], "no module 'other' (modules: mlp)"),
+    (["--task", "mlp/zz=ctc"], "mlp has no output 'zz' (outputs: y)"),
+    (["--fix-input", "mood=1"], "--fix-input mood: no module has such an input (inputs: x)"),
+    (["--set", "q4.block_size=abc"], "q4 block_size must be a power of two >= 16, not 'abc'"),
+    (["--set", "nodot"], "expected DTYPE_OR_RECIPE.OPTION=VALUE"),
+    (["--tolerance", "task.q8=2"], "a cosine or an agreement is in [0, 1]"),
+])
+def test_task_fix_input_and_set_mistakes_are_one_line_errors(tiny, tmp_path, args, message):
+    result = invoke("quantize", tiny("mlp"), "--out", tmp_path / "out", "--dtype", "q8", *args)
+    assert result.exit_code == 2 and message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or {p.name for p in (tmp_path / "out").iterdir()} <= {LOCK_NAME}

@@ -152,7 +152,10 @@ def check_task_keys(tasks: dict[str, str] | None, modules: list[Module]) -> None
         module = key.partition("/")[0]
         if module != "*" and module not in names:
             raise OnnxDtypeError(f"--task {key}={text}: no module {module!r} (modules: {', '.join(sorted(names))})")
-        parse_task(text)
+        try:
+            parse_task(text)
+        except OnnxDtypeError as exc:
+            raise OnnxDtypeError(f"--task {key}={text}: {exc}") from None
 
 
 def check_fixed_inputs(fixed_inputs: dict[str, Any] | list[str] | None, bases: dict[str, onnx.ModelProto]) -> None:

@@ -25,7 +25,7 @@ def tolerances(items: list[str] | None) -> dict[str, float]:
             raise OnnxDtypeError(f"--tolerance {item!r}: expected NAME=NUMBER, e.g. q8=0.98") from None
         name = key.strip().lower()
         if not math.isfinite(number) or number < 0 or (name != "atol" and number > 1):
-            raise OnnxDtypeError(f"--tolerance {item!r}: a cosine is in [0, 1], atol >= 0")
+            raise OnnxDtypeError(f"--tolerance {item!r}: a cosine or an agreement is in [0, 1], atol >= 0")
         if name in ("default", "atol", "task"):
             parsed[name] = number
         elif name.startswith("task."):
