@@ -143,3 +143,16 @@ def test_bad_metric_spec_is_a_user_error(tiny, tmp_path):
         quantize(tiny("mlp"), "q8", tmp_path / "out", metric="missing.py:f")
     with pytest.raises(OnnxDtypeError, match="has no function"):
         quantize(tiny("mlp"), "q8", tmp_path / "out", metric="json:nope")
+
+
+def test_a_generic_outputs_own_cosine_from_task_is_used(tiny):
+    """--task MODULE=generic:min_cosine=0.5 loosens that output's cosine (and only when asked)."""
+    base = tinymodels.mlp()
+    noisy = onnx.ModelProto()
+    noisy.CopyFrom(base)
+    w = onnx.numpy_helper.to_array(noisy.graph.initializer[0]) * 1.3
+    noisy.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w.astype(np.float32), "w1"))
+    data = eval_data((4, 64)).feeds
+    assert evaluate(session(base), session(noisy), data, Criteria(0.99999))[1] is not None
+    loose = {"y": {"task": "generic", "params": {"min_cosine": 0.5}, "why": "asked"}}
+    assert evaluate(session(base), session(noisy), data, Criteria(0.99999, tasks=loose))[1] is None

@@ -211,5 +211,12 @@ def evaluate(base: ort.InferenceSession, variant: ort.InferenceSession, feeds: I
     else:
         failures = (task_judge.failure(criteria.agreement) for task_judge in judges.values())
         failure = next((f"output {name}: {f}" for name, f in zip(judges, failures) if f), None) or \
-            judge({n: f for n, f in outputs.items() if n not in judges}, criteria.min_cosine, criteria.atol)
+            next(filter(None, (_generic_failure(name, figures, criteria) for name, figures in outputs.items()
+                               if name not in judges)), None)
     return {"outputs": outputs, "task": task}, failure
+
+
+def _generic_failure(name: str, figures: dict, criteria: Criteria) -> str | None:
+    """The cosine rules for an output no task judge decides; `--task OUT=generic:min_cosine=..,atol=..` sets its own."""
+    params = ((criteria.tasks or {}).get(name) or {}).get("params") or {}
+    return judge({name: figures}, params.get("min_cosine", criteria.min_cosine), params.get("atol", criteria.atol))
