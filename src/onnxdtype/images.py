@@ -15,7 +15,6 @@ from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.io import first_line
 
 RESIZE_MODES = ("stretch", "letterbox", "short-side")
-CHANNEL_ORDERS = ("RGB", "BGR", "L")  # L: one grey channel
 
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
@@ -32,8 +31,8 @@ class ImageSpec:
     resize: "stretch" to size (height, width); "letterbox" keeps the aspect ratio inside size and pads the
     rest with `pad`; "short-side" scales the short side to `short_side`, then pads height and width up to a
     multiple of `multiple` (for models with dynamic height/width). size None: the input's static dims.
-    layout "auto" reads NCHW / NHWC off the input's shape; dtype None: the input's own. channels L: one grey
-    channel (the first mean/std apply).
+    layout "auto" reads NCHW / NHWC off the input's shape; dtype None: the input's own. Channels RGB or BGR from spec
+    files; L (one grey channel, the first mean/std) for single-channel inputs fed by `onnxdtype run --input`.
     """
     size: tuple[int, int] | None = None
     resize: str = "stretch"

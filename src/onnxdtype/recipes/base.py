@@ -70,11 +70,6 @@ def power_of_two(what: str, value: Any, minimum: int = 16) -> None:
         raise OnnxDtypeError(f"{what} must be a power of two >= {minimum}, not {value!r}")
 
 
-def in_range(what: str, value: Any, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise OnnxDtypeError(f"{what} must be in [{low}, {high}], not {value!r}")
-
-
 def flag(what: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise OnnxDtypeError(f"{what} must be true or false, not {value!r}")
