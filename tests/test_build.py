@@ -316,3 +316,16 @@ def test_yolo_like_detector_gets_a_verified_q8_with_conv_quantized(tmp_path):
     assert result.op_changes["ConvInteger"] == 4 and result.op_changes["Conv"] == -4
     assert result.verification["outputs"]["y"]["worst_channel"]["cosine"] >= 0.99
     assert "4 ConvInteger weights per output channel" in " ".join(result.notes)
+
+
+def test_a_plan_that_cannot_fit_in_memory_is_refused_before_any_work(tiny, tmp_path, monkeypatch):
+    import onnxdtype.build.pool as pool
+
+    model = tiny("mlp")
+    size = model.stat().st_size
+    monkeypatch.setattr(pool, "_memory", lambda field: int(size * 8))  # room for q4 (6.5x), not for q8 (9.5x)
+    with pytest.raises(OnnxDtypeError, match=r"needs about .* GiB in one worker for q8 \(9.5x its size\)"):
+        quantize(model, "q8,q4", tmp_path / "out", verify=False)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    assert quantize(model, "q4", tmp_path / "out", verify=False, latency_runs=0).by("mlp", "q4").status == "ok"
+    assert pool.worker_count(None, 4, size, ["q4"], False) == 1  # MemAvailable fits one worker

@@ -99,7 +99,8 @@ def quantize(
     buildable = len(modules) * sum(d not in uncalibrated for d in wanted)
     largest_file = max(size_with_data(m.path) for m in modules)
     try:
-        with folder_lock(out), WorkerPool(worker_count(workers, buildable, largest_file)) as pool:
+        pool_size = worker_count(workers, buildable, largest_file, [d.value for d in wanted], verify)
+        with folder_lock(out), WorkerPool(pool_size) as pool:
             bases = {m.name: load_model(m.path) for m in modules}
             for m in modules:
                 problem = base_precision_problem(bases[m.name]) or load_error(m.path)

@@ -12,24 +12,48 @@ from collections.abc import Iterator
 
 from onnxdtype.build.task import VariantTask
 from onnxdtype.build.worker import build_variant
+from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.results import Status, VariantResult
 
-MEMORY_PER_WORKER = 8  # x the largest model: what one worker held at peak in bench/memory.py
+# Peak resident memory of one worker building a dtype, x the model's size (bench/memory.py, a 2.5 GiB MLP with
+# external data, --workers 1, no verification); verification adds about VERIFY_PEAK (q4: 6.5x -> 8.65x).
+PEAK_PER_WORKER = {"fp16": 9.0, "q8": 9.5, "q4": 6.5, "bnb4": 6.5, "q4f16": 7.2}
+UNMEASURED_PEAK = 9.5  # the static and int8 dtypes: not measured yet, taken as the worst measured
+VERIFY_PEAK = 2.2
+GiB = 1 << 30
 
 
-def worker_count(workers: int | None, tasks: int, largest_file: int) -> int:
-    """Parallel workers: as asked, else bounded by tasks, cores, and memory."""
+def worker_count(workers: int | None, tasks: int, largest_file: int, dtypes: list[str], verify: bool) -> int:
+    """Parallel workers: as asked, else bounded by tasks, cores and the memory one worker is predicted to need.
+
+    A plan that cannot fit even one worker in this machine's memory is refused before any work starts, with the
+    figure and the way out, instead of the kernel killing a worker halfway."""
+    factor = max((PEAK_PER_WORKER.get(d, UNMEASURED_PEAK) for d in dtypes), default=UNMEASURED_PEAK)
+    per_worker = largest_file * (factor + (VERIFY_PEAK if verify else 0.0))
+    total = _memory("MemTotal")
+    if total and per_worker > total:
+        heavy = max(dtypes, key=lambda d: PEAK_PER_WORKER.get(d, UNMEASURED_PEAK))
+        raise OnnxDtypeError(
+            f"a {largest_file / GiB:.1f} GiB model needs about {per_worker / GiB:.0f} GiB in one worker for "
+            f"{heavy} ({factor:g}x its size{', with verification' if verify else ''}); this machine has "
+            f"{total / GiB:.0f} GiB: build fewer dtypes at a time (q4 and bnb4 need the least, 6.5x)"
+            + (" or --no-verify" if verify else ""))
     if workers is not None:
         return max(1, workers)
-    by_memory = max(1, _available_memory() // max(1, MEMORY_PER_WORKER * largest_file))
+    by_memory = max(1, int((_memory("MemAvailable") or 8 * GiB) // max(1.0, per_worker)))
     return max(1, min(tasks, os.cpu_count() or 1, by_memory))
 
 
-def _available_memory() -> int:
+def _memory(field: str) -> int | None:
+    """A /proc/meminfo figure in bytes (MemAvailable counts reclaimable cache, unlike free pages), None elsewhere."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return 8 << 30
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class WorkerPool:
