@@ -46,6 +46,7 @@ def quantize(
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation data, same formats as --calib (default: held-out calibration data)")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Task metric module:function or file.py:function")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine (q8=0.98, default=0.99, atol=1e-4) or task agreement (task=0.95, task.q4=0.9) (repeatable)")] = None,
+    verify: Annotated[bool, typer.Option(help="Verify each variant against fp32 (--no-verify: only build and load-check)")] = True,
     repair: Annotated[bool, typer.Option(help="Repair variants that miss their tolerance")] = True,
     search: Annotated[bool, typer.Option(help="Static dtypes: try Q/DQ placements on the evaluation data and keep the fastest that passes")] = True,
     repair_max_weights: Annotated[float, typer.Option(help="Repair may keep at most this share of weights in fp32")] = 0.25,
@@ -97,7 +98,7 @@ def quantize(
                 tolerances=tolerance_values, repair=repair, keep_failed=keep_failed, latency_runs=latency_runs,
                 repair_budget=RepairBudget(max_weight_fraction=repair_max_weights), eval_data=eval_data,
                 calib=Calibration(calib, calib_spec, calib_method) if calib else None, fixed_inputs=fix_input,
-                tasks=task_settings, search=search)
+                tasks=task_settings, search=search, verify=verify)
         except OnnxDtypeError as exc:
             progress.stop()
             hint = " (--dtype all skips what does not apply)" if "is not applicable" in str(exc) else ""
