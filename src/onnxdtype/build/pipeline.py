@@ -8,14 +8,17 @@ point leaves the folder as before or with complete variants that the manifest vo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import onnx
 
 from onnxdtype.build import data as module_data
 from onnxdtype.build.plan import (
     NEEDS_CALIBRATION,
     Calibration,
+    Module,
     ModulePlan,
     check_fixed_inputs,
     check_out_dir,
@@ -85,83 +88,134 @@ def quantize(
     """
     source = Path(model)
     modules = find_modules(source)
-    explicit = not (isinstance(dtypes, str) and dtypes.strip().lower() == "all")
-    wanted = parse_dtype_list(dtypes)
     out = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)
+    explicit = not (isinstance(dtypes, str) and dtypes.strip().lower() == "all")
+    request = Request(modules, parse_dtype_list(dtypes), explicit, out, resolve_options(options), force, workers,
+                      progress, eval_data, verify, repair, tolerances, keep_failed, latency_runs, repair_budget,
+                      metric, calib, fixed_inputs, tasks, search)
     check_out_dir(out)
     check_task_keys(tasks, modules)
-    overrides = resolve_options(options)
     if metric:
         load_metric(metric)  # a wrong --metric is a user error now, not a failure in every worker later
-    uncalibrated = [d for d in wanted if INFO[d].needs_calibration and calib is None]
-    if explicit and uncalibrated:
+    uncalibrated = [d for d in request.wanted if INFO[d].needs_calibration and calib is None]
+    if request.explicit and uncalibrated:
         raise OnnxDtypeError(f"{', '.join(map(str, uncalibrated))}: {NEEDS_CALIBRATION}")
-    buildable = len(modules) * sum(d not in uncalibrated for d in wanted)
+    buildable = len(modules) * sum(d not in uncalibrated for d in request.wanted)
     largest_file = max(size_with_data(m.path) for m in modules)
     try:
-        pool_size = worker_count(workers, buildable, largest_file, [d.value for d in wanted], verify)
+        pool_size = worker_count(workers, buildable, largest_file, [d.value for d in request.wanted], verify)
         with folder_lock(out), WorkerPool(pool_size) as pool:
-            bases = {m.name: load_model(m.path) for m in modules}
-            for m in modules:
-                problem = base_precision_problem(bases[m.name]) or load_error(m.path)
-                if problem:
-                    raise OnnxDtypeError(f"{m.path}: {problem}")
-            check_fixed_inputs(fixed_inputs, bases)
-            module_data.check_eval_data(modules, bases, eval_data)
-            remove_stale_temp(out)
-            manifest = read_manifest(out)
-            refuse_clobber(out, modules, wanted, manifest, force)
-            with temp_dir_in(out) as tmp:
-                plans: list[ModulePlan] = []
-                given_data: dict[str, EvalData | None] = {}
-                for m in modules:  # every user error is found before the first write into the folder
-                    plan = normalize_once(m, bases[m.name], wanted, tmp, fixed_inputs)
-                    plan.tasks = module_tasks(plan, tasks)
-                    refuse_not_applicable(plan, wanted, overrides, explicit)
-                    given_data[m.name] = module_data.module_eval_data(plan, len(modules), eval_data, calib)
-                    module_data.check_calibration_data(plan, len(modules), calib, wanted)
-                    plans.append(plan)
-                results: list[VariantResult] = []
-                tasks: list[VariantTask] = []
-                latency_data: dict[str, EvalData | None] = {}
-                for plan in plans:
-                    m = plan.module
-                    base_entry = place_base(m, plan.base, out, force)
-                    if plan.evaluation:
-                        module_data.record_evaluation(out, m.name, plan.evaluation)
-                    held_out = module_data.calibrate_module(plan, len(modules), calib, wanted, out)
-                    data = latency_data[m.name] = given_data[m.name] or held_out
-                    spec = module_data.verify_spec(plan, data, tmp, wanted, tolerances, repair, repair_budget,
-                                                   metric) if verify else None
-                    for dtype in wanted:
-                        known = known_outcome(plan, dtype, out, manifest, force, overrides, calib is not None)
-                        if known is not None:
-                            known.base_bytes = base_entry["bytes"]
-                            results.append(record(out, known, progress))
-                            continue
-                        norm = plan.for_dtype(dtype)
-                        step_options = options_for(dtype, overrides, plan.calibrated)
-                        given = {f for key in (*INFO[dtype].steps, dtype.value) for f in overrides.get(key, {})}
-                        tasks.append(VariantTask(m.name, dtype.value, str(norm.path), norm.done,
-                                                 {step: asdict(o) for step, o in step_options.items()}, str(tmp),
-                                                 base_entry["bytes"], spec, plan.specialized,
-                                                 candidates_for(INFO[dtype].steps, given) if search else []))
-                finished = []
-                for result in pool.run(tasks):
-                    publish_variant(out, result, keep_failed)
-                    finished.append(result)
-                bases_by_name = {p.module.name: p.base for p in plans}
-                for result in finished:  # timed one at a time, after the parallel builds, so they do not compete
-                    feed = module_data.latency_feed(latency_data.get(result.module), bases_by_name[result.module]) \
-                        if result.file and latency_runs > 0 else None
-                    if feed is not None:
-                        result.latency = measure(out / f"{result.module}.onnx", out / result.file, feed, latency_runs)
-                    if result.file:
-                        result.kernels = kernels(out / result.file)
-                    results.append(record(out, result, progress))
+            results = _build(request, pool)
     except OSError as exc:  # a full disk, a folder turned read-only, a file size limit: one line, not a traceback
         where = f" ({exc.filename})" if exc.filename else ""
         raise OnnxDtypeError(f"{out}: {exc.strerror or exc}{where}") from None
-    order = {(m.name, d.value): i for i, (m, d) in enumerate((m, d) for m in modules for d in wanted)}
+    order = {(m.name, d.value): i for i, (m, d) in enumerate((m, d) for m in modules for d in request.wanted)}
     results.sort(key=lambda r: order[(r.module, r.dtype)])
-    return BuildResult(out, results, explicit)
+    return BuildResult(out, results, request.explicit)
+
+
+@dataclass
+class Request:
+    """One quantize() call: what to build, where, and how to prove it (see quantize for each field)."""
+    modules: list[Module]
+    wanted: list[DType]
+    explicit: bool  # dtypes named by the user (a non-applicable one is an error), not "all"
+    out: Path
+    overrides: dict[str, dict[str, Any]]  # checked recipe options (plan.resolve_options)
+    force: bool
+    workers: int | None
+    progress: Callable[[VariantResult], None] | None
+    eval_data: EvalData | dict[str, EvalData] | str | Path | None
+    verify: bool
+    repair: bool
+    tolerances: dict[str, float] | None
+    keep_failed: bool
+    latency_runs: int
+    repair_budget: RepairBudget | None
+    metric: str | None
+    calib: Calibration | None
+    fixed_inputs: dict[str, Any] | list[str] | None
+    tasks: dict[str, str] | None
+    search: bool
+
+
+def _build(request: Request, pool: WorkerPool) -> list[VariantResult]:
+    """Under the folder lock: check everything, plan every module, then write the bases, calibrate, build in the
+    pool, publish and time."""
+    out = request.out
+    bases = {m.name: load_model(m.path) for m in request.modules}
+    for m in request.modules:
+        problem = base_precision_problem(bases[m.name]) or load_error(m.path)
+        if problem:
+            raise OnnxDtypeError(f"{m.path}: {problem}")
+    check_fixed_inputs(request.fixed_inputs, bases)
+    module_data.check_eval_data(request.modules, bases, request.eval_data)
+    remove_stale_temp(out)
+    manifest = read_manifest(out)
+    refuse_clobber(out, request.modules, request.wanted, manifest, request.force)
+    with temp_dir_in(out) as tmp:
+        plans = [_plan(request, m, bases[m.name], tmp) for m in request.modules]  # every user error, before writes
+        results: list[VariantResult] = []
+        work: list[VariantTask] = []
+        for plan, given in plans:
+            results += _prepare(request, plan, given, manifest, tmp, work)
+        finished = []
+        for result in pool.run(work):
+            publish_variant(out, result, request.keep_failed)
+            finished.append(result)
+        by_name = {plan.module.name: plan for plan, _ in plans}
+        for result in finished:  # timed one at a time, after the parallel builds, so they do not compete
+            _time(request, by_name[result.module], result)
+            results.append(record(out, result, request.progress))
+    return results
+
+
+def _plan(request: Request, m: Module, base: onnx.ModelProto, tmp: Path) -> tuple[ModulePlan, EvalData | None]:
+    """A module's normalized models, judges and given evaluation data; raises on anything the user got wrong."""
+    plan = normalize_once(m, base, request.wanted, tmp, request.fixed_inputs)
+    plan.tasks = module_tasks(plan, request.tasks)
+    refuse_not_applicable(plan, request.wanted, request.overrides, request.explicit)
+    modules = len(request.modules)
+    given = module_data.module_eval_data(plan, modules, request.eval_data, request.calib)
+    module_data.check_calibration_data(plan, modules, request.calib, request.wanted)
+    return plan, given
+
+
+def _prepare(request: Request, plan: ModulePlan, given: EvalData | None, manifest: dict, tmp: Path,
+             work: list[VariantTask]) -> list[VariantResult]:
+    """Write the module's base and calibration, then queue a task per dtype to build (into `work`); returns the
+    results decided without building (kept, skipped, not applicable)."""
+    m, out = plan.module, request.out
+    base_entry = place_base(m, plan.base, out, request.force)
+    if plan.evaluation:
+        module_data.record_evaluation(out, m.name, plan.evaluation)
+    held_out = module_data.calibrate_module(plan, len(request.modules), request.calib, request.wanted, out)
+    plan.latency_data = given or held_out
+    spec = module_data.verify_spec(plan, plan.latency_data, tmp, request.wanted, request.tolerances, request.repair,
+                                   request.repair_budget, request.metric) if request.verify else None
+    decided = []
+    for dtype in request.wanted:
+        known = known_outcome(plan, dtype, out, manifest, request.force, request.overrides, request.calib is not None)
+        if known is not None:
+            known.base_bytes = base_entry["bytes"]
+            decided.append(record(out, known, request.progress))
+            continue
+        norm = plan.for_dtype(dtype)
+        step_options = options_for(dtype, request.overrides, plan.calibrated)
+        given_fields = {f for key in (*INFO[dtype].steps, dtype.value) for f in request.overrides.get(key, {})}
+        work.append(VariantTask(m.name, dtype.value, str(norm.path), norm.done,
+                                {step: asdict(o) for step, o in step_options.items()}, str(tmp), base_entry["bytes"],
+                                spec, plan.specialized,
+                                candidates_for(INFO[dtype].steps, given_fields) if request.search else []))
+    return decided
+
+
+def _time(request: Request, plan: ModulePlan, result: VariantResult) -> None:
+    """Latency against fp32 on the module's first evaluation sample, and the kernels onnxruntime runs."""
+    if not result.file:
+        return
+    out = request.out
+    feed = module_data.latency_feed(plan.latency_data, plan.base) if request.latency_runs > 0 else None
+    if feed is not None:
+        result.latency = measure(out / f"{result.module}.onnx", out / result.file, feed, request.latency_runs)
+    result.kernels = kernels(out / result.file)

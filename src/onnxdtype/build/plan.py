@@ -22,6 +22,7 @@ from onnxdtype.normalize import keep_metadata, normalize
 from onnxdtype.recipes import RECIPES
 from onnxdtype.results import Status, VariantResult
 from onnxdtype.specialize import parse_fixed_inputs, specialize
+from onnxdtype.verify.evaluate import EvalData
 from onnxdtype.verify.judges import guess_tasks, parse_task
 
 NEEDS_CALIBRATION = "needs calibration data (--calib DATA)"
@@ -65,6 +66,7 @@ class ModulePlan:
     specialized: dict[str, Any] | None = None  # what --fix-input did (specialize.Specialized, as recorded)
     tasks: dict[str, dict] = field(default_factory=dict)  # output -> the judge deciding it (TaskSpec fields)
     evaluation: dict[str, Any] | None = None  # where --eval data came from (recorded for `onnxdtype verify`)
+    latency_data: EvalData | None = None  # what variants are verified and timed on (after calibration)
     fixed: dict[str, np.ndarray] = field(default_factory=dict)  # the fixed input values
 
     def for_dtype(self, dtype: DType) -> Normalized:
