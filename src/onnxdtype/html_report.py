@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from onnxdtype.io import atomic_write_text
+from onnxdtype.manifest import folder_lock
 from onnxdtype.results import BuildResult, VariantResult
 
 REPORT_NAME = "report.html"
@@ -20,9 +21,12 @@ WIDTH, HEIGHT, PAD = 460, 300, 52
 
 
 def write_report(result: BuildResult) -> Path:
-    """Write report.html into the output folder atomically and return its path."""
+    """Write report.html into the output folder atomically and return its path. Under the folder lock: another
+    build starting on the folder removes stale temp files, and this one's temp file must not look like one."""
     path = result.out_dir / REPORT_NAME
-    atomic_write_text(path, render(result))
+    text = render(result)
+    with folder_lock(result.out_dir):
+        atomic_write_text(path, text)
     return path
 
 
