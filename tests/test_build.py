@@ -329,3 +329,30 @@ def test_a_plan_that_cannot_fit_in_memory_is_refused_before_any_work(tiny, tmp_p
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
     assert quantize(model, "q4", tmp_path / "out", verify=False, latency_runs=0).by("mlp", "q4").status == "ok"
     assert pool.worker_count(None, 4, size, ["q4"], False) == 1  # MemAvailable fits one worker
+
+
+def test_verify_reuses_the_evaluation_data_the_build_used(tiny, tmp_path):
+    """--eval DATA is what the manifest records (not the held-out calibration samples), and what `verify` reads."""
+    import numpy as np
+
+    from onnxdtype.build import Calibration
+    from onnxdtype.verify.recheck import verify_folder
+
+    rng = np.random.default_rng(0)
+    for name, count in (("calib", 10), ("eval", 3)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            np.savez(tmp_path / name / f"{i}.npz", x=rng.standard_normal((4, 64)).astype(np.float32))
+    out = tmp_path / "out"
+    quantize(tiny("mlp"), "u8u8", out, calib=Calibration(tmp_path / "calib"), eval_data=tmp_path / "eval",
+             latency_runs=0, workers=1, search=False)
+    recorded = json.loads((out / MANIFEST_NAME).read_text())["modules"]["mlp"]["evaluation"]
+    assert recorded == {"data": str((tmp_path / "eval").resolve()), "image_spec": None, "held_out": None}
+    again = verify_folder(out, latency_runs=0).by("mlp", "u8u8")
+    assert again.status == "ok" and again.verification["data"].startswith("3 samples") and \
+        not again.verification["synthesized"]
+    quantize(tiny("mlp"), "u8u8", out, calib=Calibration(tmp_path / "calib"), latency_runs=0, workers=1,
+             search=False, force=True)  # no --eval: the held-out part of the calibration data verifies
+    recorded = json.loads((out / MANIFEST_NAME).read_text())["modules"]["mlp"]["evaluation"]
+    assert recorded["data"] == str((tmp_path / "calib").resolve()) and recorded["held_out"] == 0.2
+    assert verify_folder(out, latency_runs=0).by("mlp", "u8u8").verification["data"].startswith("held-out 2")

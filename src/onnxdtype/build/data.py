@@ -51,8 +51,8 @@ def calibrate_module(plan: ModulePlan, modules: int, calib: Calibration | None, 
     calibrated = {"ranges_file": str(done.result.path), "method": done.result.method}
     plan.calibrated = {step: calibrated for d in static for step in INFO[d].steps if RECIPES[step].NEEDS_CALIBRATION}
     held_out = done.held_out
-    if len(held_out):
-        record_evaluation(out, plan.module.name, evaluation_entry(path, calib.image_spec, calib.eval_fraction))
+    if len(held_out) and plan.evaluation is None:  # what verifies the variants unless other data was given
+        plan.held_out_entry = evaluation_entry(path, calib.image_spec, calib.eval_fraction)
     return EvalData(list(held_out), f"held-out {len(held_out)} of the calibration samples ({done.samples.source})",
                     False) if len(held_out) else None
 
@@ -84,6 +84,8 @@ def evaluation_entry(path: Path, image_spec: object, held_out: float | None) -> 
 
 
 def record_evaluation(out: Path, module: str, entry: dict) -> None:
+    """The data the module's variants are verified on, for `onnxdtype verify DIR` (data None: given in memory or
+    synthesized, which verify cannot read again)."""
     update_manifest(out, lambda data: data["modules"][module].__setitem__("evaluation", entry))
 
 

@@ -187,10 +187,10 @@ def _prepare(request: Request, plan: ModulePlan, given: EvalData | None, manifes
     results decided without building (kept, skipped, not applicable)."""
     m, out = plan.module, request.out
     base_entry = place_base(m, plan.base, out, request.force)
-    if plan.evaluation:
-        module_data.record_evaluation(out, m.name, plan.evaluation)
     held_out = module_data.calibrate_module(plan, len(request.modules), request.calib, request.wanted, out)
     plan.latency_data = given or held_out
+    recorded = plan.evaluation or (plan.held_out_entry if given is None else None)
+    module_data.record_evaluation(out, m.name, recorded or {"data": None, "image_spec": None, "held_out": None})
     spec = module_data.verify_spec(plan, plan.latency_data, tmp, request.wanted, request.tolerances, request.repair,
                                    request.repair_budget, request.metric) if request.verify else None
     decided = []

@@ -66,6 +66,7 @@ class ModulePlan:
     specialized: dict[str, Any] | None = None  # what --fix-input did (specialize.Specialized, as recorded)
     tasks: dict[str, dict] = field(default_factory=dict)  # output -> the judge deciding it (TaskSpec fields)
     evaluation: dict[str, Any] | None = None  # where --eval data came from (recorded for `onnxdtype verify`)
+    held_out_entry: dict[str, Any] | None = None  # the held-out calibration samples' place, when they verify
     latency_data: EvalData | None = None  # what variants are verified and timed on (after calibration)
     fixed: dict[str, np.ndarray] = field(default_factory=dict)  # the fixed input values
 
