@@ -44,14 +44,13 @@ def build_variant(task: VariantTask) -> VariantResult:
     try:
         source = load_model(task.norm_path)
         options = {step: RECIPES[step].Options(**task.options[step]) for step in steps}
-        built = run_steps(source, steps, options, result)
-        if built is None:
-            return result
-        found = _searched(source, task, steps, options, result) if task.verify and task.search else None
-        if found is not None:
-            built = found
-        elif task.verify is not None:
-            built = _verify_and_repair(source, Path(task.norm_path), built, steps, options, task.verify, result)
+        built = _searched(source, task, steps, options, result) if task.verify and task.search else None
+        if built is None:  # no search, or no candidate passed: the default placement, verified and repaired
+            built = run_steps(source, steps, options, result)
+            if built is None:
+                return result
+            if task.verify is not None:
+                built = _verify_and_repair(source, Path(task.norm_path), built, steps, options, task.verify, result)
         keep_metadata(source, built)
         result.op_changes = op_changes(source, built)
         write_model(built, path)
