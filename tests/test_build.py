@@ -269,6 +269,9 @@ def test_weights_inside_if_branches_get_q8_and_with_fix_input_the_static_dtypes(
     assert engine.run({"x": x, "mode": np.array([1])})["out"].shape == (1, 8, 8, 8)
     with pytest.raises(OnnxDtypeError, match="'mode' was fixed to \\[1\\]"):
         engine.run({"x": x, "mode": np.array([0])})
+    from onnxdtype.verify.recheck import verify_folder
+
+    assert verify_folder(out, latency_runs=0).by("stream", "s8u8").status == "ok"  # re-verified at mode=1
     with pytest.raises(OnnxDtypeError, match="no module has such an input"):
         quantize(model, "q8", tmp_path / "typo", fixed_inputs=["mood=1"], workers=1)
 

@@ -59,4 +59,6 @@ def test_sequence_folders_verify_a_build(tmp_path):
     assert result.status == "ok", result.reason
     assert result.verification["outputs"]["y"]["judge"]["units"] == 3 * 8
     assert result.verification["states"] == {"hn": "h"} and "sequences" in result.verification["data"]
-    assert EvalData.load(data, "", False).sequences is not None
+    loaded = EvalData.load(data, "", False)
+    fixed = loaded.with_inputs({"x": np.zeros((1, 4))})  # fixed inputs reach every step, in the feeds' dtype
+    assert all(step["x"].dtype == np.float32 and not step["x"].any() for steps in fixed.sequences for step in steps)

@@ -14,10 +14,9 @@ from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import update_manifest
 from onnxdtype.recipes import RECIPES
-from onnxdtype.verify.evaluate import DEFAULT_ATOL, EvalData, agreement_for, min_cosine_for, synthesize
+from onnxdtype.verify.evaluate import DEFAULT_ATOL, EvalData, agreement_for, min_cosine_for, read_eval_data, synthesize
 from onnxdtype.verify.judges import recurrent_pairs
 from onnxdtype.verify.repair import RepairBudget
-from onnxdtype.verify.sequences import is_sequence_folder, read_sequences
 
 
 def calibrated_dtypes(wanted: list[DType]) -> list[DType]:
@@ -67,12 +66,10 @@ def module_eval_data(plan: ModulePlan, modules: int, eval_data: EvalData | dict 
     model = next(iter(plan.normalized.values())).model if plan.normalized else None
     path = module_path(eval_data, plan.module.name, modules, "--eval")
     plan.evaluation = evaluation_entry(path, calib.image_spec if calib else None, None)
-    if is_sequence_folder(path):
-        data = EvalData.of_sequences(read_sequences(path), f"sequences from {path}")
+    data = read_eval_data(path, model, calib.image_spec if calib else None)
+    if data.sequences:
         check_sequences(data, plan.base, plan.module.name)
-        return data
-    samples = load_samples(path, model, calib.image_spec if calib else None)
-    return EvalData(list(samples), f"{len(samples)} samples from {samples.source}", False)
+    return data
 
 
 def evaluation_entry(path: Path, image_spec: object, held_out: float | None) -> dict:
@@ -129,8 +126,7 @@ def verify_spec(plan: ModulePlan, data: EvalData | None, tmp: Path, wanted: list
     Fixed inputs take their fixed values in every sample: the variant is only meant for those."""
     data = data or synthesize(plan.base)
     if plan.fixed:
-        data = EvalData([{**feed, **plan.fixed} for feed in data.feeds], data.source, data.synthesized,
-                        [[{**step, **plan.fixed} for step in steps] for steps in data.sequences or []] or None)
+        data = data.with_inputs(plan.fixed)
     return VerifySpec(str(data.save(tmp / f"eval-{plan.module.name}")), data.source, data.synthesized,
                       {d.value: min_cosine_for(d, tolerances) for d in wanted},
                       {d.value: agreement_for(d, tolerances) for d in wanted}, plan.tasks, recurrent_pairs(plan.base),

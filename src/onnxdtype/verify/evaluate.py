@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxdtype.calibration.data import load_samples
 from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import needs_external_data, write_model
@@ -57,6 +58,16 @@ class EvalData:
     def of_sequences(cls, sequences: list[list[dict[str, np.ndarray]]], source: str) -> EvalData:
         return cls([steps[0] for steps in sequences if steps], source, False, sequences)
 
+    def with_inputs(self, values: dict[str, np.ndarray]) -> EvalData:
+        """The same samples (and sequence steps) with these inputs set, in each feed's own dtype: a variant built for
+        fixed input values (--fix-input) is verified at those values."""
+        def fixed(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {**feed, **{k: np.asarray(v).astype(feed[k].dtype) if k in feed else np.asarray(v)
+                               for k, v in values.items()}}
+
+        return EvalData([fixed(f) for f in self.feeds], self.source, self.synthesized,
+                        [[fixed(step) for step in steps] for steps in self.sequences] if self.sequences else None)
+
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         if self.sequences:
@@ -76,6 +87,19 @@ class EvalData:
             with np.load(path) as data:
                 feeds.append({k: data[k] for k in data.files})
         return cls(feeds, source, synthesized)
+
+
+def read_eval_data(path: Path, model: onnx.ModelProto, image_spec: object = None, held_out: float | None = None
+                   ) -> EvalData:
+    """Evaluation data from a path: a folder of sequences (stateful models), else samples read as calibration data
+    is; with `held_out`, only the part of them a calibration of that fraction keeps back."""
+    if is_sequence_folder(path):
+        return EvalData.of_sequences(read_sequences(path), f"sequences from {path}")
+    samples = load_samples(path, model, image_spec)
+    if held_out:
+        part = samples.split(held_out)[1]
+        return EvalData(list(part), f"held-out {len(part)} of the calibration samples ({samples.source})", False)
+    return EvalData(list(samples), f"{len(samples)} samples from {samples.source}", False)
 
 
 def synthesize(model: onnx.ModelProto, samples: int = 4, seed: int = 0) -> EvalData:

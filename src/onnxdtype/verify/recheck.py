@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
+import onnx
 
-from onnxdtype.calibration.data import load_samples, module_path
+from onnxdtype.calibration.data import module_path
 from onnxdtype.dtype import parse_dtype
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import confined_path, read_manifest, update_manifest
@@ -27,6 +27,7 @@ from onnxdtype.verify.evaluate import (
     agreement_for,
     load_metric,
     min_cosine_for,
+    read_eval_data,
     session,
     synthesize,
 )
@@ -52,7 +53,10 @@ def verify_folder(folder: str | Path, eval_data: EvalData | dict[str, EvalData] 
     for module, entry in manifest["modules"].items():
         base_path = confined_path(folder, entry["base"]["file"], f"{module}/base")
         base_problem = _integrity_problem(base_path, entry["base"])
-        data = _module_data(module, entry, base_path, eval_data, len(manifest["modules"]))
+        base = load_model(base_path) if not base_problem else None
+        data = _module_data(module, entry, base, eval_data, len(manifest["modules"])) if base else None
+        guessed = {name: dataclasses.asdict(spec) for name, spec in guess_tasks(base).items()} if base else {}
+        states = recurrent_pairs(base) if base else {}
         for dtype_name, variant in entry.get("variants", {}).items():
             result = VariantResult(module, dtype_name, variant["status"], variant.get("reason"), variant.get("file"),
                                    variant.get("bytes"), variant.get("sha256"), base_bytes=entry["base"]["bytes"],
@@ -66,8 +70,9 @@ def verify_folder(folder: str | Path, eval_data: EvalData | dict[str, EvalData] 
             if problem:
                 result.fail(problem)
             else:
-                _measure(result, base_path, path, _for_variant(data, variant), tolerances, metric, latency_runs,
-                         (variant.get("verification") or {}).get("tasks") or _guessed(base_path))
+                fixed = ((variant.get("params") or {}).get("specialize") or {}).get("fixed")
+                _measure(result, base_path, path, data.with_inputs(fixed) if fixed else data, tolerances, metric,
+                         latency_runs, (variant.get("verification") or {}).get("tasks") or guessed, states)
             update_manifest(folder, lambda m, r=result: _store(m, r))
             results.append(result)
     return BuildResult(folder, results, requested_explicitly=False)
@@ -83,7 +88,7 @@ def _integrity_problem(path: Path, entry: dict) -> str | None:
     return None
 
 
-def _module_data(module: str, entry: dict, base_path: Path, given: EvalData | dict | str | Path | None,
+def _module_data(module: str, entry: dict, base: onnx.ModelProto, given: EvalData | dict | str | Path | None,
                  modules: int) -> EvalData:
     """The evaluation data for one module: given (EvalData, one per module, or a path), else what the build recorded
     (read again with the same image spec and held-out split), else synthesized."""
@@ -93,36 +98,17 @@ def _module_data(module: str, entry: dict, base_path: Path, given: EvalData | di
         return given
     recorded = entry.get("evaluation") or {}
     if given is not None:
-        path, spec, held_out = module_path(given, module, modules, "--eval"), recorded.get("image_spec"), None
-    elif recorded.get("data") and Path(recorded["data"]).exists():
-        path, spec, held_out = Path(recorded["data"]), recorded.get("image_spec"), recorded.get("held_out")
-    else:
-        return synthesize(load_model(base_path))
-    samples = load_samples(path, load_model(base_path), spec)
-    part = samples.split(held_out)[1] if held_out else samples
-    kind = f"held-out {len(part)} of the calibration samples" if held_out else f"{len(part)} samples"
-    return EvalData(list(part), f"{kind} ({samples.source})", False)
-
-
-def _for_variant(data: EvalData, variant: dict) -> EvalData:
-    """A variant built for fixed input values (--fix-input) is verified at those values."""
-    fixed = ((variant.get("params") or {}).get("specialize") or {}).get("fixed")
-    if not fixed:
-        return data
-    values = {name: np.asarray(value) for name, value in fixed.items()}
-    return EvalData([{**feed, **{k: v.astype(feed[k].dtype) if k in feed else v for k, v in values.items()}}
-                     for feed in data.feeds], data.source, data.synthesized)
-
-
-def _guessed(base_path: Path) -> dict[str, dict]:
-    return {name: dataclasses.asdict(spec) for name, spec in guess_tasks(load_model(base_path)).items()}
+        return read_eval_data(module_path(given, module, modules, "--eval"), base, recorded.get("image_spec"))
+    if recorded.get("data") and Path(recorded["data"]).exists():
+        return read_eval_data(Path(recorded["data"]), base, recorded.get("image_spec"), recorded.get("held_out"))
+    return synthesize(base)
 
 
 def _measure(result: VariantResult, base_path: Path, path: Path, data: EvalData, tolerances: dict | None,
-             metric: str | None, latency_runs: int, tasks: dict[str, dict]) -> None:
+             metric: str | None, latency_runs: int, tasks: dict[str, dict], states: dict[str, str]) -> None:
     dtype = parse_dtype(result.dtype)
     criteria = Criteria(min_cosine_for(dtype, tolerances), (tolerances or {}).get("atol", DEFAULT_ATOL), metric,
-                        agreement_for(dtype, tolerances), tasks, recurrent_pairs(load_model(base_path)))
+                        agreement_for(dtype, tolerances), tasks, states)
     if not data.feeds:
         result.verification = skipped(data)
         return
