@@ -295,6 +295,8 @@ def test_static_search_keeps_the_fastest_placement_that_passes_and_records_the_t
     passed = [c for c in trail["candidates"] if c["failure"] is None]
     assert chosen["speedup_1thread"] == max(c["speedup_1thread"] for c in passed)
     assert result.params["static"]["kernel_ops_only"] == chosen["options"]["static"]["kernel_ops_only"]
+    slower = "no passing placement is faster than fp32" in " ".join(result.notes)
+    assert slower == (chosen["speedup_1thread"] < 1.0)  # a variant slower than fp32 says so
     plain = quantize(tiny("mlp"), "u8u8", tmp_path / "plain", calib=Calibration(data), latency_runs=0, workers=1,
                      search=False).by("mlp", "u8u8")
     assert "search" not in plain.params and plain.params["static"]["kernel_ops_only"] is True

@@ -156,3 +156,24 @@ def test_a_generic_outputs_own_cosine_from_task_is_used(tiny):
     assert evaluate(session(base), session(noisy), data, Criteria(0.99999))[1] is not None
     loose = {"y": {"task": "generic", "params": {"min_cosine": 0.5}, "why": "asked"}}
     assert evaluate(session(base), session(noisy), data, Criteria(0.99999, tasks=loose))[1] is None
+
+
+def test_repair_ranks_the_convs_of_a_static_variant_not_only_the_batchnorms_folded_into_them(tmp_path):
+    """A static variant keeps its Convs' names: they, not the folded BatchNormalization alone, are what repair may
+    keep in float (PP-OCRv4 rec's repair once ranked just its six folded BatchNormalizations)."""
+    from onnxdtype.build import Calibration
+    from onnxdtype.verify.repair import quantized_nodes
+
+    model = tinymodels.conv_batchnorm()
+    path = tinymodels.save(model, tmp_path / "cbn.onnx")
+    data = tmp_path / "calib"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        np.savez(data / f"{i}.npz", x=rng.standard_normal((1, 3, 8, 8)).astype(np.float32))
+    result = quantize(path, "u8u8", tmp_path / "out", calib=Calibration(data), search=False, verify=False,
+                      latency_runs=0, workers=1, options={"static": {"float_tail": False}}).by("cbn", "u8u8")
+    assert result.status == "ok", result.reason
+    variant = onnx.load(str(tmp_path / "out" / "cbn_u8u8.onnx"))
+    touched = quantized_nodes(model, variant)
+    assert touched == ["conv1", "bn1", "conv2"]  # bn2 writes an output both ways: not folded

@@ -71,6 +71,11 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     _, model, chosen_options, trial, record = best
     result.params = {**result.params, **trial.params}  # the chosen candidate's recipe parameters, the trail kept
     result.kept_in_float, result.notes, result.verification = trial.kept_in_float, trial.notes, record
+    speedup = best[0]["speedup_1thread"]
+    if speedup < 1.0:  # said, never hidden: the user asked for 8-bit to be faster
+        result.notes.append(f"no passing placement is faster than fp32 on this machine (best {speedup:.2f}x at "
+                            "1 thread): onnxruntime's integer kernels do not pay here (bench/static_speed.py "
+                            "--profile shows where the time goes)")
     return model, chosen_options
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxdtype.ops import FP16_MAX, WEIGHT_OPS
+from onnxdtype.ops import FP16_MAX, QDQ_OPS
 from onnxdtype.verify.evaluate import Criteria, EvalData, evaluate, session
 from onnxdtype.verify.ranking import activation_max, error_increase, weight_shares
 
@@ -67,11 +67,8 @@ def repair(source: onnx.ModelProto, plan: RepairPlan, eval_data: EvalData, crite
                 if any(peaks.get(t, 0.0) > FP16_MAX for t in [*n.output, *n.input])]
     if plan.float_only:  # fp16 changes every node
         candidates = [n.name for n in source.graph.node if n.name not in kept]
-    else:  # quantizers: the nodes they replaced (q8, q4, bnb4), else the weighted ops (QDQ keeps node names)
-        variant_nodes = {(n.name, n.op_type) for n in first_model.graph.node}
-        replaced = [n.name for n in source.graph.node if (n.name, n.op_type) not in variant_nodes]
-        candidates = replaced or [n.name for n in source.graph.node if n.op_type in WEIGHT_OPS]
-        candidates = [n for n in candidates if n and n not in kept]
+    else:
+        candidates = [n for n in quantized_nodes(source, first_model) if n not in kept]
     ranking_feeds = eval_data.feeds[:RANKING_SAMPLES]
     added = error_increase(source, first_model, ranking_feeds, candidates)
     ranked = sorted(added, key=added.get, reverse=True)
@@ -105,3 +102,18 @@ def repair(source: onnx.ModelProto, plan: RepairPlan, eval_data: EvalData, crite
             return RepairOutcome(None, None, why, trial, fraction, attempts)
         doubled = max(1, count * 2)
         count = fits if count < fits < doubled else doubled  # before giving up on the budget, try its edge
+
+
+def quantized_nodes(source: onnx.ModelProto, variant: onnx.ModelProto) -> list[str]:
+    """Names of `source` nodes a quantizer touched: those it replaced (q8, q4, bnb4 swap op types; a BatchNormalization
+    folded into its Conv) and those that kept name and op type but read a dequantized weight (QDQ placements).
+    Before, a static variant's candidates were its replaced nodes alone: PP-OCRv4 rec's repair ranked just its six
+    folded BatchNormalizations, never its Convs and MatMuls."""
+    initializers = {t.name for t in variant.graph.initializer}
+    dequantized_weights = {n.output[0] for n in variant.graph.node
+                           if n.op_type == "DequantizeLinear" and n.input[0] in initializers}
+    variant_nodes = {(n.name, n.op_type) for n in variant.graph.node}
+    quantized_in_place = {(n.name, n.op_type) for n in variant.graph.node
+                          if any(i in dequantized_weights for i in n.input)}
+    return [n.name for n in source.graph.node
+            if n.name and ((n.name, n.op_type) in quantized_in_place or (n.name, n.op_type) not in variant_nodes)]
