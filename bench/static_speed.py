@@ -1,6 +1,7 @@
 """The 8-bit table: is a static variant faster than fp32 and does it keep the task? In one run per model, on data
 it was not calibrated on (the demo's calibration and evaluation folders, examples/ocr_models.py; MiniLM's sentences
-split 16 / 8):
+split 16 / 8; the tests' YOLO-style detector with SiLU, its boxes and scores meeting in one Concat, on 64x64 crops of
+three scikit-image photos for calibration and three others for evaluation):
 
   plain      onnxruntime's quantize_static (QDQ, per-channel, its own MinMax calibration, every op it quantizes)
   default    onnxdtype with the search off (activations at weighted ops only, equalization, float tail)
@@ -8,14 +9,18 @@ split 16 / 8):
 
 Columns: task agreement (the judge onnxdtype guesses for the output), 1-thread and all-thread speedup against fp32
 (medians of interleaved runs), size, and the integer kernels / Q-DQ conversions in onnxruntime's optimized graph.
-Usage: python bench/static_speed.py [--models det,cls,rec,minilm] [--dtypes s8u8,u8u8] [--runs N]
+--profile adds, per model, where the time goes at 1 thread: onnxruntime's own per-node profile (enable_profiling)
+summed by op type, fp32 beside the searched variant.
+Usage: python bench/static_speed.py [--models det,cls,rec,minilm,yolo] [--dtypes s8u8,u8u8] [--runs N] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "examples")]
 import ocr_models  # noqa: E402
 import realmodels  # noqa: E402
+import tinymodels  # noqa: E402
 
 from onnxdtype.build import Calibration, quantize  # noqa: E402
 from onnxdtype.calibration import load_samples  # noqa: E402
@@ -49,6 +55,60 @@ def minilm_case(work: Path) -> tuple[Path, Path, Path]:
         for i, sentence in enumerate(sentences):
             np.savez(work / name / f"{i:02d}.npz", **realmodels.minilm_feeds([sentence]))
     return model, work / "calib", work / "eval"
+
+
+def yolo_case(work: Path) -> tuple[Path, Path, Path]:
+    from PIL import Image
+
+    detector = tinymodels.detector(activation="silu")
+    onnx.helper.set_model_props(detector, {"names": "{0: 'person', 1: 'car', 2: 'dog'}"})  # as ultralytics: detect
+    model = tinymodels.save(detector, work / "yolo.onnx")
+    images = realmodels.scene_images()
+    for name, chosen in (("calib", images[:3]), ("eval", images[3:])):
+        (work / name).mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(chosen):
+            height, width = image.shape[:2]
+            for j, (top, left) in enumerate(((0, 0), (height // 3, width // 3), (height // 2, width // 2))):
+                crop = Image.fromarray(image[top:top + height // 2, left:left + width // 2]).resize((64, 64))
+                x = (np.asarray(crop, np.float32) / 255).transpose(2, 0, 1)[None]
+                np.savez(work / name / f"{i}{j}.npz", x=x)
+    return model, work / "calib", work / "eval"
+
+
+def op_profile(path: Path, feed: dict, runs: int) -> dict[str, float]:
+    """Milliseconds per run spent in each op type at 1 thread, from onnxruntime's profiler (after a warm-up)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.log_severity_level = 1, 4
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, feed)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.parent / "profile")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        session.run(None, feed)
+    trace = session.end_profiling()
+    with open(trace) as handle:
+        events = json.load(handle)
+    os.remove(trace)
+    times: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            times[op] = times.get(op, 0.0) + event["dur"] / 1000 / runs
+    return times
+
+
+def profile_rows(fp32: Path, variant: Path, feed: dict, runs: int, top: int = 8) -> list[str]:
+    sides = {"fp32": op_profile(fp32, feed, runs), "variant": op_profile(variant, feed, runs)}
+    lines = []
+    for side, times in sides.items():
+        total = sum(times.values())
+        ranked = sorted(times.items(), key=lambda item: -item[1])[:top]
+        lines.append(f"    {side:8} {total:7.2f} ms: " + ", ".join(f"{op} {ms:.2f}" for op, ms in ranked))
+    return lines
 
 
 def plain(model: Path, calib: Path, dtype: str, out: Path) -> Path:
@@ -89,12 +149,14 @@ def main() -> None:
     parser.add_argument("--models", default="det,cls,rec,minilm")
     parser.add_argument("--dtypes", default="s8u8,u8u8")
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--profile", action="store_true", help="per-op-type time of fp32 and the searched variant")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="onnxdtype-bench-") as scratch:
         work = Path(scratch)
         for name in args.models.split(","):
-            model, calib, eval_dir = minilm_case(work / name) if name == "minilm" else ocr_case(name, work)
+            cases = {"minilm": lambda: minilm_case(work / name), "yolo": lambda: yolo_case(work / name)}
+            model, calib, eval_dir = cases.get(name, lambda: ocr_case(name, work))()
             print(f"{name}: {'variant':16} {'task':>16} {'1 thread':>8} {'all':>8} {'size':>6} int/qdq")
             for dtype in args.dtypes.split(","):
                 print(f"  {dtype}: {row('plain', model, plain(model, calib, dtype, work), eval_dir, args.runs)[2:]}")
@@ -104,6 +166,9 @@ def main() -> None:
                                       latency_runs=0, workers=1, keep_failed=True).results[0]
                     status = "" if result.status == "ok" else f"   ({result.status})"
                     print(row(label, model, out / result.file, eval_dir, args.runs) + status)
+                if args.profile:
+                    feed = list(load_samples(eval_dir, onnx.load(str(model))))[0]
+                    print("\n".join(profile_rows(model, out / result.file, feed, args.runs)))
 
 
 if __name__ == "__main__":

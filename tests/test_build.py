@@ -309,8 +309,8 @@ def test_yolo_like_detector_gets_a_verified_q8_with_conv_quantized(tmp_path):
     """The seed's q8 on a pure Conv net: ConvInteger for every Conv (per-channel weights), judged per channel of the
     [boxes | scores] head on inputs it was not built from."""
     import numpy as np
-
     import tinymodels
+
     from onnxdtype.verify.evaluate import EvalData
 
     model = tinymodels.save(tinymodels.detector(), tmp_path / "det.onnx")

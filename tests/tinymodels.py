@@ -146,8 +146,9 @@ def fp16_precision_loss() -> onnx.ModelProto:
     return _model(nodes, [_io("x", "N", 8)], [_io("y", "N", 8)], inits)
 
 
-def detector(classes: int = 3) -> onnx.ModelProto:
-    """A YOLO-like detector: conv backbone, one head conv, then decode and one output [1, 4+C, 64 anchors].
+def detector(classes: int = 3, activation: str = "relu") -> onnx.ModelProto:
+    """A YOLO-like detector: conv backbone (Relu, or SiLU = x * Sigmoid(x) as YOLOv8's), one head conv, then decode
+    and one output [1, 4+C, 64 anchors].
 
     The head's box channels are distances in pixels (0..~640) and its class channels logits (about +-5);
     boxes and sigmoid scores are concatenated into one output, the layout that loses the scores when one
@@ -161,7 +162,9 @@ def detector(classes: int = 3) -> onnx.ModelProto:
                   numpy_helper.from_array(_weight(rng, cout, scale=0.1), f"kb{i}")]
         nodes += [helper.make_node("Conv", [x, f"k{i}", f"kb{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1],
                                    strides=[2, 2]),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+                  *([helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")] if activation == "relu" else
+                    [helper.make_node("Sigmoid", [f"c{i}"], [f"g{i}"], name=f"gate{i}"),
+                     helper.make_node("Mul", [f"c{i}", f"g{i}"], [f"r{i}"], name=f"silu{i}")])]
         x = f"r{i}"
     head = _weight(rng, 4 + classes, 16, 1, 1, scale=0.3)
     head[:4] *= 150.0  # box distances in pixels

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxdtype.ops import FP16_MAX, QDQ_OPS
+from onnxdtype.ops import FP16_MAX
 from onnxdtype.verify.evaluate import Criteria, EvalData, evaluate, session
 from onnxdtype.verify.ranking import activation_max, error_increase, weight_shares
 
