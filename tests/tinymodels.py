@@ -289,3 +289,21 @@ def conv_batchnorm() -> onnx.ModelProto:
              helper.make_node("Conv", ["r1", "k2"], ["c2"], name="conv2"),
              helper.make_node("BatchNormalization", ["c2", "scale", "bias", "mean", "var"], ["y"], name="bn2")]
     return _model(nodes, [_io("x", 1, 3, 8, 8)], [_io("y", 1, 8, 8, 8), _io("c2", 1, 8, 8, 8)], inits)
+
+
+def hardswish_chain() -> onnx.ModelProto:
+    """Conv -> HardSwish -> Div by 2 -> Conv -> HardSigmoid gate (Mul) -> Conv: ops with no integer kernel on
+    onnxruntime's CPU EP between weighted ones (MobileNetV3 and PP-OCR spell HardSwish either way)."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(_weight(rng, 8, 3, 3, 3, scale=0.5), "k1"),
+             numpy_helper.from_array(_weight(rng, 8, 8, 1, 1, scale=0.5), "k2"),
+             numpy_helper.from_array(_weight(rng, 4, 8, 1, 1, scale=0.5), "k3"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    nodes = [helper.make_node("Conv", ["x", "k1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["c1"], ["h1"], name="hswish"),
+             helper.make_node("Div", ["h1", "two"], ["d1"], name="halve"),
+             helper.make_node("Conv", ["d1", "k2"], ["c2"], name="conv2"),
+             helper.make_node("HardSigmoid", ["c2"], ["g2"], name="hsigmoid", alpha=0.2, beta=0.5),
+             helper.make_node("Mul", ["c2", "g2"], ["m2"], name="gate"),
+             helper.make_node("Conv", ["m2", "k3"], ["y"], name="head")]
+    return _model(nodes, [_io("x", 1, 3, 16, 16)], [_io("y", 1, 4, 16, 16)], inits, opset=14)

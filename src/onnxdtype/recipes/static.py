@@ -7,7 +7,9 @@ rules are on by default, each switchable:
 * kernel_ops_only: activations are quantized only where an integer kernel uses them, at Conv, ConvTranspose,
   Gemm and MatMul with a constant weight; MatMul/Gemm outputs stay float (onnxruntime still runs them as int8
   GEMMs, MatMulIntegerToFloat), since transformer FFN outputs carry single channels 100-240x wider than the
-  rest. Elementwise ops, normalizations, Softmax, Concat... stay float.
+  rest. Elementwise ops, normalizations, Softmax, Concat... stay float. Off (the search's chain placements),
+  every op onnxruntime quantizes gets Q/DQ, and HardSwish, HardSigmoid and Div by a constant are first spelled
+  with ops that have integer kernels (integer_ops.py), so chains of QLinear ops are not cut by float islands.
 * float_tail: the nodes after the last weighted op on every path to a graph output (decode, Concat of boxes
   and scores, Softmax/Sigmoid heads), and those last weighted ops themselves, stay float, so no graph output
   passes through one per-tensor scale. Under onnxruntime's op set, a detector whose [boxes 0..900 | scores
@@ -33,6 +35,7 @@ from onnxdtype.calibration.ranges import CALIBRATION_PASSES, ORT_METHODS, weight
 from onnxdtype.normalize import fold_batchnorm
 from onnxdtype.ops import KERNEL_WEIGHT_INPUT
 from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, with_nodes
+from onnxdtype.recipes.integer_ops import integer_spellings
 from onnxdtype.recipes.qdq import (
     NEEDS_CALIBRATION,
     cached_ranges,
@@ -106,6 +109,9 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     calibration = cached_ranges(model, options.ranges_file, options.method)
     model = named_copy(model)  # quantize_static edits its input; nodes_to_exclude needs names
     folded = fold_batchnorm(model)  # the folded Conv writes the BatchNormalization's output, whose range is cached
+    spelled: dict[str, int] = {}
+    if not options.kernel_ops_only:  # a chain placement: ops without an integer kernel would break it
+        model, calibration, spelled = integer_spellings(model, calibration)
     excluded = set(options.nodes_to_exclude) | (set(float_tail(model)) if options.float_tail else set())
     quantized = {n.name for n in weighted_nodes(model)} - excluded
     notes: list[str] = []
@@ -129,6 +135,9 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
                   if n.name in excluded and (op_types is None or n.op_type in op_types))
     if folded:
         notes.append(f"{folded} BatchNormalization folded into their Conv (onnxruntime cannot across a Q/DQ pair)")
+    if spelled:
+        notes.append("spelled with integer-kernel ops (Add/Mul/Clip): "
+                     + ", ".join(f"{n} {op}" for op, n in spelled.items()))
     if options.float_tail:
         notes.append("float tail: nodes after the last weighted op on every path to an output stay float")
     if options.kernel_ops_only:
@@ -137,7 +146,8 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
               "per_channel": options.per_channel, "method": calibration.method,
               "ranges_file": Path(options.ranges_file).name, "calibration_samples": calibration.samples_used,
               "kernel_ops_only": options.kernel_ops_only, "float_tail": options.float_tail,
-              "equalize": options.equalize, "nodes_to_exclude": list(options.nodes_to_exclude),
+              "equalize": options.equalize, "integer_spellings": spelled,
+              "nodes_to_exclude": list(options.nodes_to_exclude),
               "quantizer": "onnxruntime.quantization.quantize_static (QDQ)"}
     return Variant(quantized_model, params, kept_in_float=kept, notes=notes)
 
