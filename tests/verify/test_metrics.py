@@ -81,3 +81,27 @@ def test_kernels_counts_what_onnxruntime_runs(tmp_path):
     found = kernels(q8)
     assert sum(found["integer"].values()) >= 2  # the two MatMuls, as MatMulIntegerToFloat or DynamicQuantizeMatMul
     assert set(found["integer"]) <= {"MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger"}
+
+
+def test_a_quantized_variant_onnxruntime_runs_in_float_is_named(tmp_path):
+    """Weight-only 8-bit Q/DQ on a Conv (a DequantizeLinear feeding a float Conv) forms no integer kernel: the build
+    says so instead of letting the size suggest a speedup. (onnxruntime 1.32 turns the same on a MatMul into
+    MatMulNBits.)"""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxdtype.build.pipeline import runs_no_integer_kernel
+    from onnxdtype.verify.kernels import kernels
+
+    weight = numpy_helper.from_array(np.arange(-36, 36, dtype=np.int8).reshape(8, 1, 3, 3), "w_q")
+    scale = numpy_helper.from_array(np.array(0.01, np.float32), "w_scale")
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w_q", "w_scale"], ["w"]), helper.make_node("Conv", ["x", "w"], ["y"])],
+        "weight_only", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])], [weight, scale])
+    path = tmp_path / "weight_only.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    found = kernels(path)
+    assert found["integer"] == {} and runs_no_integer_kernel("s8u8", found)
+    assert not runs_no_integer_kernel("fp16", found) and not runs_no_integer_kernel("q8", None)
+    assert not runs_no_integer_kernel("q8", {"integer": {"MatMulIntegerToFloat": 2}, "conversions": {}})

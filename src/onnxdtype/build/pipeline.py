@@ -49,6 +49,9 @@ from onnxdtype.verify.kernels import kernels
 from onnxdtype.verify.latency import measure
 from onnxdtype.verify.repair import RepairBudget
 
+NO_INTEGER_KERNELS = ("onnxruntime's CPU EP runs no integer kernel for this variant: its 8-bit weights are "
+                      "dequantized to float as it runs (a smaller file, no speed from integer arithmetic)")
+
 
 def quantize(
     model: str | Path,
@@ -219,3 +222,10 @@ def _time(request: Request, plan: ModulePlan, result: VariantResult) -> None:
     if feed is not None:
         result.latency = measure(out / f"{result.module}.onnx", out / result.file, feed, request.latency_runs)
     result.kernels = kernels(out / result.file)
+    if runs_no_integer_kernel(result.dtype, result.kernels):
+        result.notes.append(NO_INTEGER_KERNELS)
+
+
+def runs_no_integer_kernel(dtype: str, found: dict | None) -> bool:
+    """A quantized dtype whose optimized graph holds no integer kernel (None: the graph could not be read)."""
+    return INFO[DType(dtype)].bits not in ("32", "16") and found is not None and not found["integer"]
