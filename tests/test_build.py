@@ -280,6 +280,7 @@ def test_static_search_keeps_the_fastest_placement_that_passes_and_records_the_t
     import numpy as np
 
     from onnxdtype.build import Calibration
+    from onnxdtype.build.search import CANDIDATES
 
     data = tmp_path / "calib"
     data.mkdir()
@@ -290,9 +291,15 @@ def test_static_search_keeps_the_fastest_placement_that_passes_and_records_the_t
                       workers=1).by("mlp", "u8u8")
     assert result.status == "ok", result.reason
     trail = result.params["search"]
-    assert len(trail["candidates"]) == 4 and trail["chosen"] is not None
+    placements = [c["options"]["static"] for c in trail["candidates"] if "repaired" not in c]
+    assert placements == [dict(c) for c in CANDIDATES] and trail["chosen"] is not None
     chosen = trail["candidates"][trail["chosen"]]
     passed = [c for c in trail["candidates"] if c["failure"] is None]
+    originals = [c for c in trail["candidates"] if "repaired" not in c]
+    fastest_passing = max(c["speedup_1thread"] for c in originals if c["failure"] is None)
+    for repaired in (c for c in trail["candidates"] if "repaired" in c):  # only a faster failing placement
+        before = next(c for c in originals if c["options"] == repaired["options"])
+        assert before["failure"] and before["speedup_1thread"] > fastest_passing
     assert chosen["speedup_1thread"] == max(c["speedup_1thread"] for c in passed)
     assert result.params["static"]["kernel_ops_only"] == chosen["options"]["static"]["kernel_ops_only"]
     slower = "no passing placement is faster than fp32" in " ".join(result.notes)
@@ -303,6 +310,28 @@ def test_static_search_keeps_the_fastest_placement_that_passes_and_records_the_t
     fixed = quantize(tiny("mlp"), "u8u8", tmp_path / "fixed", calib=Calibration(data), latency_runs=0, workers=1,
                      options={"static": {"equalize": False}}).by("mlp", "u8u8")
     assert "search" not in fixed.params  # an option the search varies was set by the user: their choice stands
+
+
+def test_static_search_repairs_the_closest_placement_when_none_passes_and_reports_it_failed(tiny, tmp_path):
+    """No placement survives mm2's outlier weights: the search repairs the one closest to passing (not the default
+    placement once more) and, with nothing left within the repair budget, the variant fails with both trails."""
+    import numpy as np
+
+    from onnxdtype.build import Calibration
+
+    data = tmp_path / "calib"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        np.savez(data / f"{i}.npz", x=rng.standard_normal((8, 64)).astype(np.float32))
+    result = quantize(tiny("outlier_matmul"), "u8u8", tmp_path / "out", calib=Calibration(data), latency_runs=0,
+                      workers=1).by("outlier_matmul", "u8u8")
+    assert result.status == "failed" and "repair budget" in result.reason
+    trail = result.params["search"]
+    repaired = [c for c in trail["candidates"] if "repaired" in c]
+    assert len(repaired) == 1 and trail["chosen"] == trail["candidates"].index(repaired[0])
+    assert repaired[0]["repaired"]["kept"] and "budget" in result.verification["repair"]["failure"]
+    assert all(c["failure"] for c in trail["candidates"])
 
 
 def test_yolo_like_detector_gets_a_verified_q8_with_conv_quantized(tmp_path):

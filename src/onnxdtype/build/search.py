@@ -41,42 +41,102 @@ def candidates_for(steps: tuple[str, ...], fixed_fields: set[str]) -> list[dict[
     return [{"static": dict(candidate)} for candidate in CANDIDATES]
 
 
+@dataclasses.dataclass
+class _Tried:
+    entry: dict[str, Any]
+    model: onnx.ModelProto
+    options: dict
+    trial: VariantResult
+
+    @property
+    def passed(self) -> bool:
+        return self.trial.status == Status.OK and self.entry.get("failure") is None
+
+
 def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], options: dict,
            candidates: list[dict[str, dict]], data: EvalData, criteria: Criteria, result: VariantResult,
-           run_steps: Callable[..., onnx.ModelProto | None]) -> tuple[onnx.ModelProto, dict] | None:
-    """The fastest candidate that passes `criteria` on `data` (its model and options), with every candidate's figures
-    in result.params["search"]; None when none passes (the caller repairs the default placement instead)."""
+           run_steps: Callable[..., onnx.ModelProto | None],
+           repair: Callable[[onnx.ModelProto, dict, VariantResult], onnx.ModelProto] | None
+           ) -> tuple[onnx.ModelProto, dict] | None:
+    """The fastest candidate that passes `criteria` on `data` (its model and options), every candidate's figures in
+    result.params["search"]; None when no candidate could be built, or none passed and repair is off.
+
+    Every candidate is judged and timed. One failing candidate is then repaired (`repair` keeps its worst nodes in
+    float, judged on the task): the fastest that ran faster than every passing one (keeping nodes in float only
+    slows it), or, when none passed, the one closest to passing. When nothing passes, the result is that repaired
+    candidate, failed with its figures and repair trail."""
     base, base_timed = session(source_path), session(source_path, threads=1)
-    trail, best = [], None
+    trail: list[dict[str, Any]] = []
+    tried: list[_Tried] = []
     for overrides in candidates:
         trial_options = {step: dataclasses.replace(opts, **overrides.get(step, {})) for step, opts in options.items()}
         trial = VariantResult(result.module, result.dtype, Status.OK)
         model = run_steps(source, steps, trial_options, trial)
         entry: dict[str, Any] = {"options": overrides}
-        if model is None:
-            trail.append({**entry, "failure": trial.reason})
-            continue
-        record, _, failure = verify_variant(base, session(model), data, criteria)
-        entry.update(failure=failure, task=_worst_task(record))
-        if failure is None:
-            entry["speedup_1thread"] = round(one_thread_speedup(base_timed, session(model, threads=1),
-                                                                data.feeds[0], TIMING_RUNS), 3)
-            if best is None or entry["speedup_1thread"] > best[0]["speedup_1thread"]:
-                best = (entry, model, trial_options, trial, record)
         trail.append(entry)
-    result.params["search"] = {"candidates": trail, "chosen": trail.index(best[0]) if best else None,
+        if model is None:
+            entry["failure"] = trial.reason
+            continue
+        trial.verification, _, failure = verify_variant(base, session(model), data, criteria)
+        entry.update(failure=failure, task=_worst_task(trial.verification),
+                     speedup_1thread=_speedup(base_timed, model, data))
+        tried.append(_Tried(entry, model, trial_options, trial))
+    if not tried:
+        return None
+    fixed = _repaired(tried, repair, base_timed, data, result) if repair else None
+    if fixed is not None:
+        trail.append(fixed.entry)
+        tried.append(fixed)
+    passing = [t for t in tried if t.passed]
+    best = max(passing, key=lambda t: t.entry["speedup_1thread"], default=fixed)
+    result.params["search"] = {"candidates": trail,
+                               "chosen": next((i for i, e in enumerate(trail) if best and e is best.entry), None),
                                "timed_on": "this machine, 1 thread, median of 10 interleaved runs"}
     if best is None:
         return None
-    _, model, chosen_options, trial, record = best
-    result.params = {**result.params, **trial.params}  # the chosen candidate's recipe parameters, the trail kept
-    result.kept_in_float, result.notes, result.verification = trial.kept_in_float, trial.notes, record
-    speedup = best[0]["speedup_1thread"]
+    result.params = {**result.params, **best.trial.params}  # the chosen candidate's recipe parameters, the trail kept
+    result.kept_in_float, result.notes = best.trial.kept_in_float, best.trial.notes
+    result.verification = best.trial.verification
+    if not best.passed:
+        result.fail(best.trial.reason or "no placement passes")
+        return best.model, best.options
+    speedup = best.entry["speedup_1thread"]
     if speedup < 1.0:  # said, never hidden: the user asked for 8-bit to be faster
         result.notes.append(f"no passing placement is faster than fp32 on this machine (best {speedup:.2f}x at "
                             "1 thread): onnxruntime's integer kernels do not pay here (bench/static_speed.py "
                             "--profile shows where the time goes)")
-    return model, chosen_options
+    return best.model, best.options
+
+
+def _repaired(tried: list[_Tried], repair: Callable, base_timed, data: EvalData, result: VariantResult
+              ) -> _Tried | None:
+    """The repair of the one failing candidate worth it (see search), as a new trail entry; None when none is."""
+    best_speed = max((t.entry["speedup_1thread"] for t in tried if t.passed), default=None)
+    failing = [t for t in tried if not t.passed]
+    if best_speed is not None:
+        failing = [t for t in failing if t.entry["speedup_1thread"] > best_speed]
+        pick = max(failing, key=lambda t: t.entry["speedup_1thread"], default=None)
+    else:
+        pick = max(failing, key=lambda t: ((t.entry["task"] or {}).get("agreement", 0.0),
+                                           t.entry["speedup_1thread"]), default=None)
+    if pick is None:
+        return None
+    trial = VariantResult(result.module, result.dtype, Status.OK, params=dict(pick.trial.params),
+                          kept_in_float=list(pick.trial.kept_in_float), notes=list(pick.trial.notes))
+    model = repair(pick.model, pick.options, trial)
+    repair_trail = trial.verification.get("repair") or {}
+    entry: dict[str, Any] = {"options": pick.entry["options"], "repaired": {
+        "kept": repair_trail.get("kept", []), "kept_weight_fraction": repair_trail.get("kept_weight_fraction"),
+        "attempts": len(repair_trail.get("attempts", []))},
+        "failure": trial.verification.get("failure") if trial.status == Status.OK else trial.reason,
+        "task": _worst_task(trial.verification)}
+    if trial.status == Status.OK:
+        entry["speedup_1thread"] = _speedup(base_timed, model, data)
+    return _Tried(entry, model, pick.options, trial)
+
+
+def _speedup(base_timed, model: onnx.ModelProto, data: EvalData) -> float:
+    return round(one_thread_speedup(base_timed, session(model, threads=1), data.feeds[0], TIMING_RUNS), 3)
 
 
 def _worst_task(record: dict) -> dict | None:

@@ -45,7 +45,7 @@ def build_variant(task: VariantTask) -> VariantResult:
         source = load_model(task.norm_path)
         options = {step: RECIPES[step].Options(**task.options[step]) for step in steps}
         built = _searched(source, task, steps, options, result) if task.verify and task.search else None
-        if built is None:  # no search, or no candidate passed: the default placement, verified and repaired
+        if built is None:  # no search, or nothing it could judge: the default placement, verified and repaired
             built = run_steps(source, steps, options, result)
             if built is None:
                 return result
@@ -113,11 +113,18 @@ def _judging(spec: VerifySpec, dtype: str) -> tuple[EvalData, Criteria]:
 
 def _searched(source: onnx.ModelProto, task: VariantTask, steps: tuple[str, ...], options: dict,
               result: VariantResult) -> onnx.ModelProto | None:
-    """The fastest placement that passes on real data (build.search), or None: then the default is repaired."""
+    """The fastest placement that passes on real data (build.search), or its closest failing one with its repair
+    (then `result` is failed); None when the search cannot judge: the default placement is built instead."""
     eval_data, criteria = _judging(task.verify, result.dtype)
     if not eval_data.feeds or eval_data.synthesized:
         return None
-    found = search(source, task.norm_path, steps, options, task.search, eval_data, criteria, result, run_steps)
+    source_path = Path(task.norm_path)
+
+    def repair(built: onnx.ModelProto, trial_options: dict, trial: VariantResult) -> onnx.ModelProto:
+        return _verify_and_repair(source, source_path, built, steps, trial_options, task.verify, trial)
+
+    found = search(source, task.norm_path, steps, options, task.search, eval_data, criteria, result, run_steps,
+                   repair if task.verify.repair else None)
     return found[0] if found else None
 
 

@@ -105,15 +105,18 @@ def repair(source: onnx.ModelProto, plan: RepairPlan, eval_data: EvalData, crite
 
 
 def quantized_nodes(source: onnx.ModelProto, variant: onnx.ModelProto) -> list[str]:
-    """Names of `source` nodes a quantizer touched: those it replaced (q8, q4, bnb4 swap op types; a BatchNormalization
-    folded into its Conv) and those that kept name and op type but read a dequantized weight (QDQ placements).
-    Before, a static variant's candidates were its replaced nodes alone: PP-OCRv4 rec's repair ranked just its six
-    folded BatchNormalizations, never its Convs and MatMuls."""
-    initializers = {t.name for t in variant.graph.initializer}
-    dequantized_weights = {n.output[0] for n in variant.graph.node
-                           if n.op_type == "DequantizeLinear" and n.input[0] in initializers}
+    """Names of `source` nodes a quantizer touched, the ones repair may keep in higher precision.
+
+    Q/DQ placements (static, int8) keep node names: their candidates are the nodes that read a dequantized weight.
+    Nodes a Q/DQ variant lost are not: a BatchNormalization folded into its Conv, a Relu onnxruntime's quantizer
+    fused into the Q before it, a HardSwish spelled with Add/Mul/Clip; ranked first once, keeping them bought no
+    accuracy (PP-OCRv4 rec's repair ranked only its six folded BatchNormalizations, never its Convs). Other
+    quantizers (q8, q4, bnb4) replace the nodes they quantize: those are the candidates."""
     variant_nodes = {(n.name, n.op_type) for n in variant.graph.node}
-    quantized_in_place = {(n.name, n.op_type) for n in variant.graph.node
-                          if any(i in dequantized_weights for i in n.input)}
-    return [n.name for n in source.graph.node
-            if n.name and ((n.name, n.op_type) in quantized_in_place or (n.name, n.op_type) not in variant_nodes)]
+    if any(n.op_type == "QuantizeLinear" for n in variant.graph.node):
+        initializers = {t.name for t in variant.graph.initializer}
+        dequantized = {n.output[0] for n in variant.graph.node
+                       if n.op_type == "DequantizeLinear" and n.input[0] in initializers}
+        in_place = {(n.name, n.op_type) for n in variant.graph.node if any(i in dequantized for i in n.input)}
+        return [n.name for n in source.graph.node if n.name and (n.name, n.op_type) in in_place]
+    return [n.name for n in source.graph.node if n.name and (n.name, n.op_type) not in variant_nodes]
