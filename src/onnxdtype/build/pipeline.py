@@ -176,7 +176,7 @@ def _build(request: Request, pool: WorkerPool) -> list[VariantResult]:
     with planned(request) as (plans, tmp):
         prepared = prepare(request, plans, tmp)
         finished = []
-        for result in pool.run(prepared.work):
+        for _, result in pool.run(prepared.work):
             publish_variant(request.out, result, request.keep_failed)
             finished.append(result)
         for result in finished:  # timed one at a time, after the parallel builds, so they do not compete

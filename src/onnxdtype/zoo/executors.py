@@ -1,0 +1,119 @@
+"""Where a zoo's variant tasks run: this machine's worker pool (`local`), or Ray tasks on a cluster (`ray`).
+
+Both take the build pipeline's VariantTasks and yield VariantResults as they finish; the driver publishes them.
+Tasks read and write only the temp folders of the output, so with Ray the output must be on a filesystem every
+node sees.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator
+
+from onnxdtype.build.pool import PEAK_PER_WORKER, UNMEASURED_PEAK, VERIFY_PEAK, WorkerPool, worker_count
+from onnxdtype.build.task import VariantTask
+from onnxdtype.build.worker import build_variant
+from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.io import first_line
+from onnxdtype.results import Status, VariantResult
+
+EXECUTORS = ("local", "ray")
+RAY_RETRIES = 3  # a task whose worker process died (OOM killer, lost node) runs again this many times
+Running = Callable[[int], None]  # told how many tasks are in flight whenever that changes
+
+
+def memory_estimate(task: VariantTask) -> int:
+    """Bytes one worker is predicted to need for the task (bench/memory.py's figures, as the local pool's plan)."""
+    factor = PEAK_PER_WORKER.get(task.dtype, UNMEASURED_PEAK) + (VERIFY_PEAK if task.verify else 0.0)
+    return int(task.base_bytes * factor)
+
+
+class LocalExecutor:
+    """The build's own WorkerPool on this machine: `max_parallel` workers, else as many as cores and memory allow."""
+
+    def __init__(self, max_parallel: int | None = None) -> None:
+        self.max_parallel = max_parallel
+        self.workers = 0
+
+    def run(self, tasks: list[VariantTask], running: Running) -> Iterator[tuple[VariantTask, VariantResult]]:
+        if not tasks:
+            return
+        largest = max(t.base_bytes for t in tasks)
+        self.workers = worker_count(self.max_parallel, len(tasks), largest, sorted({t.dtype for t in tasks}),
+                                    any(t.verify for t in tasks))
+        with WorkerPool(self.workers) as pool:
+            left = len(tasks)
+            running(min(self.workers, left))
+            for done in pool.run(tasks):
+                left -= 1
+                running(min(self.workers, left))
+                yield done
+
+    def close(self) -> None:
+        """The pool lives only while `run` does."""
+
+
+class RayExecutor:
+    """Each task a Ray task asking for one CPU and its estimated memory, retried when its worker dies.
+
+    Connects to `address` ("auto", "ray://HOST:PORT"), else starts Ray on this machine; Ray started here is shut
+    down on close. `build` is what a Ray worker runs (build_variant; tests pass one that dies once)."""
+
+    def __init__(self, address: str | None = None, max_parallel: int | None = None,
+                 build: Callable[[VariantTask], VariantResult] = build_variant) -> None:
+        if importlib.util.find_spec("ray") is None:
+            raise OnnxDtypeError("--executor ray needs Ray: pip install 'onnxdtype[ray]'")
+        import ray
+
+        self.ray = ray
+        self.started = not ray.is_initialized()
+        if self.started:
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise OnnxDtypeError(f"--address {address}: cannot connect to Ray ({first_line(exc)})") from None
+        self.max_parallel = max_parallel
+        self.workers = max_parallel or int(ray.cluster_resources().get("CPU", 1))
+        self.remote = ray.remote(build)
+
+    def run(self, tasks: list[VariantTask], running: Running) -> Iterator[tuple[VariantTask, VariantResult]]:
+        """Yield each task with its result as it finishes."""
+        queued = list(reversed(tasks))
+        pending: dict = {}
+        while queued or pending:
+            while queued and (self.max_parallel is None or len(pending) < self.max_parallel):
+                task = queued.pop()
+                options = {"num_cpus": 1, "max_retries": RAY_RETRIES}
+                if memory_estimate(task):
+                    options["memory"] = memory_estimate(task)
+                pending[self.remote.options(**options).remote(task)] = task
+            running(len(pending))
+            ready, _ = self.ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                task = pending.pop(ref)
+                try:
+                    result = self.ray.get(ref)
+                except self.ray.exceptions.RayError as exc:  # retries used up: this task fails, the zoo goes on
+                    result = VariantResult(task.module, task.dtype, Status.FAILED,
+                                           f"Ray task failed after {RAY_RETRIES} retries: {first_line(exc)}",
+                                           base_bytes=task.base_bytes)
+                yield task, result
+        running(0)
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def make_executor(name: str, address: str | None = None, max_parallel: int | None = None
+                  ) -> LocalExecutor | RayExecutor:
+    if name not in EXECUTORS:
+        raise OnnxDtypeError(f"--executor {name!r}: expected one of {', '.join(EXECUTORS)}")
+    if max_parallel is not None and max_parallel < 1:
+        raise OnnxDtypeError(f"--max-parallel must be >= 1, not {max_parallel}")
+    if name == "local":
+        if address is not None:
+            raise OnnxDtypeError("--address is for --executor ray")
+        return LocalExecutor(max_parallel)
+    return RayExecutor(address, max_parallel)
+
