@@ -33,7 +33,7 @@ from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import folder_lock, read_manifest
 from onnxdtype.results import Status, VariantResult
-from onnxdtype.zoo.executors import LocalExecutor, RayExecutor, make_executor
+from onnxdtype.zoo.executors import LocalExecutor, RayExecutor, check_executor, make_executor
 from onnxdtype.zoo.index import write_index
 from onnxdtype.zoo.keys import module_keys
 from onnxdtype.zoo.spec import ZooModel, load_spec
@@ -80,6 +80,8 @@ def build_zoo(spec: str | Path | dict, out: str | Path, *, executor: str = "loca
     memory), "ray" as Ray tasks (`address` "auto" or "ray://HOST:PORT" for a cluster; `out` must then be on a
     filesystem every node sees). `runner` replaces the executor (tests)."""
     start = time.monotonic()
+    if runner is None:
+        check_executor(executor, address, max_parallel)
     zoo = load_spec(spec, root)
     out = Path(out)
     cache: dict[Path, str] = {}

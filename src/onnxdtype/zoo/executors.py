@@ -105,15 +105,18 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(name: str, address: str | None = None, max_parallel: int | None = None
-                  ) -> LocalExecutor | RayExecutor:
+def check_executor(name: str, address: str | None, max_parallel: int | None) -> None:
+    """The executor settings, checked before the spec is read (the cheapest mistakes first)."""
     if name not in EXECUTORS:
         raise OnnxDtypeError(f"--executor {name!r}: expected one of {', '.join(EXECUTORS)}")
     if max_parallel is not None and max_parallel < 1:
         raise OnnxDtypeError(f"--max-parallel must be >= 1, not {max_parallel}")
-    if name == "local":
-        if address is not None:
-            raise OnnxDtypeError("--address is for --executor ray")
-        return LocalExecutor(max_parallel)
-    return RayExecutor(address, max_parallel)
+    if name == "local" and address is not None:
+        raise OnnxDtypeError("--address is for --executor ray")
+
+
+def make_executor(name: str, address: str | None = None, max_parallel: int | None = None
+                  ) -> LocalExecutor | RayExecutor:
+    check_executor(name, address, max_parallel)
+    return LocalExecutor(max_parallel) if name == "local" else RayExecutor(address, max_parallel)
 
