@@ -76,3 +76,14 @@ def test_a_worker_killed_mid_task_is_retried_and_the_folder_stays_vouched(local_
     assert marker.exists()  # a worker did die
     assert not result.failed and {c["status"] for c in zookit.cells(tmp_path / "out").values()} == {"ok"}
     zookit.assert_vouched(tmp_path / "out")
+
+
+def test_a_task_no_ray_node_has_the_memory_for_fails_at_once_instead_of_waiting(local_ray, tmp_path):
+    from onnxdtype.build.task import VariantTask
+    from onnxdtype.zoo.executors import RayExecutor, memory_estimate
+
+    task = VariantTask("big", "q8", str(tmp_path / "big.onnx"), [], {}, str(tmp_path), base_bytes=1 << 50)
+    largest = max(n["Resources"].get("memory", 0) for n in ray.nodes() if n["Alive"])
+    assert memory_estimate(task) > largest
+    (done_task, result), = RayExecutor().run([task], lambda _: None)
+    assert done_task is task and result.status == "failed" and "the largest Ray node offers" in result.reason

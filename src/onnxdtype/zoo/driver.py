@@ -13,7 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from onnxdtype.build.pipeline import (
@@ -36,7 +36,7 @@ from onnxdtype.results import Status, VariantResult
 from onnxdtype.zoo.executors import LocalExecutor, RayExecutor, check_executor, make_executor
 from onnxdtype.zoo.index import write_index
 from onnxdtype.zoo.keys import module_keys
-from onnxdtype.zoo.spec import ZooModel, load_spec
+from onnxdtype.zoo.spec import ZooModel, ZooSpec, load_spec
 
 
 @dataclass
@@ -47,7 +47,6 @@ class ZooProgress:
     done: int = 0
     running: int = 0
     failed: int = 0
-    started: float = field(default_factory=time.monotonic)
     finished: VariantResult | None = None  # the variant just published, when that is the change
     model: str | None = None  # its model
     stage: str = "planning"
@@ -85,14 +84,13 @@ def build_zoo(spec: str | Path | dict, out: str | Path, *, executor: str = "loca
     zoo = load_spec(spec, root)
     out = Path(out)
     cache: dict[Path, str] = {}
-    keys = {m.name: {mod.name: module_keys(m, mod, cache) for mod in m.modules} for m in zoo.models}
+    keys = {m.name: _model_keys(zoo, m, cache) for m in zoo.models}
     requests = {m.name: _request(m, out / m.name, keys[m.name]) for m in zoo.models}
     work = {name: _work(request, keys[name]) for name, request in requests.items()}
     todo = {name: request for name, request in requests.items() if work[name]}
-    state = ZooProgress(total=sum(len(w) + _calibrations(m) * (m.name in todo) for m, w in zip(zoo.models,
-                                                                                                  work.values())),
-                        skipped=sum(len(k) for by_module in keys.values() for k in by_module.values())
-                        - sum(map(len, work.values())))
+    every = sum(len(by_dtype) for by_module in keys.values() for by_dtype in by_module.values())
+    state = ZooProgress(total=sum(len(work[m.name]) + _calibrations(m) * (m.name in todo) for m in zoo.models),
+                        skipped=every - sum(map(len, work.values())))
     runner = runner or make_executor(executor, address, max_parallel)
     report = progress or (lambda _: None)
     results: dict[str, list[VariantResult]] = {name: [] for name in requests}
@@ -125,6 +123,14 @@ def build_zoo(spec: str | Path | dict, out: str | Path, *, executor: str = "loca
         runner.close()
     index, page = write_index(out, zoo, results, time.monotonic() - start)
     return ZooResult(out, index, page, results, state, time.monotonic() - start)
+
+
+def _model_keys(zoo: ZooSpec, model: ZooModel, cache: dict[Path, str]) -> dict[str, dict[str, str]]:
+    """module -> dtype -> task key; data that cannot be keyed (no subfolder for a module) names the entry."""
+    try:
+        return {module.name: module_keys(model, module, cache) for module in model.modules}
+    except OnnxDtypeError as exc:
+        raise OnnxDtypeError(f"{zoo.source}: models[{zoo.models.index(model)}] ({model.name}): {exc}") from None
 
 
 def _request(model: ZooModel, out: Path, keys: dict[str, dict[str, str]]) -> Request:

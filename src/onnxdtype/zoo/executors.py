@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Iterator
 
-from onnxdtype.build.pool import PEAK_PER_WORKER, UNMEASURED_PEAK, VERIFY_PEAK, WorkerPool, worker_count
+from onnxdtype.build.pool import PEAK_PER_WORKER, UNMEASURED_PEAK, VERIFY_PEAK, GiB, WorkerPool, worker_count
 from onnxdtype.build.task import VariantTask
 from onnxdtype.build.worker import build_variant
 from onnxdtype.errors import OnnxDtypeError
@@ -77,16 +77,24 @@ class RayExecutor:
         self.remote = ray.remote(build)
 
     def run(self, tasks: list[VariantTask], running: Running) -> Iterator[tuple[VariantTask, VariantResult]]:
-        """Yield each task with its result as it finishes."""
+        """Yield each task with its result as it finishes. A task asking for more memory than the largest node
+        has fails at once (Ray would keep it pending for ever)."""
+        largest = max((n["Resources"].get("memory", 0) for n in self.ray.nodes() if n.get("Alive")), default=0)
         queued = list(reversed(tasks))
         pending: dict = {}
         while queued or pending:
             while queued and (self.max_parallel is None or len(pending) < self.max_parallel):
                 task = queued.pop()
-                options = {"num_cpus": 1, "max_retries": RAY_RETRIES}
-                if memory_estimate(task):
-                    options["memory"] = memory_estimate(task)
+                memory = memory_estimate(task)
+                if largest and memory > largest:
+                    yield task, VariantResult(task.module, task.dtype, Status.FAILED,
+                                              f"needs about {memory / GiB:.1f} GiB in one worker; the largest Ray "
+                                              f"node offers {largest / GiB:.1f} GiB", base_bytes=task.base_bytes)
+                    continue
+                options = {"num_cpus": 1, "max_retries": RAY_RETRIES, **({"memory": memory} if memory else {})}
                 pending[self.remote.options(**options).remote(task)] = task
+            if not pending:
+                break
             running(len(pending))
             ready, _ = self.ray.wait(list(pending), num_returns=1)
             for ref in ready:
