@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import zookit
 
+from onnxdtype.manifest import read_manifest
 from onnxdtype.zoo import build_zoo
 
 
@@ -21,6 +22,7 @@ def test_a_zoo_builds_indexes_and_a_rerun_skips_every_task(tmp_path):
     assert first.progress.total == len(cells) + 1 and first.progress.done == first.progress.total  # + mlp's calibration
     assert all(c["size_ratio"] and c["speedup"] and len(c["key"]) == 64 for c in cells.values())
     zookit.assert_vouched(out)
+    assert not read_manifest(out / "mlp")["modules"]["mlp"]["calibration"]["cached"]  # calibrated by the driver
     page = (out / "report.html").read_text()
     assert page.count("<tr>") == 1 + 2 and 'href="mlp/report.html"' in page and 'href="pair/report.html"' in page
     assert (out / "mlp" / "report.html").exists() and (out / "pair" / "report.html").exists()

@@ -50,6 +50,8 @@ def test_a_zoo_with_a_real_model_builds_on_ray_and_a_local_rerun_skips_it(local_
     assert 0 < cls["size_ratio"] < 0.5  # 8-bit weights of a real network
     verification = read_manifest(out / "ocr-cls")["modules"]["cls"]["variants"]["q8"]["verification"]
     assert not verification["synthesized"] and verification["data"].endswith("cls-eval")  # judged on text lines
+    calibration = read_manifest(out / "mlp")["modules"]["mlp"]["calibration"]
+    assert calibration["cached"] and calibration["samples_used"]  # the pass ran in a Ray task; the driver read it
     zookit.assert_vouched(out)
     again = build_zoo(ocr_zoo, out, executor="local")
     assert again.progress.total == 0 and again.progress.skipped == len(cells)

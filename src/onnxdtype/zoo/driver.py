@@ -9,6 +9,7 @@ variants, and writes the index. A task whose key has a vouched result in the out
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from onnxdtype.build.data import calibrated_dtypes
 from onnxdtype.build.pipeline import (
     KEY_PARAM,
     Prepared,
@@ -26,14 +28,22 @@ from onnxdtype.build.pipeline import (
     prepare,
     time_variant,
 )
-from onnxdtype.build.plan import check_out_dir, vouched
+from onnxdtype.build.plan import ModulePlan, check_out_dir, size_with_data, vouched
 from onnxdtype.build.publish import publish_variant, record
 from onnxdtype.build.task import VariantTask
+from onnxdtype.calibration.data import module_path
 from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import folder_lock, read_manifest
 from onnxdtype.results import Status, VariantResult
-from onnxdtype.zoo.executors import LocalExecutor, RayExecutor, check_executor, make_executor
+from onnxdtype.zoo.executors import (
+    CalibrationGroup,
+    CalibrationTask,
+    LocalExecutor,
+    RayExecutor,
+    check_executor,
+    make_executor,
+)
 from onnxdtype.zoo.index import write_index
 from onnxdtype.zoo.keys import module_keys
 from onnxdtype.zoo.spec import ZooModel, ZooSpec, load_spec
@@ -98,18 +108,29 @@ def build_zoo(spec: str | Path | dict, out: str | Path, *, executor: str = "loca
         with ExitStack() as stack:
             plans = _plan_all(todo, stack, out)
             prepared: dict[str, Prepared] = {}
-            tasks, owner = [], {}
-            for model in (m for m in zoo.models if m.name in todo):
-                state.stage = f"calibrating {model.name}" if _calibrations(model) else f"preparing {model.name}"
+            owner: dict[int, str] = {}
+
+            def prepare_model(model: ZooModel) -> list[VariantTask]:
+                """Write the model's bases and calibration (cached when its calibration tasks ran), queue its tasks."""
+                state.stage = f"preparing {model.name}"
                 report(state)
                 prepared[model.name] = done = prepare(todo[model.name], *plans[model.name])
                 state.done += _calibrations(model)
-                tasks += done.work
                 owner.update({id(task): model.name for task in done.work})
                 for plan in done.plans.values():
                     plan.normalized.clear()  # the workers read the normalized files; the driver keeps the bases only
-            state.stage = "building"
-            finished = _run(runner, tasks, owner, todo, keys, state, report)
+                state.stage = "building"
+                report(state)
+                return done.work
+
+            ready, groups = [], []
+            for model in (m for m in zoo.models if m.name in todo):
+                calibrations = _calibration_tasks(todo[model.name], plans[model.name][0])
+                if calibrations:
+                    groups.append(CalibrationGroup(calibrations, functools.partial(prepare_model, model)))
+                else:
+                    ready += prepare_model(model)
+            finished = _run(runner, ready, groups, owner, todo, keys, state, report)
             state.stage = "timing"
             report(state)
             for name, result in finished:  # after the builds, one at a time, so the timings do not compete
@@ -192,9 +213,22 @@ def _plan_all(todo: dict[str, Request], stack: ExitStack, out: Path) -> dict[str
         raise
 
 
-def _run(runner: LocalExecutor | RayExecutor, tasks: list[VariantTask], owner: dict[int, str],
-         todo: dict[str, Request], keys: dict[str, dict[str, dict[str, str]]], state: ZooProgress, report: Progress
-         ) -> list[tuple[str, VariantResult]]:
+def _calibration_tasks(request: Request, plans: list[tuple[ModulePlan, object]]) -> list[CalibrationTask]:
+    """One per module when the model has static dtypes and calibration data: the pass its static tasks wait for."""
+    static = calibrated_dtypes(request.wanted)
+    if request.calib is None or not static:
+        return []
+    calib, count = request.calib, len(request.modules)
+    return [CalibrationTask(plan.module.name, str(plan.for_dtype(static[0]).path),
+                            str(module_path(calib.data, plan.module.name, count, "--calib")),
+                            str(calib.image_spec) if isinstance(calib.image_spec, Path) else calib.image_spec,
+                            calib.method, str(request.out), calib.eval_fraction, size_with_data(plan.module.path))
+            for plan, _ in plans]
+
+
+def _run(runner: LocalExecutor | RayExecutor, tasks: list[VariantTask], groups: list[CalibrationGroup],
+         owner: dict[int, str], todo: dict[str, Request], keys: dict[str, dict[str, dict[str, str]]],
+         state: ZooProgress, report: Progress) -> list[tuple[str, VariantResult]]:
     """Hand the tasks to the executor; publish each result as it arrives, stamped with its task's key."""
     finished = []
 
@@ -202,7 +236,7 @@ def _run(runner: LocalExecutor | RayExecutor, tasks: list[VariantTask], owner: d
         state.running = count
         report(state)
 
-    for task, result in runner.run(tasks, running):
+    for task, result in runner.run(tasks, running, groups):
         name = owner[id(task)]
         request = todo[name]
         result.params[KEY_PARAM] = keys[name][result.module][result.dtype]

@@ -9,17 +9,50 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from onnxdtype.build.pool import PEAK_PER_WORKER, UNMEASURED_PEAK, VERIFY_PEAK, GiB, WorkerPool, worker_count
 from onnxdtype.build.task import VariantTask
-from onnxdtype.build.worker import build_variant
+from onnxdtype.build.worker import build_variant, quiet_onnxruntime
+from onnxdtype.calibration.run import calibrate_path
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.io import first_line
+from onnxdtype.model import load_model
 from onnxdtype.results import Status, VariantResult
 
 EXECUTORS = ("local", "ray")
 RAY_RETRIES = 3  # a task whose worker process died (OOM killer, lost node) runs again this many times
 Running = Callable[[int], None]  # told how many tasks are in flight whenever that changes
+
+
+@dataclass
+class CalibrationTask:
+    """One module's calibration pass. It leaves its ranges in the calibration cache of the model's output folder,
+    where the driver finds them when it prepares the module's static tasks (build.data.calibrate_module)."""
+    module: str
+    norm_path: str  # the normalized model the static recipes receive
+    data: str
+    image_spec: str | dict | None
+    method: str
+    out: str
+    eval_fraction: float
+    base_bytes: int
+
+
+@dataclass
+class CalibrationGroup:
+    """A model's calibration tasks, and what the driver does once all are done: prepare the model, which returns
+    its variant tasks."""
+    tasks: list[CalibrationTask]
+    then: Callable[[], list[VariantTask]]
+
+
+def calibrate(task: CalibrationTask) -> None:
+    """Run a calibration task (in a Ray worker)."""
+    quiet_onnxruntime()
+    calibrate_path(load_model(task.norm_path), task.data, task.image_spec, task.method, Path(task.out),
+                   task.eval_fraction)
 
 
 def memory_estimate(task: VariantTask) -> int:
@@ -35,7 +68,13 @@ class LocalExecutor:
         self.max_parallel = max_parallel
         self.workers = 0
 
-    def run(self, tasks: list[VariantTask], running: Running) -> Iterator[tuple[VariantTask, VariantResult]]:
+    def run(self, tasks: list[VariantTask], running: Running, groups: list[CalibrationGroup] = ()
+            ) -> Iterator[tuple[VariantTask, VariantResult]]:
+        """Yield each task with its result as it finishes. Calibrations run first, in the driver (they need no
+        worker of their own on one machine), then every variant task in one pool."""
+        tasks = list(tasks)
+        for group in groups:
+            tasks += group.then()
         if not tasks:
             return
         largest = max(t.base_bytes for t in tasks)
@@ -75,15 +114,22 @@ class RayExecutor:
         self.max_parallel = max_parallel
         self.workers = max_parallel or int(ray.cluster_resources().get("CPU", 1))
         self.remote = ray.remote(build)
+        self.remote_calibrate = ray.remote(calibrate)
 
-    def run(self, tasks: list[VariantTask], running: Running) -> Iterator[tuple[VariantTask, VariantResult]]:
-        """Yield each task with its result as it finishes. A task asking for more memory than the largest node
+    def run(self, tasks: list[VariantTask], running: Running, groups: list[CalibrationGroup] = ()
+            ) -> Iterator[tuple[VariantTask, VariantResult]]:
+        """Yield each task with its result as it finishes. Calibrations run as Ray tasks beside the variant tasks
+        that need none; a model's static tasks are submitted once its calibrations are done (one that failed is
+        run again by the driver when it prepares the model). A task asking for more memory than the largest node
         has fails at once (Ray would keep it pending for ever)."""
         largest = max((n["Resources"].get("memory", 0) for n in self.ray.nodes() if n.get("Alive")), default=0)
+        left = {i: len(group.tasks) for i, group in enumerate(groups)}
+        calibrating = {self._submit(self.remote_calibrate, task, int(task.base_bytes * UNMEASURED_PEAK)): i
+                       for i, group in enumerate(groups) for task in group.tasks}
         queued = list(reversed(tasks))
         pending: dict = {}
-        while queued or pending:
-            while queued and (self.max_parallel is None or len(pending) < self.max_parallel):
+        while queued or pending or calibrating:
+            while queued and (self.max_parallel is None or len(pending) + len(calibrating) < self.max_parallel):
                 task = queued.pop()
                 memory = memory_estimate(task)
                 if largest and memory > largest:
@@ -91,13 +137,22 @@ class RayExecutor:
                                               f"needs about {memory / GiB:.1f} GiB in one worker; the largest Ray "
                                               f"node offers {largest / GiB:.1f} GiB", base_bytes=task.base_bytes)
                     continue
-                options = {"num_cpus": 1, "max_retries": RAY_RETRIES, **({"memory": memory} if memory else {})}
-                pending[self.remote.options(**options).remote(task)] = task
-            if not pending:
+                pending[self._submit(self.remote, task, memory)] = task
+            if not pending and not calibrating:
                 break
-            running(len(pending))
-            ready, _ = self.ray.wait(list(pending), num_returns=1)
+            running(len(pending) + len(calibrating))
+            ready, _ = self.ray.wait([*pending, *calibrating], num_returns=1)
             for ref in ready:
+                if ref in calibrating:
+                    group = calibrating.pop(ref)
+                    try:
+                        self.ray.get(ref)
+                    except self.ray.exceptions.RayError:
+                        pass  # the driver calibrates the module itself when it prepares the model
+                    left[group] -= 1
+                    if not left[group]:
+                        queued[:0] = reversed(groups[group].then())
+                    continue
                 task = pending.pop(ref)
                 try:
                     result = self.ray.get(ref)
@@ -107,6 +162,10 @@ class RayExecutor:
                                            base_bytes=task.base_bytes)
                 yield task, result
         running(0)
+
+    def _submit(self, remote, task: VariantTask | CalibrationTask, memory: int):
+        options = {"num_cpus": 1, "max_retries": RAY_RETRIES, **({"memory": memory} if memory else {})}
+        return remote.options(**options).remote(task)
 
     def close(self) -> None:
         if self.started:
