@@ -33,6 +33,20 @@ def zoo_spec(folder: Path, dtypes: list[str], latency_runs: int) -> dict:
             "models": [{"name": "pp-ocrv4", "path": str(ocr)}, {"name": "minilm", "path": str(minilm)}]}
 
 
+class Phases:
+    """When the zoo entered each stage (planning -> preparing -> building -> timing), from its progress reports."""
+
+    def __init__(self) -> None:
+        self.start, self.entered = time.perf_counter(), {}
+
+    def __call__(self, state) -> None:
+        self.entered.setdefault(state.stage.split()[0], time.perf_counter())
+
+    def building(self) -> float:
+        """Seconds from the first task handed to the executor to the last result (the part workers share)."""
+        return self.entered["timing"] - self.entered["building"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", default="fp16,q8,q4", help="comma list for every model")
@@ -42,15 +56,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as work:
         spec = zoo_spec(Path(work), args.dtypes.split(","), args.latency_runs)
-        start = time.perf_counter()
-        local = build_zoo(spec, Path(work) / "local", max_parallel=1)
+        start, local_phases = time.perf_counter(), Phases()
+        local = build_zoo(spec, Path(work) / "local", max_parallel=1, progress=local_phases)
         local_s = time.perf_counter() - start
 
         start = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray_start_s = time.perf_counter() - start
         try:
-            on_ray = build_zoo(spec, Path(work) / "ray", runner=RayExecutor(max_parallel=2))
+            ray_phases = Phases()
+            on_ray = build_zoo(spec, Path(work) / "ray", runner=RayExecutor(max_parallel=2), progress=ray_phases)
         finally:
             ray.shutdown()
         ray_s = time.perf_counter() - start
@@ -60,6 +75,9 @@ def main() -> None:
     print(f"local executor, 1 worker:  {local_s:.1f} s")
     print(f"ray executor, 2 workers:   {ray_s:.1f} s (of which ray.init {ray_start_s:.1f} s)")
     print(f"ratio local / ray: {local_s / ray_s:.2f}  (without ray.init: {local_s / (ray_s - ray_start_s):.2f})")
+    print(f"building phase (executor only; planning and timing run in the driver on both sides): local "
+          f"{local_phases.building():.1f} s, ray {ray_phases.building():.1f} s, ratio "
+          f"{local_phases.building() / ray_phases.building():.2f}")
 
 
 if __name__ == "__main__":

@@ -101,9 +101,21 @@ def build_zoo(spec: str | Path | dict, out: str | Path, *, executor: str = "loca
     every = sum(len(by_dtype) for by_module in keys.values() for by_dtype in by_module.values())
     state = ZooProgress(total=sum(len(work[m.name]) + _calibrations(m) * (m.name in todo) for m in zoo.models),
                         skipped=every - sum(map(len, work.values())))
-    runner = runner or make_executor(executor, address, max_parallel)
     report = progress or (lambda _: None)
     results: dict[str, list[VariantResult]] = {name: [] for name in requests}
+    if todo:  # an up-to-date zoo starts no executor (Ray takes seconds to start)
+        with runner or make_executor(executor, address, max_parallel) as running:
+            _build(zoo, todo, keys, running, out, state, report, results)
+    elif runner is not None:
+        runner.close()
+    index, page = write_index(out, zoo, results, time.monotonic() - start)
+    return ZooResult(out, index, page, results, state, time.monotonic() - start)
+
+
+def _build(zoo: ZooSpec, todo: dict[str, Request], keys: dict[str, dict[str, dict[str, str]]],
+           runner: LocalExecutor | RayExecutor, out: Path, state: ZooProgress, report: Progress,
+           results: dict[str, list[VariantResult]]) -> None:
+    """Plan every model with work, prepare each (calibration first), run the tasks, publish, time, record."""
     try:
         with ExitStack() as stack:
             plans = _plan_all(todo, stack, out)
@@ -140,10 +152,6 @@ def build_zoo(spec: str | Path | dict, out: str | Path, *, executor: str = "loca
                 results[name] += done.decided
     except OSError as exc:
         raise out_error(out, exc) from None
-    finally:
-        runner.close()
-    index, page = write_index(out, zoo, results, time.monotonic() - start)
-    return ZooResult(out, index, page, results, state, time.monotonic() - start)
 
 
 def _model_keys(zoo: ZooSpec, model: ZooModel, cache: dict[Path, str]) -> dict[str, dict[str, str]]:

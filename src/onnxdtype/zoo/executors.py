@@ -91,6 +91,12 @@ class LocalExecutor:
     def close(self) -> None:
         """The pool lives only while `run` does."""
 
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class RayExecutor:
     """Each task a Ray task asking for one CPU and its estimated memory, retried when its worker dies.
@@ -170,6 +176,12 @@ class RayExecutor:
     def close(self) -> None:
         if self.started:
             self.ray.shutdown()
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def check_executor(name: str, address: str | None, max_parallel: int | None) -> None:

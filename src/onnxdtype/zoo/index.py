@@ -34,6 +34,7 @@ def write_index(out: Path, zoo: ZooSpec, results: dict[str, list[VariantResult]]
             write_report(BuildResult(folder, manifest_results(manifest, model), False))
         models[model.name] = _model_entry(model, manifest, results.get(model.name, []))
     index = {"spec": zoo.source, "seconds": round(seconds, 3), "versions": versions(), "models": models}
+    out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out):
         atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1) + "\n")
         atomic_write_text(out / REPORT_NAME, render(index))
