@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 def zoo(
-    spec: Annotated[Path, typer.Argument(help="A zoo.toml: [defaults] and [[models]] (see the README)")],
+    spec: Annotated[Path, typer.Argument(help="A zoo.toml: a defaults table and a list of models (see the README)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: a folder per model, zoo.json, report.html")],
     executor: Annotated[str, typer.Option(help="local (this machine's worker pool) or ray")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster: auto or ray://HOST:PORT (default: Ray here)")

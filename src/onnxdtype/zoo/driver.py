@@ -64,6 +64,7 @@ class ZooProgress:
 
 @dataclass
 class ZooResult:
+    """What build_zoo did: where the index and overview are, this run's results and counts."""
     out: Path
     index: Path  # zoo.json
     report: Path  # report.html
