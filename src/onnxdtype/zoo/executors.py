@@ -116,7 +116,9 @@ class RayExecutor:
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise OnnxDtypeError(f"--address {address}: cannot connect to Ray ({first_line(exc)})") from None
+                client = " (ray:// addresses need Ray Client: pip install 'ray[client]')" \
+                    if str(address).startswith("ray://") else ""
+                raise OnnxDtypeError(f"--address {address}: cannot connect to Ray: {first_line(exc)}{client}") from None
         self.max_parallel = max_parallel
         self.workers = max_parallel or int(ray.cluster_resources().get("CPU", 1))
         self.remote = ray.remote(build)
