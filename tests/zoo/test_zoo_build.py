@@ -67,3 +67,25 @@ def test_models_with_modules_of_one_name_keep_their_own_folders(tmp_path):
     assert cells[("a", "model", "fp16")]["sha256"] != cells[("b", "model", "fp16")]["sha256"]
     assert cells[("a", "model", "q4")]["status"] in ("ok", "not_applicable")
     zookit.assert_vouched(tmp_path / "out")
+
+
+def test_a_rerun_after_the_driver_is_killed_does_only_what_is_missing(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    spec, out = zookit.tiny_zoo(tmp_path), tmp_path / "out"
+    killed_after_first = ("import os, sys\nfrom onnxdtype.zoo import build_zoo\n"
+                          "build_zoo(sys.argv[1], sys.argv[2], max_parallel=1, progress=lambda s: s.finished and "
+                          "os.kill(os.getpid(), 9))\n")
+    run = subprocess.run([sys.executable, "-c", killed_after_first, str(spec), str(out)], env=os.environ.copy(),
+                         capture_output=True, timeout=300)
+    assert run.returncode == -9, run.stderr.decode()[-2000:]
+    survived = zookit.mtimes(out)
+    variants = [p for p in survived if p.stem.endswith(("_fp16", "_q8", "_s8u8"))]
+    assert len(variants) == 1  # published (vouched) before the kill
+    resumed = build_zoo(spec, out, max_parallel=1)
+    cells = zookit.cells(out)
+    assert resumed.progress.skipped == 1 and sum(c["built_this_run"] for c in cells.values()) == len(cells) - 1
+    assert zookit.mtimes(out)[variants[0]] == survived[variants[0]]
+    zookit.assert_vouched(out)
