@@ -3,6 +3,7 @@ dtype redoes only the tasks whose content key changed."""
 
 from __future__ import annotations
 
+import pytest
 import zookit
 
 from onnxdtype.manifest import read_manifest
@@ -89,3 +90,15 @@ def test_a_rerun_after_the_driver_is_killed_does_only_what_is_missing(tmp_path):
     assert resumed.progress.skipped == 1 and sum(c["built_this_run"] for c in cells.values()) == len(cells) - 1
     assert zookit.mtimes(out)[variants[0]] == survived[variants[0]]
     zookit.assert_vouched(out)
+
+
+def test_a_zoo_one_local_worker_cannot_hold_is_refused_before_any_work(tmp_path, monkeypatch):
+    import onnxdtype.build.pool as pool
+    from onnxdtype.errors import OnnxDtypeError
+
+    spec = zookit.tiny_zoo(tmp_path)
+    size = (tmp_path / "models" / "mlp.onnx").stat().st_size
+    monkeypatch.setattr(pool, "_memory", lambda field: size * 2)
+    with pytest.raises(OnnxDtypeError, match=r"needs about .* GiB in one worker"):
+        build_zoo(spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -117,6 +117,10 @@ def _build(zoo: ZooSpec, todo: dict[str, Request], keys: dict[str, dict[str, dic
            runner: LocalExecutor | RayExecutor, out: Path, state: ZooProgress, report: Progress,
            results: dict[str, list[VariantResult]]) -> None:
     """Plan every model with work, prepare each (calibration first), run the tasks, publish, time, record."""
+    modules = [m for request in todo.values() for m in request.modules]
+    runner.admit(max(size_with_data(m.path) for m in modules),
+                 sorted({d.value for request in todo.values() for d in request.wanted}),
+                 any(request.verify for request in todo.values()))
     try:
         with ExitStack() as stack:
             plans = _plan_all(todo, stack, out)

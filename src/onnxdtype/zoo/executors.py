@@ -68,6 +68,10 @@ class LocalExecutor:
         self.max_parallel = max_parallel
         self.workers = 0
 
+    def admit(self, largest_file: int, dtypes: list[str], verify: bool) -> None:
+        """Refuse, before any work, a zoo one worker of this machine cannot hold (build.pool.worker_count)."""
+        worker_count(self.max_parallel, 1, largest_file, dtypes, verify)
+
     def run(self, tasks: list[VariantTask], running: Running, groups: list[CalibrationGroup] = ()
             ) -> Iterator[tuple[VariantTask, VariantResult]]:
         """Yield each task with its result as it finishes. Calibrations run first, in the driver (they need no
@@ -123,6 +127,9 @@ class RayExecutor:
         self.workers = max_parallel or int(ray.cluster_resources().get("CPU", 1))
         self.remote = ray.remote(build)
         self.remote_calibrate = ray.remote(calibrate)
+
+    def admit(self, largest_file: int, dtypes: list[str], verify: bool) -> None:
+        """Nothing to refuse up front: the cluster's nodes differ, so each task is checked as it is submitted."""
 
     def run(self, tasks: list[VariantTask], running: Running, groups: list[CalibrationGroup] = ()
             ) -> Iterator[tuple[VariantTask, VariantResult]]:
