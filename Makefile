@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: the CPU build this machine carries; an unpinned torch would pull a CUDA build.
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[test]"
+	# Ray is optional (onnxdtype zoo --executor ray): without it the Ray tests are skipped, the suite still runs.
+	$(BIN)/pip install --quiet -e ".[test,ray]" || echo "Ray could not be installed; the Ray tests will be skipped"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -7,8 +7,9 @@ point leaves the folder as before or with complete variants that the manifest vo
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from onnxdtype.dtype import INFO, DType, parse_dtype_list
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import folder_lock, read_manifest
 from onnxdtype.model import base_precision_problem, load_model, temp_dir_in
-from onnxdtype.results import BuildResult, VariantResult
+from onnxdtype.results import BuildResult, Status, VariantResult
 from onnxdtype.verify.evaluate import EvalData, load_metric
 from onnxdtype.verify.kernels import kernels
 from onnxdtype.verify.latency import measure
@@ -51,6 +52,7 @@ from onnxdtype.verify.repair import RepairBudget
 
 NO_INTEGER_KERNELS = ("onnxruntime's CPU EP runs no integer kernel for this variant: its 8-bit weights are "
                       "dequantized to float as it runs (a smaller file, no speed from integer arithmetic)")
+KEY_PARAM = "zoo_key"  # a variant's params entry: the content key it was built under (zoo.keys)
 
 
 def quantize(
@@ -89,20 +91,13 @@ def quantize(
     module's outputs ({"rec": "ctc"}, {"det/out": "dense:threshold=0.3"}, "*" for every module). `search` tries
     the static dtypes' placements on the evaluation data and keeps the fastest that passes (build.search).
     """
-    source = Path(model)
-    modules = find_modules(source)
-    out = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)
-    explicit = not (isinstance(dtypes, str) and dtypes.strip().lower() == "all")
-    request = Request(modules, parse_dtype_list(dtypes), explicit, out, resolve_options(options), force, workers,
-                      progress, eval_data, verify, repair, tolerances, keep_failed, latency_runs, repair_budget,
-                      metric, calib, fixed_inputs, tasks, search)
+    request = make_request(model, dtypes, out_dir, force=force, options=options, workers=workers, progress=progress,
+                           eval_data=eval_data, verify=verify, repair=repair, tolerances=tolerances,
+                           keep_failed=keep_failed, latency_runs=latency_runs, repair_budget=repair_budget,
+                           metric=metric, calib=calib, fixed_inputs=fixed_inputs, tasks=tasks, search=search)
+    out, modules = request.out, request.modules
     check_out_dir(out)
-    check_task_keys(tasks, modules)
-    if metric:
-        load_metric(metric)  # a wrong --metric is a user error now, not a failure in every worker later
     uncalibrated = [d for d in request.wanted if INFO[d].needs_calibration and calib is None]
-    if request.explicit and uncalibrated:
-        raise OnnxDtypeError(f"{', '.join(map(str, uncalibrated))}: {NEEDS_CALIBRATION}")
     buildable = len(modules) * sum(d not in uncalibrated for d in request.wanted)
     largest_file = max(size_with_data(m.path) for m in modules)
     try:
@@ -110,11 +105,33 @@ def quantize(
         with folder_lock(out), WorkerPool(pool_size) as pool:
             results = _build(request, pool)
     except OSError as exc:  # a full disk, a folder turned read-only, a file size limit: one line, not a traceback
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise OnnxDtypeError(f"{out}: {exc.strerror or exc}{where}") from None
+        raise out_error(out, exc) from None
     order = {(m.name, d.value): i for i, (m, d) in enumerate((m, d) for m in modules for d in request.wanted)}
     results.sort(key=lambda r: order[(r.module, r.dtype)])
     return BuildResult(out, results, request.explicit)
+
+
+def make_request(model: str | Path, dtypes: str | list[str] | list[DType] = "all", out_dir: str | Path | None = None,
+                 **settings: Any) -> Request:
+    """A checked Request (quantize's keyword arguments): every mistake found without reading a sample or writing."""
+    source = Path(model)
+    modules = find_modules(source)
+    out = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)
+    explicit = not (isinstance(dtypes, str) and dtypes.strip().lower() == "all")
+    overrides = resolve_options(settings.pop("options", None))
+    request = Request(modules, parse_dtype_list(dtypes), explicit, out, overrides, **settings)
+    check_task_keys(request.tasks, modules)
+    if request.metric:
+        load_metric(request.metric)  # a wrong --metric is a user error now, not a failure in every worker later
+    uncalibrated = [d for d in request.wanted if INFO[d].needs_calibration and request.calib is None]
+    if request.explicit and uncalibrated:
+        raise OnnxDtypeError(f"{', '.join(map(str, uncalibrated))}: {NEEDS_CALIBRATION}")
+    return request
+
+
+def out_error(out: Path, exc: OSError) -> OnnxDtypeError:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return OnnxDtypeError(f"{out}: {exc.strerror or exc}{where}")
 
 
 @dataclass
@@ -124,27 +141,56 @@ class Request:
     wanted: list[DType]
     explicit: bool  # dtypes named by the user (a non-applicable one is an error), not "all"
     out: Path
-    overrides: dict[str, dict[str, Any]]  # checked recipe options (plan.resolve_options)
-    force: bool
-    workers: int | None
-    progress: Callable[[VariantResult], None] | None
-    eval_data: EvalData | dict[str, EvalData] | str | Path | None
-    verify: bool
-    repair: bool
-    tolerances: dict[str, float] | None
-    keep_failed: bool
-    latency_runs: int
-    repair_budget: RepairBudget | None
-    metric: str | None
-    calib: Calibration | None
-    fixed_inputs: dict[str, Any] | list[str] | None
-    tasks: dict[str, str] | None
-    search: bool
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # checked recipe options (resolve_options)
+    force: bool = False
+    workers: int | None = None
+    progress: Callable[[VariantResult], None] | None = None
+    eval_data: EvalData | dict[str, EvalData] | str | Path | None = None
+    verify: bool = True
+    repair: bool = True
+    tolerances: dict[str, float] | None = None
+    keep_failed: bool = False
+    latency_runs: int = 20
+    repair_budget: RepairBudget | None = None
+    metric: str | None = None
+    calib: Calibration | None = None
+    fixed_inputs: dict[str, Any] | list[str] | None = None
+    tasks: dict[str, str] | None = None
+    search: bool = True
+    # (module, dtype) -> the content key a vouched variant must have been built under to be kept (the zoo's);
+    # None: any vouched variant is kept
+    keys: dict[tuple[str, str], str] | None = None
+
+
+@dataclass
+class Prepared:
+    """A request planned and written up to the builds: the modules' plans, the results decided without building,
+    and the tasks to build (their files in `tmp`, inside the output folder)."""
+    plans: dict[str, ModulePlan]
+    decided: list[VariantResult]
+    work: list[VariantTask]
+    tmp: Path
 
 
 def _build(request: Request, pool: WorkerPool) -> list[VariantResult]:
     """Under the folder lock: check everything, plan every module, then write the bases, calibrate, build in the
     pool, publish and time."""
+    with planned(request) as (plans, tmp):
+        prepared = prepare(request, plans, tmp)
+        finished = []
+        for _, result in pool.run(prepared.work):
+            publish_variant(request.out, result, request.keep_failed)
+            finished.append(result)
+        for result in finished:  # timed one at a time, after the parallel builds, so they do not compete
+            time_variant(request, prepared.plans[result.module], result)
+            prepared.decided.append(record(request.out, result, request.progress))
+    return prepared.decided
+
+
+@contextmanager
+def planned(request: Request) -> Iterator[tuple[list[tuple[ModulePlan, EvalData | None]], Path]]:
+    """Check every module and plan it in a temp folder inside the output folder (removed on leaving); raises on
+    anything the user got wrong before the first write beside that temp folder. Call under the folder lock."""
     out = request.out
     bases = {m.name: load_model(m.path) for m in request.modules}
     for m in request.modules:
@@ -154,23 +200,19 @@ def _build(request: Request, pool: WorkerPool) -> list[VariantResult]:
     check_fixed_inputs(request.fixed_inputs, bases)
     module_data.check_eval_data(request.modules, bases, request.eval_data)
     remove_stale_temp(out)
-    manifest = read_manifest(out)
-    refuse_clobber(out, request.modules, request.wanted, manifest, request.force)
+    refuse_clobber(out, request.modules, request.wanted, read_manifest(out), request.force)
     with temp_dir_in(out) as tmp:
-        plans = [_plan(request, m, bases[m.name], tmp) for m in request.modules]  # every user error, before writes
-        results: list[VariantResult] = []
-        work: list[VariantTask] = []
-        for plan, given in plans:
-            results += _prepare(request, plan, given, manifest, tmp, work)
-        finished = []
-        for result in pool.run(work):
-            publish_variant(out, result, request.keep_failed)
-            finished.append(result)
-        by_name = {plan.module.name: plan for plan, _ in plans}
-        for result in finished:  # timed one at a time, after the parallel builds, so they do not compete
-            _time(request, by_name[result.module], result)
-            results.append(record(out, result, request.progress))
-    return results
+        yield [_plan(request, m, bases[m.name], tmp) for m in request.modules], tmp
+
+
+def prepare(request: Request, plans: list[tuple[ModulePlan, EvalData | None]], tmp: Path) -> Prepared:
+    """Write each module's base and calibration and queue its tasks (see _prepare)."""
+    manifest = read_manifest(request.out)
+    decided: list[VariantResult] = []
+    work: list[VariantTask] = []
+    for plan, given in plans:
+        decided += _prepare(request, plan, given, manifest, tmp, work)
+    return Prepared({plan.module.name: plan for plan, _ in plans}, decided, work, tmp)
 
 
 def _plan(request: Request, m: Module, base: onnx.ModelProto, tmp: Path) -> tuple[ModulePlan, EvalData | None]:
@@ -198,9 +240,14 @@ def _prepare(request: Request, plan: ModulePlan, given: EvalData | None, manifes
                                    request.repair_budget, request.metric) if request.verify else None
     decided = []
     for dtype in request.wanted:
-        known = known_outcome(plan, dtype, out, manifest, request.force, request.overrides, request.calib is not None)
+        content_key = request.keys.get((m.name, dtype.value)) if request.keys is not None else None
+        stale = request.keys is not None and recorded_key(manifest, m.name, dtype) != content_key
+        known = known_outcome(plan, dtype, out, manifest, request.force or stale, request.overrides,
+                              request.calib is not None)
         if known is not None:
             known.base_bytes = base_entry["bytes"]
+            if content_key is not None and known.status == Status.NOT_APPLICABLE:
+                known.params[KEY_PARAM] = content_key
             decided.append(record(out, known, request.progress))
             continue
         norm = plan.for_dtype(dtype)
@@ -213,7 +260,13 @@ def _prepare(request: Request, plan: ModulePlan, given: EvalData | None, manifes
     return decided
 
 
-def _time(request: Request, plan: ModulePlan, result: VariantResult) -> None:
+def recorded_key(manifest: dict, module: str, dtype: DType) -> str | None:
+    """The content key the manifest's entry for the variant was built under (the zoo's), or None."""
+    entry = manifest["modules"].get(module, {}).get("variants", {}).get(dtype.value) or {}
+    return (entry.get("params") or {}).get(KEY_PARAM)
+
+
+def time_variant(request: Request, plan: ModulePlan, result: VariantResult) -> None:
     """Latency against fp32 on the module's first evaluation sample, and the kernels onnxruntime runs."""
     if not result.file:
         return

@@ -72,11 +72,11 @@ class WorkerPool:
         return subprocess.Popen([sys.executable, "-m", "onnxdtype.build.worker"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
 
-    def run(self, tasks: list[VariantTask]) -> Iterator[VariantResult]:
-        """Yield each task's result as it finishes."""
+    def run(self, tasks: list[VariantTask]) -> Iterator[tuple[VariantTask, VariantResult]]:
+        """Yield each task with its result as it finishes (a zoo's models may have modules of the same name)."""
         if not self.processes:
             for task in tasks:
-                yield build_variant(task)
+                yield task, build_variant(task)
             return
         pending: queue.Queue = queue.Queue()
         for task in tasks:
@@ -107,10 +107,11 @@ class WorkerPool:
             except BrokenPipeError:
                 line = ""
             if line:
-                done.put(VariantResult(**json.loads(line)))
+                done.put((task, VariantResult(**json.loads(line))))
             else:
-                done.put(VariantResult(task.module, task.dtype, Status.FAILED,
-                                       f"worker process died (exit code {process.wait()})", base_bytes=task.base_bytes))
+                done.put((task, VariantResult(task.module, task.dtype, Status.FAILED,
+                                              f"worker process died (exit code {process.wait()})",
+                                              base_bytes=task.base_bytes)))
 
     def close(self) -> None:
         """Workers are idle here (every result was read), so they are killed rather than left to tear down

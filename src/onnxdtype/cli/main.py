@@ -1,6 +1,6 @@
 """The `onnxdtype` command: thin subcommands that parse arguments, call the API and print.
 
-cli/build.py holds quantize, verify and calibrate; cli/run.py holds run and bench.
+cli/build.py holds quantize, verify and calibrate; cli/run.py holds run and bench; cli/zoo.py holds zoo.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from onnxdtype import __version__
-from onnxdtype.cli import build, run
+from onnxdtype.cli import build, run, zoo
 from onnxdtype.cli.output import console, err_console, fail
 from onnxdtype.errors import OnnxDtypeError
 
@@ -57,6 +57,7 @@ def inspect(model: Annotated[Path, typer.Argument(help="An .onnx file")]) -> Non
 
 build.register(app)
 run.register(app)
+zoo.register(app)
 
 
 def main() -> None:
