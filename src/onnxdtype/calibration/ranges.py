@@ -10,6 +10,12 @@ Memory stays bounded whatever the number of samples: MinMax adds ReduceMin/Reduc
 a run returns a few numbers per tensor and onnxruntime frees intermediates as usual; Entropy and Percentile
 fetch one sample's tensors at a time and fold them into per-tensor histograms at once (onnxruntime's own
 calibrators hold every intermediate of every sample, and cannot stack samples of different shapes).
+
+`mse` clips each tensor where its 8-bit rounding plus clipping error is least over the samples' histogram (no
+clipping is one of the points tried, so no tensor errs more than under MinMax). Less error per tensor did not buy
+the task: PP-OCRv4 u8u8 on held-out data, the four searched placements, MinMax vs mse: rec read 54.5/63.6 % vs
+27.3/63.6 % of lines as fp32 with activations at weighted ops only; det kept every region in 4 of 4 vs 3 of 4
+placements; cls kept every label with both where the search chose. A choice (`--calib-method mse`), not the default.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from onnxdtype.io import atomic_write_text
 from onnxdtype.model import opset_version, temp_dir_in, write_model
 from onnxdtype.ops import KERNEL_WEIGHT_INPUT
 
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = ("minmax", "entropy", "percentile", "mse")
 DEFAULT_PERCENTILE = 99.999
 # The normalize passes a model gets before calibration: the static and TensorRT recipes start from the same model,
 # so one calibration serves them all.
@@ -42,7 +48,9 @@ CACHE_PREFIX = "calibration-"
 CACHE_FORMAT = 1  # bump when what is stored, or how it is computed, changes
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 # onnxruntime's CalibrationMethod names, as its cache file spells them
-ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "mse": "Distribution"}
+MSE_GRID = 48  # clipping points tried per side, geometrically from 2 % of the observed extreme to all of it
+QUANTIZED_STEPS = 255  # 8-bit activations, signed or not
 
 
 class Samples(Protocol):
@@ -312,8 +320,9 @@ class _HistogramPass(_Pass):
     def augment(self, model: onnx.ModelProto) -> list[str]:
         from onnxruntime.quantization.calibrate import HistogramCollector
 
-        bins = {"entropy": 128, "percentile": 2048}[self.method]
-        self.collector = HistogramCollector(method=self.method, symmetric=False, num_bins=bins, num_quantized_bins=128,
+        bins = {"entropy": 128, "percentile": 2048, "mse": 2048}[self.method]
+        method = "distribution" if self.method == "mse" else self.method  # mse: the histogram of values itself
+        self.collector = HistogramCollector(method=method, symmetric=False, num_bins=bins, num_quantized_bins=128,
                                             percentile=self.percentile, scenario="same")
         return [t for t in self.tensors if t not in self.inputs]
 
@@ -326,10 +335,34 @@ class _HistogramPass(_Pass):
             self.collector.collect({name: array for name, array in arrays.items() if array.size})
 
     def finish(self) -> dict[str, tuple[float, float]]:
+        if self.method == "mse":
+            return {name: least_error_range(hist, edges, float(low), float(high))
+                    for name, (hist, edges, low, high, *_) in self.collector.histogram_dict.items()}
         with contextlib.redirect_stdout(io.StringIO()):
             thresholds = self.collector.compute_collection_result()
         # a constant tensor can come back with its upper threshold one bin below the lower one
         return {name: (float(value[0]), max(float(value[0]), float(value[1]))) for name, value in thresholds.items()}
+
+
+def least_error_range(hist: np.ndarray, edges: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """The [lo, hi] whose 8-bit quantization of the histogram's values errs least: rounding error step^2/12 for
+    values inside, squared distance to the bound for values clipped. Steps span zero too, as onnxruntime's do; a
+    bound on the far side of zero stays the observed one (onnxruntime widens it to zero itself)."""
+    centers, counts = (edges[:-1] + edges[1:]) / 2, hist.astype(np.float64)
+    fractions = np.geomspace(0.02, 1.0, MSE_GRID)
+    his = np.maximum(high * fractions, 0.0) if high > 0 else np.array([0.0])
+    los = np.minimum(low * fractions, 0.0) if low < 0 else np.array([0.0])
+    above = np.clip(centers[None, :] - his[:, None], 0, None)  # [hi candidates, bins]
+    below = np.clip(los[:, None] - centers[None, :], 0, None)
+    clip_high, clip_low = (counts * above ** 2).sum(1), (counts * below ** 2).sum(1)
+    inside = counts.sum() - (counts * (above > 0)).sum(1)[None, :] - (counts * (below > 0)).sum(1)[:, None]
+    steps = (his[None, :] - los[:, None]) / QUANTIZED_STEPS
+    error = inside * steps ** 2 / 12 + clip_high[None, :] + clip_low[:, None]  # [lo, hi]
+    error = np.where(steps > 0, error, np.inf)
+    if not np.isfinite(error).any():
+        return low, max(low, high)
+    i, j = np.unravel_index(int(np.argmin(error)), error.shape)
+    return (float(los[i]) if low < 0 else low), (float(his[j]) if high > 0 else max(low, high))
 
 
 def _write_cache(path: Path, method: str, ranges: dict[str, tuple[float, float]],

@@ -48,7 +48,8 @@ EMPTY_RANGE = 127.0  # r for a tensor that was 0 on every sample: scale 1, as on
 # The header TensorRT writes: its version (8.6.1 -> 8601) and the calibrator. Readers (the EP, Model-Optimizer)
 # check only the "TRT-" prefix; the calibrator names what computed the ranges.
 NATIVE_HEADER = "TRT-8601-{calibrator}"
-_CALIBRATOR = {"minmax": "MinMaxCalibration", "entropy": "EntropyCalibration2", "percentile": "EntropyCalibration2"}
+_CALIBRATOR = {"minmax": "MinMaxCalibration", "entropy": "EntropyCalibration2", "percentile": "EntropyCalibration2",
+               "mse": "EntropyCalibration2"}  # TensorRT has calibrators by these names only
 QDQ_REFUSED = "TensorRT refuses dynamic ranges on QDQ models (they are explicitly quantized already); give the fp32 model"
 
 

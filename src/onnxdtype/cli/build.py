@@ -40,7 +40,7 @@ def quantize(
     int8_backend: Annotated[str, typer.Option(help="int8 (TensorRT): onnxruntime, or modelopt (NVIDIA Model-Optimizer, if installed)")] = "onnxruntime",
     calib: Annotated[Optional[Path], typer.Option(help="Calibration data: folder of .npz/.npy/images or one .npz (DATA/<module>/ per module)")] = None,
     calib_spec: Annotated[Optional[str], typer.Option(help="Image preprocessing: imagenet, unit, or a .json/.toml spec")] = None,
-    calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile")] = "minmax",
+    calib_method: Annotated[str, typer.Option(help="minmax, entropy, percentile or mse")] = "minmax",
     task: Annotated[Optional[list[str]], typer.Option("--task", help="The judge of a module's outputs: MODULE=TASK[:k=v,...], MODULE/OUTPUT=TASK or TASK for all (classify, detect, ctc, embed, dense, generic) (repeatable)")] = None,
     fix_input: Annotated[Optional[list[str]], typer.Option("--fix-input", help="NAME=VALUE: build for this input value only (Ifs it chooses are inlined, so static calibration reaches their weights; the variant refuses other values) (repeatable)")] = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation data, same formats as --calib (default: held-out calibration data)")] = None,
@@ -155,7 +155,7 @@ def calibrate(
     calib: Annotated[Path, typer.Option(help="Calibration data: folder of .npz/.npy/images or one .npz")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the table files and the cached calibration")],
     calib_spec: Annotated[Optional[str], typer.Option(help="Image preprocessing: imagenet, unit, or a .json/.toml spec")] = None,
-    calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile")] = "minmax",
+    calib_method: Annotated[str, typer.Option(help="minmax, entropy, percentile or mse")] = "minmax",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
 ) -> None:
     """Write the TensorRT EP's own int8 calibration table (calibration.flatbuffers, .cache, .json) for an fp32 model."""

@@ -61,7 +61,7 @@ class Options:
     activation_type: str = "uint8"  # int8 | uint8
     per_channel: bool = True
     ranges_file: str | None = None  # the cached calibration (calibration.calibrate's result.path)
-    method: str = "minmax"  # minmax | entropy | percentile: how the ranges file is computed
+    method: str = "minmax"  # minmax | entropy | percentile | mse: how the ranges file is computed
     kernel_ops_only: bool = True
     float_tail: bool = True
     equalize: bool = True

@@ -90,13 +90,13 @@ MODELOPT = "modelopt.onnx.quantization"
 MODELOPT_MISSING = ("NVIDIA Model-Optimizer is not installed (the nvidia-modelopt package with its onnx extra); "
                     "the onnxruntime backend builds the same layout")
 _IR_FOR_OPSET = {FP16_QDQ_OPSET: 9, FP8_FP16_OPSET: 10}  # the IR version each opset needs
-_MODELOPT_METHODS = {"minmax": "max", "entropy": "entropy", "percentile": "entropy"}
+_MODELOPT_METHODS = {"minmax": "max", "entropy": "entropy", "percentile": "entropy", "mse": "entropy"}  # its own
 
 
 @dataclass
 class Options:
     ranges_file: str | None = None  # the cached calibration (calibration.calibrate's result.path), as static's
-    method: str = "minmax"  # minmax | entropy | percentile: how the ranges file was computed
+    method: str = "minmax"  # minmax | entropy | percentile | mse: how the ranges file was computed
     precision: str = "int8"  # int8 | fp8 (E4M3: the int8 layout, scales max|x|/448; TensorRT on Ada/Hopper GPUs)
     float_type: str = "fp32"  # fp32 | fp16: precision of everything not quantized
     backend: str = "onnxruntime"  # onnxruntime | modelopt (NVIDIA Model-Optimizer's ONNX PTQ, when installed)

@@ -15,6 +15,7 @@ from typing import Any
 
 from onnxdtype.build.plan import Calibration, Module, find_modules, resolve_options
 from onnxdtype.calibration.data import HELD_OUT_FRACTION
+from onnxdtype.calibration.ranges import METHODS
 from onnxdtype.dtype import INFO, DType, parse_dtype_list
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.verify.judges import parse_task
@@ -22,7 +23,6 @@ from onnxdtype.verify.judges import parse_task
 MODEL_KEYS = ("name", "path")
 SETTING_KEYS = ("dtypes", "calib", "calib_spec", "calib_method", "eval_fraction", "eval", "tasks", "fixed_inputs",
                 "options", "tolerances", "verify", "repair", "search", "latency_runs", "metric")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -184,8 +184,8 @@ def _calibration(settings: dict, root: Path, fail) -> Calibration | None:
     if isinstance(spec, str) and spec.endswith((".json", ".toml")):
         spec = str(_data_path(spec, root, "calib_spec", fail))
     method = settings.get("calib_method", "minmax")
-    if method not in CALIB_METHODS:
-        raise fail("calib_method", f"{method!r} is not one of {', '.join(CALIB_METHODS)}")
+    if method not in METHODS:
+        raise fail("calib_method", f"{method!r} is not one of {', '.join(METHODS)}")
     fraction = settings.get("eval_fraction", HELD_OUT_FRACTION)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
         raise fail("eval_fraction", f"must be a number in [0, 1), not {fraction!r}")
