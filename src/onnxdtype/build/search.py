@@ -1,5 +1,6 @@
-"""Static 8-bit variants: try placements from the fastest onnxruntime can run to today's safe default, judge each on
-the task, time the ones that pass, and keep the fastest that passes; the trail goes to the manifest.
+"""Static 8-bit variants: try placements from the fastest onnxruntime can run to today's safe default, judge and time
+each, repair one that failed (keeping its worst nodes in float), and keep the fastest that passes; the trail goes
+to the manifest.
 
 Why: where activations get Q/DQ decides both what onnxruntime runs in integers and how much accuracy survives, and
 neither is predictable from the graph alone. Measured on PP-OCR cls (this AVX2 CPU without VNNI): QLinearConv ran
