@@ -143,7 +143,7 @@ def _build(request: Request, pool: WorkerPool) -> list[VariantResult]:
     """Under the folder lock: check everything, plan every module, then write the bases, calibrate, build in the
     pool, publish and time."""
     out = request.out
-    bases = {m.name: load_model(m.path) for m in request.modules}
+    bases = {m.name: load_model(m.path, lazy=True) for m in request.modules}  # weights stay in their files
     for m in request.modules:
         problem = base_precision_problem(bases[m.name]) or load_error(m.path)
         if problem:

@@ -24,10 +24,11 @@ from onnxdtype.naming import variant_filename
 from onnxdtype.normalize import keep_metadata
 from onnxdtype.recipes import RECIPES, NotApplicable
 from onnxdtype.results import Status, VariantResult
-from onnxdtype.verify.evaluate import Criteria, EvalData
+from onnxdtype.verify.evaluate import Criteria, EvalData, Reference
 from onnxdtype.verify.evaluate import session as accuracy_session
 from onnxdtype.verify.record import skipped, verify_variant
 from onnxdtype.verify.repair import RepairPlan, repair
+from onnxdtype.weights import load_all
 
 
 def build_variant(task: VariantTask) -> VariantResult:
@@ -42,7 +43,7 @@ def build_variant(task: VariantTask) -> VariantResult:
     start = time.perf_counter()
     path = Path(task.tmp) / variant_filename(task.module, DType(task.dtype))
     try:
-        source = load_model(task.norm_path)
+        source = load_model(task.norm_path, lazy=True)
         options = {step: RECIPES[step].Options(**task.options[step]) for step in steps}
         built = _searched(source, task, steps, options, result) if task.verify and task.search else None
         if built is None:  # no search, or no candidate passed: the default placement, verified and repaired
@@ -75,6 +76,8 @@ def run_steps(source: onnx.ModelProto, steps: tuple[str, ...], options: dict, re
     for step in steps:
         step_input = onnx.ModelProto()
         step_input.CopyFrom(model)  # onnxruntime's quantizers edit their input in place
+        if not RECIPES[step].LAZY_WEIGHTS:
+            load_all(step_input)
         outcome = RECIPES[step].build(step_input, options[step])
         reason = outcome.reason if isinstance(outcome, NotApplicable) else \
             (None if op_changes(model, outcome.model) else f"{step} changed no node")
@@ -128,7 +131,8 @@ def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.M
     if not eval_data.feeds:
         result.verification = skipped(eval_data)
         return built
-    base = accuracy_session(source_path)  # from the file: no second in-memory copy of a large model
+    # fp32 from its file, run once and released before the variant's session is made
+    base = Reference(accuracy_session(source_path), eval_data, criteria.states)
     verification, figures, failure = verify_variant(base, accuracy_session(built), eval_data, criteria)
     if failure and spec.repair:
         trial = VariantResult(result.module, result.dtype, Status.OK)
@@ -142,7 +146,7 @@ def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.M
         precisions = tuple(dict.fromkeys(p for s in steps if RECIPES[s].KIND == "quantize"
                                          for p in RECIPES[s].HIGHER_PRECISIONS)) or ("fp32",)
         plan = RepairPlan(rebuild, precisions, has_float_step="float" in kinds, float_only=set(kinds) == {"float"})
-        outcome = repair(source, plan, eval_data, criteria, built, spec.budget)
+        outcome = repair(source, plan, eval_data, criteria, built, spec.budget, base)
         verification["before_repair"] = {**figures, "failure": failure}
         verification["repair"] = {"kept": outcome.kept, "kept_weight_fraction": round(outcome.kept_weight_fraction, 4),
                                   "attempts": outcome.attempts, "failure": outcome.reason}

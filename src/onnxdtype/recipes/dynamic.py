@@ -35,6 +35,7 @@ PASSES = ("constants", "gemm", "opset13")
 KIND = "quantize"
 NEEDS_CALIBRATION = None
 HIGHER_PRECISIONS = ("fp32",)
+LAZY_WEIGHTS = False
 WEIGHT_TYPES = ("auto", "int8", "uint8")
 
 
