@@ -284,9 +284,15 @@ def model_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
+def too_large_to_serialize(model: onnx.ModelProto) -> bool:
+    """The weights it holds in memory exceed one protobuf (lazy weights are references: they do not count), so onnx's
+    shape inference, which takes a serialized model, refuses it."""
+    return model_bytes(model) > EXTERNAL_DATA_THRESHOLD
+
+
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    """Too large for one protobuf, or its weights are lazy: either way not serializable whole."""
-    return model_bytes(model) > EXTERNAL_DATA_THRESHOLD or has_lazy(model)
+    """Too large for one protobuf, or its weights are lazy: either way its file needs a .data file beside it."""
+    return too_large_to_serialize(model) or has_lazy(model)
 
 
 def stage(tmp_file: Path, dest: Path) -> SavedFile:

@@ -46,17 +46,21 @@ def build_variant(task: VariantTask) -> VariantResult:
         source = load_model(task.norm_path, lazy=True)
         options = {step: RECIPES[step].Options(**task.options[step]) for step in steps}
         built = _searched(source, task, steps, options, result) if task.verify and task.search else None
-        if built is None:  # no search, or no candidate passed: the default placement, verified and repaired
+        if built is not None:
+            _write(source, built, path)
+        else:  # no search, or no candidate passed: the default placement, verified and repaired
             built = run_steps(source, steps, options, result)
             if built is None:
                 return result
+            _write(source, built, path)  # verified from its file: written once, not once more for a session
             if task.verify is not None:
-                built = _verify_and_repair(source, Path(task.norm_path), built, steps, options, task.verify, result)
-        keep_metadata(source, built)
+                built = _verify_and_repair(source, Path(task.norm_path), built, path, steps, options, task.verify,
+                                           result)
         result.op_changes = op_changes(source, built)
-        write_model(built, path)
     except Exception as exc:  # a quantizer bug must not take the other variants down
         result.fail(f"{type(exc).__name__}: {first_line(exc)}")
+        for written in (path, path.with_name(path.name + ".data")):
+            written.unlink(missing_ok=True)
         return result
     finally:
         result.seconds = round(time.perf_counter() - start, 3)
@@ -67,6 +71,14 @@ def build_variant(task: VariantTask) -> VariantResult:
         return result
     result.file = str(path)
     return result
+
+
+def _write(source: onnx.ModelProto, built: onnx.ModelProto, path: Path) -> None:
+    """The variant at `path` with the source's metadata (quantizers drop it); a repaired one replaces the first,
+    whose .data file must not outlive it."""
+    keep_metadata(source, built)
+    path.with_name(path.name + ".data").unlink(missing_ok=True)
+    write_model(built, path)
 
 
 def run_steps(source: onnx.ModelProto, steps: tuple[str, ...], options: dict, result: VariantResult | None = None
@@ -124,16 +136,18 @@ def _searched(source: onnx.ModelProto, task: VariantTask, steps: tuple[str, ...]
     return found[0] if found else None
 
 
-def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.ModelProto, steps: tuple[str, ...],
-                       options: dict, spec: VerifySpec, result: VariantResult) -> onnx.ModelProto:
-    """Figures against fp32; on a miss, repair (unless disabled). A variant still missing is marked failed."""
+def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.ModelProto, path: Path,
+                       steps: tuple[str, ...], options: dict, spec: VerifySpec, result: VariantResult
+                       ) -> onnx.ModelProto:
+    """Figures against fp32 for the variant `built`, written at `path`; on a miss, repair (unless disabled), the
+    repaired variant replacing it there. A variant still missing is marked failed."""
     eval_data, criteria = _judging(spec, result.dtype)
     if not eval_data.feeds:
         result.verification = skipped(eval_data)
         return built
     # fp32 from its file, run once and released before the variant's session is made
     base = Reference(accuracy_session(source_path), eval_data, criteria.states)
-    verification, figures, failure = verify_variant(base, accuracy_session(built), eval_data, criteria)
+    verification, figures, failure = verify_variant(base, accuracy_session(path), eval_data, criteria)
     if failure and spec.repair:
         trial = VariantResult(result.module, result.dtype, Status.OK)
 
@@ -152,6 +166,7 @@ def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.M
                                   "attempts": outcome.attempts, "failure": outcome.reason}
         if outcome.model is not None:
             built, failure = outcome.model, None
+            _write(source, built, path)
             verification.update(**outcome.figures, failure=None)
             result.params, result.kept_in_float = {**result.params, **trial.params}, trial.kept_in_float
             result.notes = trial.notes + [f"repaired: {len(outcome.kept)} nodes kept in higher precision "
