@@ -101,9 +101,11 @@ def quantize(
     if request.explicit and uncalibrated:
         raise OnnxDtypeError(f"{', '.join(map(str, uncalibrated))}: {NEEDS_CALIBRATION}")
     buildable = len(modules) * sum(d not in uncalibrated for d in request.wanted)
-    largest_file = max(size_with_data(m.path) for m in modules)
+    largest = max(modules, key=lambda m: size_with_data(m.path))
+    streamed = largest.path.with_name(largest.path.name + ".data").exists()  # its weights stay in their file
     try:
-        pool_size = worker_count(workers, buildable, largest_file, [d.value for d in request.wanted], verify)
+        pool_size = worker_count(workers, buildable, size_with_data(largest.path), [d.value for d in request.wanted],
+                                 verify, streamed)
         with folder_lock(out), WorkerPool(pool_size) as pool:
             results = _build(request, pool)
     except OSError as exc:  # a full disk, a folder turned read-only, a file size limit: one line, not a traceback
