@@ -4,21 +4,30 @@ as the number of samples grows. A benchmark (minutes, ~15 GB of disk under --dir
     python bench/memory.py                   # both parts
     python bench/memory.py build --gb 2.5    # the big build only (--workers N to force a worker count,
                                              # --no-verify to build without verification, through the API)
+    python bench/memory.py build --gb 7 --model transformer --dtype fp16,q8,q4,q4f16,bnb4
     python bench/memory.py samples           # calibration and verification, 16 vs 256 samples
 
-The model: x[N, 4096] -> (MatMul 4096x4096 -> Relu) x L -> y, its weights in external data (written straight
-to the .data file, so generating it needs no more memory than one layer). The build runs as a child process;
+The models, their weights in external data (written straight to the .data file, so generating one needs no more
+memory than its largest weight): `mlp` (default), x[N, 4096] -> (MatMul 4096x4096 -> Relu) x L -> y; `transformer`,
+a decoder's shapes: token embedding, then per layer LayerNorm, fused QKV MatMul, attention, output MatMul, LayerNorm
+and a 4x MLP, with residuals (--hidden sets the width, 4096 by default; the vocabulary is 32000). The build runs as a child process;
 a sampler thread sums the resident set (VmRSS) of the child and all its descendants (worker processes) every
 0.1 s, and getrusage(RUSAGE_CHILDREN) gives the largest single process. Figures are printed as multiples of
 the model's size on disk (.onnx + .data).
 
-Measured here (24 GB RAM, 2 cores, onnxruntime 1.32, 2.50 GiB model, --no-verify --workers 1, 2026-11):
+Measured here (24 GB RAM, 2 cores shared with other work, onnxruntime 1.32, --workers 1, MLP, 2026-11).
+Before weights were streamed (weights.py), 2.50 GiB model, --no-verify:
   --dtype all    peak RSS 22.7 GiB = 9.1x the model (one process), 195 s; output folder peaked at 3.2x on disk
   one dtype      fp16 9.0x, q8 >= 9.5x (OOM-killed at 23.7 GiB in one of two runs), q4 6.5x, q4f16 7.2x, bnb4 6.5x
+Streamed, verification on (the command line's default):
+  0.75 GiB, --dtype all          3.28x the model, 119 s; the code before, same run: 8.21x, 173 s. The peak is q8's
+                                 (onnxruntime's quantize_dynamic holds the model three times); without it ~1.5x
+  0.75 GiB, one dtype            fp16 1.29x, q8 3.20x, q4 1.42x (5.82x and 53 s before, 31 s now), q4f16 1.45x,
+                                 bnb4 1.39x: the fp32 session verification needs is most of each
+  2.50 GiB, fp16,q4,q4f16,bnb4   3.57 GiB = 1.43x the model, 400 s; output folder peaked at 2.9x on disk
+  2.50 GiB, q8                   7.67 GiB = 3.07x, 172 s
   calibration    minmax +51 MiB, entropy +58 MiB for 16 and for 256 one-MiB samples alike: it does not grow
   verification   +52 MiB with 16 samples, +292 MiB with 256: it grows (each worker loads every sample at once)
-With verification on (the command line's default) a model over 2 GiB fails before building, and the default
-worker count ignores external data (two workers, OOM): see the reliability suite's report.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """model.iter_graphs, which this module cannot import (model.py imports it)."""
     yield graph
     for node in graph.node:
         for attr in node.attribute:
@@ -60,10 +61,6 @@ def is_lazy(tensor: onnx.TensorProto) -> bool:
 
 def has_lazy(model: onnx.ModelProto) -> bool:
     return any(is_lazy(t) for t in all_tensors(model))
-
-
-def lazy_bytes(model: onnx.ModelProto) -> int:
-    return sum(int(_entries(t).get("length", 0)) for t in all_tensors(model) if is_lazy(t))
 
 
 def attach(model: onnx.ModelProto, folder: Path) -> None:
