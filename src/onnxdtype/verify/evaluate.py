@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,7 @@ def agreement_for(dtype: DType, overrides: dict[str, float] | None = None) -> fl
 class EvalData:
     """Evaluation samples: independent feeds, or `sequences` of step feeds for stateful models (verify.sequences);
     with sequences, `feeds` holds their first steps (for what runs one feed: ranking, latency)."""
-    feeds: list[dict[str, np.ndarray]]
+    feeds: Sequence[dict[str, np.ndarray]]  # a list, or SavedFeeds read from disk one at a time
     source: str
     synthesized: bool
     sequences: list[list[dict[str, np.ndarray]]] | None = None
@@ -80,13 +80,27 @@ class EvalData:
 
     @classmethod
     def load(cls, folder: Path, source: str, synthesized: bool) -> EvalData:
+        """What `save` wrote; samples are read when used, one at a time (sequences whole)."""
         if is_sequence_folder(folder):
             return cls.of_sequences(read_sequences(folder), source)
-        feeds = []
-        for path in sorted(folder.glob("*.npz")):
-            with np.load(path) as data:
-                feeds.append({k: data[k] for k in data.files})
-        return cls(feeds, source, synthesized)
+        return cls(SavedFeeds(sorted(folder.glob("*.npz"))), source, synthesized)
+
+
+class SavedFeeds(Sequence):
+    """Evaluation samples saved one .npz each, read when a run needs one: a worker holds one sample at a time, not
+    all of them (256 one-MiB samples added 292 MiB to verification when loaded whole, bench/memory.py)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return SavedFeeds(self.paths[index])
+        with np.load(self.paths[index]) as data:
+            return {k: data[k] for k in data.files}
 
 
 def read_eval_data(path: Path, model: onnx.ModelProto, image_spec: object = None, held_out: float | None = None
