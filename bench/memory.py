@@ -22,8 +22,9 @@ Before weights were streamed (weights.py), 2.50 GiB model, --no-verify:
 Streamed, verification on (the command line's default):
   0.75 GiB, --dtype all          3.28x the model, 119 s; the code before, same run: 8.21x, 173 s. The peak is q8's
                                  (onnxruntime's quantize_dynamic holds the model three times); without it ~1.5x
-  0.75 GiB, one dtype            fp16 1.29x, q8 3.20x, q4 1.42x (5.82x and 53 s before, 31 s now), q4f16 1.45x,
-                                 bnb4 1.39x: the fp32 session verification needs is most of each
+  0.75 GiB, one dtype            before -> now: fp16 8.22x 113 s -> 1.29x 45 s, q8 7.26x 86 s -> 3.20x 50 s,
+                                 q4 5.82x 53 s -> 1.42x 31 s, q4f16 5.36x 46 s -> 1.45x 33 s, bnb4 5.75x 48 s ->
+                                 1.39x 39 s; the fp32 session verification needs is most of each peak now
   2.50 GiB, fp16,q4,q4f16,bnb4   3.57 GiB = 1.43x the model, 400 s; output folder peaked at 2.9x on disk
   2.50 GiB, q8                   7.67 GiB = 3.07x, 172 s
   calibration    minmax +51 MiB, entropy +58 MiB for 16 and for 256 one-MiB samples alike: it does not grow
