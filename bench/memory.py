@@ -10,8 +10,8 @@ as the number of samples grows. A benchmark (minutes, ~15 GB of disk under --dir
 The models, their weights in external data (written straight to the .data file, so generating one needs no more
 memory than its largest weight): `mlp` (default), x[N, 4096] -> (MatMul 4096x4096 -> Relu) x L -> y; `transformer`,
 a decoder's shapes: token embedding, then per layer LayerNorm, fused QKV MatMul, attention, output MatMul, LayerNorm
-and a 4x MLP, with residuals (--hidden sets the width, 4096 by default; the vocabulary is 32000). The build runs as a child process;
-a sampler thread sums the resident set (VmRSS) of the child and all its descendants (worker processes) every
+and a 4x MLP, with residuals (--hidden sets the width, 4096 by default; the vocabulary is 32000). The build runs
+as a child process; a sampler thread sums the resident set (VmRSS) of the child and all its descendants (worker processes) every
 0.1 s, and getrusage(RUSAGE_CHILDREN) gives the largest single process. Figures are printed as multiples of
 the model's size on disk (.onnx + .data).
 
