@@ -11,9 +11,9 @@ The models, their weights in external data (written straight to the .data file, 
 memory than its largest weight): `mlp` (default), x[N, 4096] -> (MatMul 4096x4096 -> Relu) x L -> y; `transformer`,
 a decoder's shapes: token embedding, then per layer LayerNorm, fused QKV MatMul, attention, output MatMul, LayerNorm
 and a 4x MLP, with residuals (--hidden sets the width, 4096 by default; the vocabulary is 32000). The build runs
-as a child process; a sampler thread sums the resident set (VmRSS) of the child and all its descendants (worker processes) every
-0.1 s, and getrusage(RUSAGE_CHILDREN) gives the largest single process. Figures are printed as multiples of
-the model's size on disk (.onnx + .data).
+as a child process; a sampler thread sums the resident set (VmRSS) of the child and all its descendants (worker
+processes) every 0.1 s, and getrusage(RUSAGE_CHILDREN) gives the largest single process. Figures are printed as
+multiples of the model's size on disk (.onnx + .data).
 
 Measured here (24 GB RAM, 2 cores shared with other work, onnxruntime 1.32, --workers 1, MLP, 2026-11).
 Before weights were streamed (weights.py), 2.50 GiB model, --no-verify:
