@@ -4,21 +4,33 @@ as the number of samples grows. A benchmark (minutes, ~15 GB of disk under --dir
     python bench/memory.py                   # both parts
     python bench/memory.py build --gb 2.5    # the big build only (--workers N to force a worker count,
                                              # --no-verify to build without verification, through the API)
+    python bench/memory.py build --gb 7 --model transformer --dtype fp16,q8,q4,q4f16,bnb4
     python bench/memory.py samples           # calibration and verification, 16 vs 256 samples
 
-The model: x[N, 4096] -> (MatMul 4096x4096 -> Relu) x L -> y, its weights in external data (written straight
-to the .data file, so generating it needs no more memory than one layer). The build runs as a child process;
-a sampler thread sums the resident set (VmRSS) of the child and all its descendants (worker processes) every
-0.1 s, and getrusage(RUSAGE_CHILDREN) gives the largest single process. Figures are printed as multiples of
-the model's size on disk (.onnx + .data).
+The models, their weights in external data (written straight to the .data file, so generating one needs no more
+memory than its largest weight): `mlp` (default), x[N, 4096] -> (MatMul 4096x4096 -> Relu) x L -> y; `transformer`,
+a decoder's shapes: token embedding, then per layer LayerNorm, fused QKV MatMul, attention, output MatMul, LayerNorm
+and a 4x MLP, with residuals (--hidden sets the width, 4096 by default; the vocabulary is 32000). The build runs
+as a child process; a sampler thread sums the resident set (VmRSS) of the child and all its descendants (worker
+processes) every 0.1 s, and getrusage(RUSAGE_CHILDREN) gives the largest single process. Figures are printed as
+multiples of the model's size on disk (.onnx + .data).
 
-Measured here (24 GB RAM, 2 cores, onnxruntime 1.32, 2.50 GiB model, --no-verify --workers 1, 2026-11):
+Measured here (24 GB RAM, 2 cores shared with other work, onnxruntime 1.32, --workers 1, MLP, 2026-11).
+Before weights were streamed (weights.py), 2.50 GiB model, --no-verify:
   --dtype all    peak RSS 22.7 GiB = 9.1x the model (one process), 195 s; output folder peaked at 3.2x on disk
   one dtype      fp16 9.0x, q8 >= 9.5x (OOM-killed at 23.7 GiB in one of two runs), q4 6.5x, q4f16 7.2x, bnb4 6.5x
+Streamed, verification on (the command line's default):
+  0.75 GiB, --dtype all          3.28x the model, 119 s; the code before, same run: 8.21x, 173 s. The peak is q8's
+                                 (onnxruntime's quantize_dynamic holds the model three times); without it ~1.5x
+  0.75 GiB, one dtype            before -> now: fp16 8.22x 113 s -> 1.29x 45 s, q8 7.26x 86 s -> 3.20x 50 s,
+                                 q4 5.82x 53 s -> 1.42x 31 s, q4f16 5.36x 46 s -> 1.45x 33 s, bnb4 5.75x 48 s ->
+                                 1.39x 39 s; the fp32 session verification needs is most of each peak now
+  2.50 GiB, fp16,q4,q4f16,bnb4   3.57 GiB = 1.43x the model, 400 s; output folder peaked at 2.9x on disk
+  2.50 GiB, q8                   7.67 GiB = 3.07x, 172 s
   calibration    minmax +51 MiB, entropy +58 MiB for 16 and for 256 one-MiB samples alike: it does not grow
-  verification   +52 MiB with 16 samples, +292 MiB with 256: it grows (each worker loads every sample at once)
-With verification on (the command line's default) a model over 2 GiB fails before building, and the default
-worker count ignores external data (two workers, OOM): see the reliability suite's report.
+  verification   +52 MiB with 16 samples, +292 MiB with 256 when each worker loaded every sample at once; read one
+                 at a time (SavedFeeds), +50 MiB with 16 and with 256
+  transformer    1 GiB (--hidden 2048), --dtype all: 3.26x (q8's), every variant verified
 """
 
 from __future__ import annotations
@@ -116,41 +128,103 @@ def run_measured(args: list[str], watch: Path | None = None, env: dict | None = 
 
 
 # ---------------------------------------------------------------------------------------------- the big model
-def synthetic_model(folder: Path, gb: float, hidden: int = 4096) -> tuple[Path, int]:
-    """An MLP of ~`gb` GiB of fp32 MatMul weights in external data; returns its path and size on disk."""
-    layer_bytes = hidden * hidden * 4
-    layers = max(1, round(gb * GB / layer_bytes))
-    folder.mkdir(parents=True, exist_ok=True)
-    path, data = folder / "big.onnx", folder / "big.onnx.data"
-    rng = np.random.default_rng(0)
-    initializers, nodes, x = [], [], "x"
-    with open(data, "wb") as handle:
-        for i in range(layers):
-            weight = (rng.standard_normal((hidden, hidden), dtype=np.float32) / np.sqrt(hidden)).astype(np.float32)
-            tensor = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[hidden, hidden])
-            tensor.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", data.name), ("offset", str(handle.tell())), ("length", str(layer_bytes))):
-                tensor.external_data.add(key=key, value=value)
-            handle.write(weight.tobytes())
-            initializers.append(tensor)
-            y = "y" if i == layers - 1 else f"h{i}"
-            nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}" if y != "y" else y], name=f"mm{i}"))
-            if y != "y":
-                nodes.append(helper.make_node("Relu", [f"m{i}"], [y], name=f"relu{i}"))
-            x = y
-    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", hidden])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", hidden])], initializers)
+class _ExternalWeights:
+    """Weights written straight to a .data file as they are made, so building a model of any size needs no more
+    memory than its largest weight."""
+
+    def __init__(self, data: Path, seed: int = 0) -> None:
+        self.data, self.handle, self.rng, self.tensors = data, open(data, "wb"), np.random.default_rng(seed), []
+
+    def add(self, name: str, *shape: int, scale: float | None = None, value: float | None = None) -> str:
+        if value is not None:
+            array = np.full(shape, value, np.float32)
+        else:
+            array = self.rng.standard_normal(shape, dtype=np.float32) * np.float32(scale or 1 / np.sqrt(shape[0]))
+        tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(shape))
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, entry in (("location", self.data.name), ("offset", str(self.handle.tell())),
+                           ("length", str(array.nbytes))):
+            tensor.external_data.add(key=key, value=entry)
+        self.handle.write(array.tobytes())
+        self.tensors.append(tensor)
+        return name
+
+
+def _save(path: Path, weights: _ExternalWeights, nodes: list, inputs: list, outputs: list) -> tuple[Path, int]:
+    weights.handle.close()
+    graph = helper.make_graph(nodes, "big", inputs, outputs, weights.tensors)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench-memory")
     model.ir_version = 8
     path.write_bytes(model.SerializeToString())
-    return path, path.stat().st_size + data.stat().st_size
+    return path, path.stat().st_size + weights.data.stat().st_size
+
+
+def synthetic_model(folder: Path, gb: float, hidden: int = 4096) -> tuple[Path, int]:
+    """An MLP of ~`gb` GiB of fp32 MatMul weights in external data; returns its path and size on disk."""
+    layers = max(1, round(gb * GB / (hidden * hidden * 4)))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "big.onnx"
+    weights = _ExternalWeights(folder / "big.onnx.data")
+    nodes, x = [], "x"
+    for i in range(layers):
+        y = "y" if i == layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [x, weights.add(f"w{i}", hidden, hidden)],
+                                      [f"m{i}" if y != "y" else y], name=f"mm{i}"))
+        if y != "y":
+            nodes.append(helper.make_node("Relu", [f"m{i}"], [y], name=f"relu{i}"))
+        x = y
+    return _save(path, weights, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", hidden])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", hidden])])
+
+
+def synthetic_transformer(folder: Path, gb: float, hidden: int = 4096, vocab: int = 32000) -> tuple[Path, int]:
+    """A decoder-shaped transformer of ~`gb` GiB in external data: token embedding (Gather), then per layer
+    LayerNorm, a fused QKV MatMul, single-head attention, an output MatMul, LayerNorm and a 4x MLP, with residuals;
+    returns its path and size on disk. The weight shapes and ops a few-billion-parameter decoder has, not its skill."""
+    layer_bytes = 12 * hidden * hidden * 4
+    layers = max(1, round((gb * GB - vocab * hidden * 4) / layer_bytes))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "big.onnx"
+    w = _ExternalWeights(folder / "big.onnx.data")
+    nodes = [helper.make_node("Gather", [w.add("embed", vocab, hidden, scale=0.02), "ids"], ["h0"], name="embed")]
+    constants = [helper.make_tensor("split", TensorProto.INT64, [3], [hidden] * 3),
+                 helper.make_tensor("scale", TensorProto.FLOAT, [], [1 / np.sqrt(hidden)])]
+    nodes += [helper.make_node("Constant", [], [c.name], name=c.name, value=c) for c in constants]
+
+    def add(op: str, inputs: list[str], name: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def norm(x: str, name: str) -> str:
+        return add("LayerNormalization", [x, w.add(f"{name}.g", hidden, value=1.0),
+                                          w.add(f"{name}.b", hidden, value=0.0)], name, axis=-1)
+
+    h = "h0"
+    for i in range(layers):
+        qkv = add("MatMul", [norm(h, f"ln{i}a"), w.add(f"wqkv{i}", hidden, 3 * hidden)], f"qkv{i}")
+        nodes.append(helper.make_node("Split", [qkv, "split"], [f"q{i}", f"k{i}", f"v{i}"], name=f"split{i}", axis=-1))
+        scores = add("Mul", [add("MatMul", [f"q{i}", add("Transpose", [f"k{i}"], f"kt{i}", perm=[0, 2, 1])],
+                                 f"qk{i}"), "scale"], f"scores{i}")
+        context = add("MatMul", [add("Softmax", [scores], f"attn{i}", axis=-1), f"v{i}"], f"ctx{i}")
+        h = add("Add", [h, add("MatMul", [context, w.add(f"wo{i}", hidden, hidden)], f"o{i}")], f"h{i}a")
+        up = add("Relu", [add("MatMul", [norm(h, f"ln{i}b"), w.add(f"wup{i}", hidden, 4 * hidden)], f"up{i}")],
+                 f"act{i}")
+        h = add("Add", [h, add("MatMul", [up, w.add(f"wdown{i}", 4 * hidden, hidden)], f"down{i}")], f"h{i + 1}")
+    nodes.append(helper.make_node("LayerNormalization", [h, w.add("lnf.g", hidden, value=1.0),
+                                                         w.add("lnf.b", hidden, value=0.0)], ["y"], name="lnf",
+                                  axis=-1))
+    return _save(path, w, nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", hidden])])
+
+
+MODELS = {"mlp": synthetic_model, "transformer": synthetic_transformer}
 
 
 def bench_build(gb: float, workdir: Path, workers: int | None, keep: bool, verify: bool = True,
-                dtype: str = "all") -> dict:
+                dtype: str = "all", kind: str = "mlp", hidden: int = 4096) -> dict:
     print(f"building a synthetic {gb} GiB model in {workdir} ...", flush=True)
     started = time.perf_counter()
-    model, size = synthetic_model(workdir / "model", gb)
+    model, size = MODELS[kind](workdir / "model", gb, hidden)
     print(f"  {size / GB:.2f} GiB on disk ({time.perf_counter() - started:.0f} s)", flush=True)
     out = workdir / "variants"
     if verify:
@@ -254,6 +328,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", nargs="?", choices=("all", "build", "samples"), default="all")
     parser.add_argument("--gb", type=float, default=2.5, help="model size in GiB (default 2.5)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="mlp",
+                        help="the synthetic model: an MLP of square MatMuls, or a decoder-shaped transformer")
+    parser.add_argument("--hidden", type=int, default=4096, help="its hidden size (default 4096)")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "onnxdtype-memory-bench")
     parser.add_argument("--workers", type=int, default=None, help="quantize --workers (default: onnxdtype decides)")
     parser.add_argument("--keep", action="store_true", help="keep the model and variants")
@@ -271,7 +348,8 @@ def main() -> None:
         if args.part in ("all", "samples"):
             report["samples"] = bench_samples(args.dir)
         if args.part in ("all", "build"):
-            report["build"] = bench_build(args.gb, args.dir / "build", args.workers, args.keep, args.verify, args.dtype)
+            report["build"] = bench_build(args.gb, args.dir / "build", args.workers, args.keep, args.verify, args.dtype,
+                                          args.model, args.hidden)
     finally:
         if not args.keep:
             shutil.rmtree(args.dir, ignore_errors=True)

@@ -365,6 +365,22 @@ def test_a_plan_that_cannot_fit_in_memory_is_refused_before_any_work(tiny, tmp_p
     assert pool.worker_count(None, 4, size, ["q4"], False) == 1  # MemAvailable fits one worker
 
 
+def test_a_model_with_external_data_is_planned_with_the_streamed_factors(tmp_path, monkeypatch):
+    import onnx
+    import tinymodels
+
+    import onnxdtype.build.pool as pool
+
+    model = tmp_path / "in" / "mlp.onnx"
+    model.parent.mkdir()
+    onnx.save(tinymodels.mlp(), str(model), save_as_external_data=True, location="mlp.onnx.data", size_threshold=0)
+    size = model.stat().st_size + (tmp_path / "in" / "mlp.onnx.data").stat().st_size
+    monkeypatch.setattr(pool, "_memory", lambda field: int(size * 2))  # room for streamed q4, not for q8
+    with pytest.raises(OnnxDtypeError, match=rf"for q8 \({pool.STREAMED_PEAK_PER_WORKER['q8']:g}x its size"):
+        quantize(model, "q8,q4", tmp_path / "out")
+    assert quantize(model, "q4", tmp_path / "out", latency_runs=0).by("mlp", "q4").status == "ok"
+
+
 def test_verify_reuses_the_evaluation_data_the_build_used(tiny, tmp_path):
     """--eval DATA is what the manifest records (not the held-out calibration samples), and what `verify` reads."""
     import numpy as np

@@ -14,6 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxdtype.model import iter_graphs
+from onnxdtype.weights import read_array
 
 FOLD_LIMIT = 1 << 16  # elements: fold only small tensors (conditions, shapes), never grow the model with big ones
 NOT_FOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -196,7 +197,7 @@ def _constant_value(node: onnx.NodeProto, opsets: dict[str, int], ir_version: in
 
 
 def _array(value: Value) -> np.ndarray:
-    return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
+    return read_array(value) if isinstance(value, onnx.TensorProto) else value
 
 
 def _size(value: Value) -> int:

@@ -22,11 +22,11 @@ import onnx.checker
 import onnx.defs
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
-from onnx.external_data_helper import load_external_data_for_model
 
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.io import first_line
 from onnxdtype.ops import WEIGHT_OPS
+from onnxdtype.weights import attach, has_lazy, is_lazy, read_array, write_streaming
 
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes; protobuf refuses to serialize a message over 2 GiB
 TEMP_PREFIX = ".onnxdtype-tmp-"
@@ -39,15 +39,20 @@ QUANTIZED_OPS = frozenset({
 })
 
 
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Load an ONNX file with its external data, turning every way it can be broken into one clear error."""
+def load_model(path: str | Path, lazy: bool = False) -> onnx.ModelProto:
+    """Load an ONNX file with its external data, turning every way it can be broken into one clear error.
+
+    `lazy`: external data stays in its file, each tensor a reference read when needed (weights.py); the model
+    then holds the graph only (a 2.5 GiB model's weights were copied 9 times over by the build)."""
     path = Path(path)
     if not path.exists():
         raise OnnxDtypeError(f"{path}: no such file")
     if path.is_dir():
         raise OnnxDtypeError(f"{path}: is a folder, expected an .onnx file")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=not lazy)
+        if lazy:
+            attach(model, path.parent)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
         raise OnnxDtypeError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     except FileNotFoundError as exc:
@@ -188,6 +193,8 @@ def nonfinite_weight_problem(model: onnx.ModelProto) -> str | None:
 
 
 def _float_values(tensor: onnx.TensorProto) -> np.ndarray:
+    if is_lazy(tensor):
+        return read_array(tensor).ravel()
     if tensor.raw_data:
         dtype = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
                  onnx.TensorProto.DOUBLE: np.float64}[tensor.data_type]
@@ -257,14 +264,11 @@ def temp_dir_in(folder: Path) -> Iterator[Path]:
 
 
 def write_model(model: onnx.ModelProto, path: Path) -> None:
-    """Serialize to `path` (not atomic: callers write into a temp folder), external data when too large."""
+    """Serialize to `path` (not atomic: callers write into a temp folder); with external data when too large or
+    when its weights are lazy, streamed into the .data file one tensor at a time (onnx.save_model moved every
+    weight out of the model and back: two copies of a large model at once)."""
     if needs_external_data(model):
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-        # save_model moved the weights out of `model` (references to the .data file left in their place, relative
-        # to a folder the caller knows nothing of): put them back, so the caller's model is whole as before
-        load_external_data_for_model(model, str(path.parent))
-        os.chmod(path.with_name(path.name + ".data"), 0o644)  # onnx creates it owner-only; it is for every reader
+        write_streaming(model, path)
     else:
         with open(path, "wb") as handle:
             handle.write(model.SerializeToString())
@@ -280,8 +284,15 @@ def model_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def needs_external_data(model: onnx.ModelProto) -> bool:
+def too_large_to_serialize(model: onnx.ModelProto) -> bool:
+    """The weights it holds in memory exceed one protobuf (lazy weights are references: they do not count), so onnx's
+    shape inference, which takes a serialized model, refuses it."""
     return model_bytes(model) > EXTERNAL_DATA_THRESHOLD
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """Too large for one protobuf, or its weights are lazy: either way its file needs a .data file beside it."""
+    return too_large_to_serialize(model) or has_lazy(model)
 
 
 def stage(tmp_file: Path, dest: Path) -> SavedFile:

@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper, version_converter
 
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import iter_graphs, opset_version
+from onnxdtype.weights import has_lazy, load_all, read_array
 
 PASSES = ("constants", "gemm", "opset13", "batchnorm")
 
@@ -30,6 +31,8 @@ def normalize(model: onnx.ModelProto, passes: tuple[str, ...]) -> tuple[onnx.Mod
     if "gemm" in passes and (rewritten := gemm_to_matmul(out)):
         done.append(f"{rewritten} Gemm -> MatMul+Add")
     if "opset13" in passes and opset_version(out) < 13:
+        if has_lazy(out):
+            load_all(out)  # onnx's version converter works on a whole in-memory model
         before = opset_version(out)
         out = raise_opset(out, 13)
         done.append(f"opset {before} -> 13")
@@ -112,11 +115,11 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
                 or conv.output[0] in outputs or len(bn.output) != 1 \
                 or any(name not in inits for name in [*conv.input[1:3], *bn.input[1:5]]):
             continue
-        scale, bias, mean, var = (numpy_helper.to_array(inits[name]).astype(np.float64) for name in bn.input[1:5])
+        scale, bias, mean, var = (read_array(inits[name]).astype(np.float64) for name in bn.input[1:5])
         epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         factor = scale / np.sqrt(var + epsilon)
-        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
-        conv_bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 \
+        weight = read_array(inits[conv.input[1]]).astype(np.float64)
+        conv_bias = read_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 \
             else np.zeros(weight.shape[0])
         weight_name, bias_name = f"{conv.input[1]}/bn_folded/{bn.name}", f"{conv.name}/bn_folded_bias"
         graph.initializer.extend([
@@ -152,7 +155,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
             if node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0):
                 new_nodes.append(node)
                 continue
-            weight = numpy_helper.to_array(inits[node.input[1]])
+            weight = read_array(inits[node.input[1]])
             has_bias = len(node.input) > 2 and bool(node.input[2])
             beta = np.float32(attrs.get("beta", 1.0))
             if weight.ndim != 2 or weight.dtype != np.float32 or (has_bias and beta != 1 and node.input[2] not in inits):
@@ -169,7 +172,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
                 bias_name = node.input[2]
                 if beta != 1:
                     bias_name = f"{base}/bias"
-                    scaled = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) * beta
+                    scaled = read_array(inits[node.input[2]]).astype(np.float32) * beta
                     graph.initializer.append(numpy_helper.from_array(scaled, bias_name))
                 new_nodes.append(helper.make_node("Add", [mm_out, bias_name], [node.output[0]], name=f"{base}/Add"))
             rewritten += 1

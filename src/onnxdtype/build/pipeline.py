@@ -99,9 +99,11 @@ def quantize(
     check_out_dir(out)
     uncalibrated = [d for d in request.wanted if INFO[d].needs_calibration and calib is None]
     buildable = len(modules) * sum(d not in uncalibrated for d in request.wanted)
-    largest_file = max(size_with_data(m.path) for m in modules)
+    largest = max(modules, key=lambda m: size_with_data(m.path))
+    streamed = largest.path.with_name(largest.path.name + ".data").exists()  # its weights stay in their file
     try:
-        pool_size = worker_count(workers, buildable, largest_file, [d.value for d in request.wanted], verify)
+        pool_size = worker_count(workers, buildable, size_with_data(largest.path), [d.value for d in request.wanted],
+                                 verify, streamed)
         with folder_lock(out), WorkerPool(pool_size) as pool:
             results = _build(request, pool)
     except OSError as exc:  # a full disk, a folder turned read-only, a file size limit: one line, not a traceback
@@ -192,7 +194,7 @@ def planned(request: Request) -> Iterator[tuple[list[tuple[ModulePlan, EvalData 
     """Check every module and plan it in a temp folder inside the output folder (removed on leaving); raises on
     anything the user got wrong before the first write beside that temp folder. Call under the folder lock."""
     out = request.out
-    bases = {m.name: load_model(m.path) for m in request.modules}
+    bases = {m.name: load_model(m.path, lazy=True) for m in request.modules}  # weights stay in their files
     for m in request.modules:
         problem = base_precision_problem(bases[m.name]) or load_error(m.path)
         if problem:

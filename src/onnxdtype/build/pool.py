@@ -15,29 +15,38 @@ from onnxdtype.build.worker import build_variant
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.results import Status, VariantResult
 
-# Peak resident memory of one worker building a dtype, x the model's size (bench/memory.py, a 2.5 GiB MLP with
-# external data, --workers 1, no verification); verification adds about VERIFY_PEAK (q4: 6.5x -> 8.65x).
+# Peak resident memory of one worker building a dtype, x the model's size (bench/memory.py, --workers 1).
+# A model whose weights are in external data streams them (weights.py): 0.75 GiB MLP, verification on (the fp32
+# session it needs is most of the peak), the process's own ~0.15 GiB included. q8 is onnxruntime's quantize_dynamic,
+# which holds the model twice.
+STREAMED_PEAK_PER_WORKER = {"fp16": 1.3, "q8": 3.3, "q4": 1.5, "bnb4": 1.5, "q4f16": 1.55}
+# A model held whole in memory (no external data): 2.5 GiB MLP before streaming, no verification; verification adds
+# about VERIFY_PEAK (q4: 6.5x -> 8.65x).
 PEAK_PER_WORKER = {"fp16": 9.0, "q8": 9.5, "q4": 6.5, "bnb4": 6.5, "q4f16": 7.2}
-UNMEASURED_PEAK = 9.5  # the static and int8 dtypes: not measured yet, taken as the worst measured
+UNMEASURED_PEAK = 9.5  # the static and int8 dtypes (never streamed): not measured yet, taken as the worst measured
 VERIFY_PEAK = 2.2
 GiB = 1 << 30
 
 
-def worker_count(workers: int | None, tasks: int, largest_file: int, dtypes: list[str], verify: bool) -> int:
-    """Parallel workers: as asked, else bounded by tasks, cores and the memory one worker is predicted to need.
+def worker_count(workers: int | None, tasks: int, largest_file: int, dtypes: list[str], verify: bool,
+                 streamed: bool = False) -> int:
+    """Parallel workers: as asked, else bounded by tasks, cores and the memory one worker is predicted to need
+    (`streamed`: the largest model's weights are in external data, so the build streams them).
 
     A plan that cannot fit even one worker in this machine's memory is refused before any work starts, with the
     figure and the way out, instead of the kernel killing a worker halfway."""
-    factor = max((PEAK_PER_WORKER.get(d, UNMEASURED_PEAK) for d in dtypes), default=UNMEASURED_PEAK)
-    per_worker = largest_file * (factor + (VERIFY_PEAK if verify else 0.0))
+    table = STREAMED_PEAK_PER_WORKER if streamed else PEAK_PER_WORKER
+    factor = max((table.get(d, UNMEASURED_PEAK) for d in dtypes), default=UNMEASURED_PEAK)
+    per_worker = largest_file * (factor + (VERIFY_PEAK if verify and not streamed else 0.0))
     total = _memory("MemTotal")
     if total and per_worker > total:
-        heavy = max(dtypes, key=lambda d: PEAK_PER_WORKER.get(d, UNMEASURED_PEAK))
+        heavy = max(dtypes, key=lambda d: table.get(d, UNMEASURED_PEAK))
+        lightest = min(table, key=table.__getitem__)
         raise OnnxDtypeError(
             f"a {largest_file / GiB:.1f} GiB model needs about {per_worker / GiB:.0f} GiB in one worker for "
             f"{heavy} ({factor:g}x its size{', with verification' if verify else ''}); this machine has "
-            f"{total / GiB:.0f} GiB: build fewer dtypes at a time (q4 and bnb4 need the least, 6.5x)"
-            + (" or --no-verify" if verify else ""))
+            f"{total / GiB:.0f} GiB: build fewer dtypes at a time ({lightest} needs the least, {table[lightest]:g}x)"
+            + (" or --no-verify" if verify and not streamed else ""))
     if workers is not None:
         return max(1, workers)
     by_memory = max(1, int((_memory("MemAvailable") or 8 * GiB) // max(1.0, per_worker)))

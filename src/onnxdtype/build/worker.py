@@ -24,10 +24,11 @@ from onnxdtype.naming import variant_filename
 from onnxdtype.normalize import keep_metadata
 from onnxdtype.recipes import RECIPES, NotApplicable
 from onnxdtype.results import Status, VariantResult
-from onnxdtype.verify.evaluate import Criteria, EvalData
+from onnxdtype.verify.evaluate import Criteria, EvalData, Reference
 from onnxdtype.verify.evaluate import session as accuracy_session
 from onnxdtype.verify.record import skipped, verify_variant
 from onnxdtype.verify.repair import RepairPlan, repair
+from onnxdtype.weights import load_all
 
 
 def build_variant(task: VariantTask) -> VariantResult:
@@ -42,20 +43,24 @@ def build_variant(task: VariantTask) -> VariantResult:
     start = time.perf_counter()
     path = Path(task.tmp) / variant_filename(task.module, DType(task.dtype))
     try:
-        source = load_model(task.norm_path)
+        source = load_model(task.norm_path, lazy=True)
         options = {step: RECIPES[step].Options(**task.options[step]) for step in steps}
         built = _searched(source, task, steps, options, result) if task.verify and task.search else None
-        if built is None:  # no search, or nothing it could judge: the default placement, verified and repaired
+        if built is not None:
+            _write(source, built, path)
+        else:  # no search, or nothing it could judge: the default placement, verified and repaired
             built = run_steps(source, steps, options, result)
             if built is None:
                 return result
+            _write(source, built, path)  # verified from its file: written once, not once more for a session
             if task.verify is not None:
-                built = _verify_and_repair(source, Path(task.norm_path), built, steps, options, task.verify, result)
-        keep_metadata(source, built)
+                built = _verify_and_repair(source, Path(task.norm_path), built, path, steps, options, task.verify,
+                                           result)
         result.op_changes = op_changes(source, built)
-        write_model(built, path)
     except Exception as exc:  # a quantizer bug must not take the other variants down
         result.fail(f"{type(exc).__name__}: {first_line(exc)}")
+        for written in (path, path.with_name(path.name + ".data")):
+            written.unlink(missing_ok=True)
         return result
     finally:
         result.seconds = round(time.perf_counter() - start, 3)
@@ -68,6 +73,14 @@ def build_variant(task: VariantTask) -> VariantResult:
     return result
 
 
+def _write(source: onnx.ModelProto, built: onnx.ModelProto, path: Path) -> None:
+    """The variant at `path` with the source's metadata (quantizers drop it); a repaired one replaces the first,
+    whose .data file must not outlive it."""
+    keep_metadata(source, built)
+    path.with_name(path.name + ".data").unlink(missing_ok=True)
+    write_model(built, path)
+
+
 def run_steps(source: onnx.ModelProto, steps: tuple[str, ...], options: dict, result: VariantResult | None = None
               ) -> onnx.ModelProto | None:
     """Apply the recipe steps in order; None (with the reason in `result`) when one does not apply."""
@@ -75,6 +88,8 @@ def run_steps(source: onnx.ModelProto, steps: tuple[str, ...], options: dict, re
     for step in steps:
         step_input = onnx.ModelProto()
         step_input.CopyFrom(model)  # onnxruntime's quantizers edit their input in place
+        if not RECIPES[step].LAZY_WEIGHTS:
+            load_all(step_input)
         outcome = RECIPES[step].build(step_input, options[step])
         reason = outcome.reason if isinstance(outcome, NotApplicable) else \
             (None if op_changes(model, outcome.model) else f"{step} changed no node")
@@ -118,25 +133,33 @@ def _searched(source: onnx.ModelProto, task: VariantTask, steps: tuple[str, ...]
     eval_data, criteria = _judging(task.verify, result.dtype)
     if not eval_data.feeds or eval_data.synthesized:
         return None
-    source_path = Path(task.norm_path)
+    source_path, scratch = Path(task.norm_path), Path(task.tmp) / f"{task.module}.{task.dtype}.search.onnx"
 
     def repair(built: onnx.ModelProto, trial_options: dict, trial: VariantResult) -> onnx.ModelProto:
-        return _verify_and_repair(source, source_path, built, steps, trial_options, task.verify, trial)
+        _write(source, built, scratch)  # verification and repair read the variant from its file
+        try:
+            return _verify_and_repair(source, source_path, built, scratch, steps, trial_options, task.verify, trial)
+        finally:
+            for written in (scratch, scratch.with_name(scratch.name + ".data")):
+                written.unlink(missing_ok=True)
 
     found = search(source, task.norm_path, steps, options, task.search, eval_data, criteria, result, run_steps,
                    repair if task.verify.repair else None)
     return found[0] if found else None
 
 
-def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.ModelProto, steps: tuple[str, ...],
-                       options: dict, spec: VerifySpec, result: VariantResult) -> onnx.ModelProto:
-    """Figures against fp32; on a miss, repair (unless disabled). A variant still missing is marked failed."""
+def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.ModelProto, path: Path,
+                       steps: tuple[str, ...], options: dict, spec: VerifySpec, result: VariantResult
+                       ) -> onnx.ModelProto:
+    """Figures against fp32 for the variant `built`, written at `path`; on a miss, repair (unless disabled), the
+    repaired variant replacing it there. A variant still missing is marked failed."""
     eval_data, criteria = _judging(spec, result.dtype)
     if not eval_data.feeds:
         result.verification = skipped(eval_data)
         return built
-    base = accuracy_session(source_path)  # from the file: no second in-memory copy of a large model
-    verification, figures, failure = verify_variant(base, accuracy_session(built), eval_data, criteria)
+    # fp32 from its file, run once and released before the variant's session is made
+    base = Reference(accuracy_session(source_path), eval_data, criteria.states)
+    verification, figures, failure = verify_variant(base, accuracy_session(path), eval_data, criteria)
     if failure and spec.repair:
         trial = VariantResult(result.module, result.dtype, Status.OK)
 
@@ -149,12 +172,13 @@ def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.M
         precisions = tuple(dict.fromkeys(p for s in steps if RECIPES[s].KIND == "quantize"
                                          for p in RECIPES[s].HIGHER_PRECISIONS)) or ("fp32",)
         plan = RepairPlan(rebuild, precisions, has_float_step="float" in kinds, float_only=set(kinds) == {"float"})
-        outcome = repair(source, plan, eval_data, criteria, built, spec.budget)
+        outcome = repair(source, plan, eval_data, criteria, built, spec.budget, base)
         verification["before_repair"] = {**figures, "failure": failure}
         verification["repair"] = {"kept": outcome.kept, "kept_weight_fraction": round(outcome.kept_weight_fraction, 4),
                                   "attempts": outcome.attempts, "failure": outcome.reason}
         if outcome.model is not None:
             built, failure = outcome.model, None
+            _write(source, built, path)
             verification.update(**outcome.figures, failure=None)
             result.params, result.kept_in_float = {**result.params, **trial.params}, trial.kept_in_float
             result.notes = trial.notes + [f"repaired: {len(outcome.kept)} nodes kept in higher precision "

@@ -8,6 +8,8 @@ A recipe module (one file per family, registered in recipes/__init__.py) declare
                      its 4-bit part) and out of a float step only when it is the whole recipe
   NEEDS_CALIBRATION  the reason `check` gives when only calibration data is missing, or None
   HIGHER_PRECISIONS  what `keep` can put a node back in, tried in order by repair ("8-bit" before "fp32" for q4)
+  LAZY_WEIGHTS       True when `build` takes a model whose weights are lazy (weights.py: read one at a time from
+                     disk); the build loads every weight into memory first for a recipe that says False
   Options            a dataclass of its parameters, defaults per SPEC.md, validated in __post_init__
   options_for(dtype_name, options) -> Options   the options for one dtype of the family (s8s8 vs u8u8)
   keep(options, nodes, precision) -> Options    the options that keep `nodes` in `precision`
@@ -43,8 +45,8 @@ class NotApplicable:
     reason: str
 
 
-REQUIRED = ("NAME", "PASSES", "KIND", "NEEDS_CALIBRATION", "HIGHER_PRECISIONS", "Options", "options_for", "keep",
-            "check", "build")
+REQUIRED = ("NAME", "PASSES", "KIND", "NEEDS_CALIBRATION", "HIGHER_PRECISIONS", "LAZY_WEIGHTS", "Options",
+            "options_for", "keep", "check", "build")
 
 
 def same_options(dtype_name: str, options: Any) -> Any:

@@ -12,12 +12,14 @@ from onnxruntime.quantization.matmul_bnb4_quantizer import MatMulBnb4Quantizer
 
 from onnxdtype.model import missing_constant_matmul
 from onnxdtype.recipes.base import NotApplicable, Variant, choice, names, power_of_two, same_options, with_nodes
+from onnxdtype.weights import weight_loading
 
 NAME = "bnb4"
 PASSES = ("constants", "gemm")
 KIND = "quantize"
 NEEDS_CALIBRATION = None
 HIGHER_PRECISIONS = ("fp32",)
+LAZY_WEIGHTS = True
 CODEBOOKS = {"fp4": MatMulBnb4Quantizer.FP4, "nf4": MatMulBnb4Quantizer.NF4}
 
 
@@ -50,6 +52,8 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
         return NotApplicable(reason)
     quantizer = MatMulBnb4Quantizer(model, CODEBOOKS[options.quant_type], options.block_size,
                                     nodes_to_exclude=list(options.nodes_to_exclude))
+    # its per-node method reads one weight: only that one is loaded (the model's weights may be lazy)
+    quantizer._bnb4_matmul_node_weight = weight_loading(quantizer._bnb4_matmul_node_weight)
     quantizer.process()
     params = {"quant_type": options.quant_type, "block_size": options.block_size,
               "nodes_to_exclude": list(options.nodes_to_exclude),

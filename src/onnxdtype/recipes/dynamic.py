@@ -29,12 +29,14 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxdtype.model import iter_graphs, iter_scoped_nodes, needs_external_data
 from onnxdtype.ops import DYNAMIC_WEIGHT_INPUT, UINT8_WEIGHT_TRIGGERS
 from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, same_options, with_nodes
+from onnxdtype.weights import read_array, write_streaming
 
 NAME = "dynamic"
 PASSES = ("constants", "gemm", "opset13")
 KIND = "quantize"
 NEEDS_CALIBRATION = None
 HIGHER_PRECISIONS = ("fp32",)
+LAZY_WEIGHTS = True
 WEIGHT_TYPES = ("auto", "int8", "uint8")
 
 
@@ -99,9 +101,13 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
               "op_types": op_types(options), "nodes_to_exclude": list(options.nodes_to_exclude),
               "quantizer": "onnxruntime.quantization.quantize_dynamic"}
     with TemporaryDirectory(prefix="onnxdtype-q8-") as tmp:
-        out = Path(tmp) / "q8.onnx"
+        # quantize_dynamic given a model deep-copies it, saves it with external data and loads it back: given that
+        # file instead (its weights streamed from their files), this process holds no copy of its own beside
+        # onnxruntime's (0.75 GiB model, q8 recipe peak 4.2x the model's size before)
+        source, out = Path(tmp) / "source.onnx", Path(tmp) / "q8.onnx"
+        write_streaming(model, source)
         quantize_dynamic(
-            model, out,
+            source, out,
             per_channel=options.per_channel,
             reduce_range=options.reduce_range,
             weight_type=QuantType.QUInt8 if weight_type == "uint8" else QuantType.QInt8,
@@ -136,7 +142,7 @@ def per_channel_conv_weights(source: onnx.ModelProto, quantized: onnx.ModelProto
         scale, zero = tensors.get(f"{base}_scale"), tensors.get(f"{base}_zero_point")
         if name in done or base not in floats or name not in tensors or scale is None or zero is None:
             continue
-        weight = numpy_helper.to_array(floats[base]).astype(np.float32)
+        weight = read_array(floats[base]).astype(np.float32)
         unsigned = tensors[name].data_type == onnx.TensorProto.UINT8
         amax = np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1)
         channel_scale = np.where(amax > 0, amax / limit, 1.0).astype(np.float32)

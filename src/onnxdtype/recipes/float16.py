@@ -8,21 +8,25 @@ so nodes that consume such initializers stay fp32 here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnxruntime.transformers import float16 as ort_float16
 
-from onnxdtype.model import iter_graphs, needs_external_data
+from onnxdtype.model import iter_graphs, too_large_to_serialize
 from onnxdtype.ops import FP16_MAX
 from onnxdtype.recipes.base import NotApplicable, Variant, flag, names, same_options, with_nodes
+from onnxdtype.weights import is_lazy, read_array, stored_as
 
 NAME = "float16"
 PASSES = ("constants",)
 KIND = "float"
 NEEDS_CALIBRATION = None
 HIGHER_PRECISIONS = ("fp32",)
+LAZY_WEIGHTS = True
 # Ops kept in fp32 on top of onnxruntime's DEFAULT_OP_BLOCK_LIST: no fp16 kernel or unsafe range.
 EXTRA_BLOCKED_OPS = ("RandomNormal", "RandomNormalLike", "RandomUniform", "Multinomial", "NonZero")
 
@@ -65,7 +69,7 @@ def out_of_range_consumers(model: onnx.ModelProto) -> list[str]:
 
 
 def _exceeds_fp16(tensor: onnx.TensorProto) -> bool:
-    values = np.frombuffer(tensor.raw_data, np.float32) if tensor.raw_data else onnx.numpy_helper.to_array(tensor)
+    values = np.frombuffer(tensor.raw_data, np.float32) if tensor.raw_data else read_array(tensor)
     if values.size == 0 or (values.max() <= FP16_MAX and values.min() >= -FP16_MAX):
         return False  # the common case, decided without copies
     finite = values[np.isfinite(values)]
@@ -94,9 +98,12 @@ def convert(model: onnx.ModelProto, keep_io_types: bool = True, keep_fp32: list[
     block_ops = sorted({*ort_float16.DEFAULT_OP_BLOCK_LIST, *EXTRA_BLOCKED_OPS, *block_ops})
     if block_nodes or any(n.op_type in block_ops for g in iter_graphs(model.graph) for n in g.node):
         model = _with_contrib_op_types(model)  # only fp32-kept nodes need the converter to know types
-    converted = ort_float16.convert_float_to_float16(
-        model, keep_io_types=keep_io_types, op_block_list=block_ops, node_block_list=block_nodes,
-        disable_shape_infer=needs_external_data(model))  # onnx shape inference refuses > 2 GiB protos
+    if not too_large_to_serialize(model):  # what the converter does first, done before the stand-ins (their shapes)
+        model = onnx.shape_inference.infer_shapes(model)
+    with lazy_weights_stood_in(model):
+        converted = ort_float16.convert_float_to_float16(
+            model, keep_io_types=keep_io_types, op_block_list=block_ops, node_block_list=block_nodes,
+            disable_shape_infer=True)
     removed = skip_fp16_round_trips(converted)
     if sort:
         for graph in iter_graphs(converted.graph):
@@ -107,11 +114,40 @@ def convert(model: onnx.ModelProto, keep_io_types: bool = True, keep_fp32: list[
     return converted, block_nodes, notes
 
 
+@contextmanager
+def lazy_weights_stood_in(model: onnx.ModelProto) -> Iterator[None]:
+    """Inside the block each lazy float initializer is an empty stand-in of its name, so onnxruntime's converter
+    (which converts the values it holds and reads each converted initializer whole for a value_info it uses by
+    name only) reads nothing; after it the lazy tensors are back, typed as the converter left their stand-ins and
+    converted to fp16 when written (weights.stored_as). The model must be converted in place (the converter's shape
+    inference off: it would return a new model, inferred from the stand-ins' empty shapes)."""
+    real: dict[tuple[int, str], onnx.TensorProto] = {}
+    for index, graph in enumerate(iter_graphs(model.graph)):
+        for tensor in graph.initializer:
+            if is_lazy(tensor) and tensor.data_type == onnx.TensorProto.FLOAT:
+                kept = real[index, tensor.name] = onnx.TensorProto()
+                kept.CopyFrom(tensor)
+                tensor.Clear()
+                tensor.name, tensor.data_type = kept.name, onnx.TensorProto.FLOAT
+                tensor.dims.append(0)
+    try:
+        yield
+    finally:
+        for index, graph in enumerate(iter_graphs(model.graph)):
+            for tensor in graph.initializer:
+                if (index, tensor.name) in real:
+                    converted_type = tensor.data_type
+                    tensor.CopyFrom(real[index, tensor.name])
+                    tensor.data_type = converted_type
+                    stored_as(tensor, onnx.TensorProto.FLOAT)
+
+
 def _with_contrib_op_types(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give the converter the tensor types below contrib ops (MatMulNBits after q4), which onnx's shape
     inference cannot see: without them it left a kept-fp32 MatMul fed by an fp16 tensor in PP-OCRv4 rec's
     q4f16 ("Type parameter (T) bound to different types"). onnxruntime's symbolic inference knows them."""
-    if needs_external_data(model) or all(n.domain in ("", "ai.onnx") for g in iter_graphs(model.graph) for n in g.node):
+    if too_large_to_serialize(model) or all(n.domain in ("", "ai.onnx")
+                                            for g in iter_graphs(model.graph) for n in g.node):
         return model
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
@@ -128,7 +164,7 @@ def skip_fp16_round_trips(model: onnx.ModelProto) -> int:
     one) through an fp16 Cast pair, so a kept node still receives fp16-rounded values: keeping
     `(x + 1000.0123) - 1000` in fp32 still returned 0. Consumers of the pair get the fp32 tensor instead.
     """
-    if needs_external_data(model):
+    if too_large_to_serialize(model):
         return 0  # shape inference (for the types) refuses > 2 GiB protos; the converter's casts stay
     bare = onnx.ModelProto()
     bare.CopyFrom(model)

@@ -51,6 +51,7 @@ NAME = "static"
 PASSES = CALIBRATION_PASSES  # the model the cached ranges were computed on
 KIND = "quantize"
 HIGHER_PRECISIONS = ("fp32",)
+LAZY_WEIGHTS = False
 DTYPE_TYPES = {"s8s8": ("int8", "int8"), "s8u8": ("int8", "uint8"), "u8u8": ("uint8", "uint8")}
 INTEGER_TYPES = ("int8", "uint8")
 

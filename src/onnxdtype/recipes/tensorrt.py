@@ -79,6 +79,7 @@ NAME = "tensorrt"
 PASSES = static.PASSES  # so both are built from one normalized model and one calibration file
 KIND = "quantize"
 HIGHER_PRECISIONS = ("fp32",)
+LAZY_WEIGHTS = False
 QDQ_OPS = tuple(KERNEL_WEIGHT_INPUT)
 FLOAT_TYPES = ("fp32", "fp16")
 PRECISIONS = ("int8", "fp8")

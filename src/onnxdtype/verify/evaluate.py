@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,7 @@ def agreement_for(dtype: DType, overrides: dict[str, float] | None = None) -> fl
 class EvalData:
     """Evaluation samples: independent feeds, or `sequences` of step feeds for stateful models (verify.sequences);
     with sequences, `feeds` holds their first steps (for what runs one feed: ranking, latency)."""
-    feeds: list[dict[str, np.ndarray]]
+    feeds: Sequence[dict[str, np.ndarray]]  # a list, or SavedFeeds read from disk one at a time
     source: str
     synthesized: bool
     sequences: list[list[dict[str, np.ndarray]]] | None = None
@@ -80,13 +80,27 @@ class EvalData:
 
     @classmethod
     def load(cls, folder: Path, source: str, synthesized: bool) -> EvalData:
+        """What `save` wrote; samples are read when used, one at a time (sequences whole)."""
         if is_sequence_folder(folder):
             return cls.of_sequences(read_sequences(folder), source)
-        feeds = []
-        for path in sorted(folder.glob("*.npz")):
-            with np.load(path) as data:
-                feeds.append({k: data[k] for k in data.files})
-        return cls(feeds, source, synthesized)
+        return cls(SavedFeeds(sorted(folder.glob("*.npz"))), source, synthesized)
+
+
+class SavedFeeds(Sequence):
+    """Evaluation samples saved one .npz each, read when a run needs one: a worker holds one sample at a time, not
+    all of them (256 one-MiB samples added 292 MiB to verification when loaded whole, bench/memory.py)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return SavedFeeds(self.paths[index])
+        with np.load(self.paths[index]) as data:
+            return {k: data[k] for k in data.files}
 
 
 def read_eval_data(path: Path, model: onnx.ModelProto, image_spec: object = None, held_out: float | None = None
@@ -156,6 +170,51 @@ def session(model: str | Path | onnx.ModelProto, threads: int = 0, quiet: bool =
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+@dataclass
+class Port:
+    """A session input or output as cast_feed and the sequence runner read it (name, type, shape)."""
+    name: str
+    type: str
+    shape: list
+
+
+class Reference:
+    """The fp32 model's outputs on the evaluation data, computed once, so its session is released before the
+    variant's is made: the two are never resident together (the fp32 session alone is about the model's size).
+    `evaluate` and `repair` take it where they take the fp32 session; it replays the outputs in the order the runs
+    ask for them."""
+
+    def __init__(self, base: ort.InferenceSession, data: EvalData, states: dict[str, str] | None) -> None:
+        self.inputs = [Port(i.name, i.type, i.shape) for i in base.get_inputs()]
+        self.outputs = [Port(o.name, o.type, o.shape) for o in base.get_outputs()]
+        names = [o.name for o in self.outputs]
+
+        def fp32_only(sess: ort.InferenceSession | None, feed: dict, wanted: list[str]) -> list:
+            return run(sess, feed, wanted) if sess is not None else [None] * len(wanted)
+
+        self.runs = [refs for refs, _ in paired_runs(base, None, names, data.feeds, data.sequences, states,
+                                                     fp32_only)]
+
+    def replay(self) -> _Replay:
+        return _Replay(self)
+
+
+class _Replay:
+    """A Reference as a session: the recorded outputs, one run after another."""
+
+    def __init__(self, reference: Reference) -> None:
+        self.reference, self.next_run = reference, iter(reference.runs)
+
+    def get_inputs(self) -> list[Port]:
+        return self.reference.inputs
+
+    def get_outputs(self) -> list[Port]:
+        return self.reference.outputs
+
+    def run(self, names: list[str] | None, feed: dict) -> list[np.ndarray]:
+        return next(self.next_run)
+
+
 def cast_feed(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Cast each array to the type the session declares (fp16-IO variants take fp16)."""
     types = {i.name: ORT_NUMPY_TYPES.get(i.type) for i in sess.get_inputs()}
@@ -201,7 +260,7 @@ def load_metric(spec: str) -> Callable[[list[dict], list[dict]], dict]:
     return fn
 
 
-def evaluate(base: ort.InferenceSession, variant: ort.InferenceSession, feeds: Iterable[dict],
+def evaluate(base: ort.InferenceSession | Reference, variant: ort.InferenceSession, feeds: Iterable[dict],
              criteria: Criteria, sequences: list[list[dict]] | None = None) -> tuple[dict, str | None]:
     """Figures of the variant against fp32 over all feeds (or every step of `sequences`, each side carrying its
     own recurrent state), and why it fails `criteria` (None: it passes).
@@ -209,6 +268,8 @@ def evaluate(base: ort.InferenceSession, variant: ort.InferenceSession, feeds: I
     figures = {"outputs": {name: per-output figures}, "task": the user metric's figures or None}. A task
     metric that returns "ok" decides on its own: it knows the task better than any tensor figure.
     """
+    if isinstance(base, Reference):
+        base = base.replay()
     names = [o.name for o in base.get_outputs()]
     stats = {name: OutputStats(name) for name in names}
     judges = {name: make_judge(TaskSpec(**spec)) for name, spec in (criteria.tasks or {}).items()

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import onnxruntime as ort
 
 from onnxdtype.results import Verification
-from onnxdtype.verify.evaluate import SYNTHESIZED_NOTE, Criteria, EvalData, evaluate
+from onnxdtype.verify.evaluate import SYNTHESIZED_NOTE, Criteria, EvalData, Reference, evaluate
 
 
 def skipped(data: EvalData) -> Verification:
@@ -15,8 +15,8 @@ def skipped(data: EvalData) -> Verification:
     return {"data": data.source, "synthesized": True, "failure": None, "skipped": True}
 
 
-def verify_variant(base: ort.InferenceSession, variant: ort.InferenceSession, data: EvalData, criteria: Criteria
-                   ) -> tuple[Verification, dict, str | None]:
+def verify_variant(base: ort.InferenceSession | Reference, variant: ort.InferenceSession, data: EvalData,
+                   criteria: Criteria) -> tuple[Verification, dict, str | None]:
     """Figures of the variant against fp32 on `data`: the record, the raw figures and the failure that counts.
 
     Synthesized inputs prove loading, not accuracy: their figures are recorded, never judged."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from onnxdtype.ops import FP16_MAX
-from onnxdtype.verify.evaluate import Criteria, EvalData, evaluate, session
+from onnxdtype.verify.evaluate import Criteria, EvalData, Reference, evaluate, session
 from onnxdtype.verify.ranking import activation_max, error_increase, weight_shares
 
 RANKING_SAMPLES = 8
@@ -51,12 +51,13 @@ class RepairOutcome:
 
 
 def repair(source: onnx.ModelProto, plan: RepairPlan, eval_data: EvalData, criteria: Criteria,
-           first_model: onnx.ModelProto, budget: RepairBudget | None = None) -> RepairOutcome:
+           first_model: onnx.ModelProto, budget: RepairBudget | None = None, reference: Reference | None = None
+           ) -> RepairOutcome:
     """Keep the worst nodes of `source` in higher precision until the rebuilt variant meets `criteria` on
-    `eval_data`."""
+    `eval_data` (whose fp32 outputs `reference` holds when the caller has them)."""
     budget = budget or RepairBudget()
     start = time.perf_counter()
-    base = session(source)
+    base = reference or Reference(session(source), eval_data, criteria.states)
     shares = weight_shares(source)
     kept: list[str] = []
     attempts: list[dict] = []
