@@ -43,9 +43,9 @@ def worker_count(workers: int | None, tasks: int, largest_file: int, dtypes: lis
         heavy = max(dtypes, key=lambda d: table.get(d, UNMEASURED_PEAK))
         lightest = min(table, key=table.__getitem__)
         raise OnnxDtypeError(
-            f"a {largest_file / GiB:.1f} GiB model needs about {per_worker / GiB:.0f} GiB in one worker for "
+            f"a {largest_file / GiB:.1f} GiB model needs about {per_worker / GiB:.1f} GiB in one worker for "
             f"{heavy} ({factor:g}x its size{', with verification' if verify else ''}); this machine has "
-            f"{total / GiB:.0f} GiB: build fewer dtypes at a time ({lightest} needs the least, {table[lightest]:g}x)"
+            f"{total / GiB:.1f} GiB: build fewer dtypes at a time ({lightest} needs the least, {table[lightest]:g}x)"
             + (" or --no-verify" if verify and not streamed else ""))
     if workers is not None:
         return max(1, workers)
