@@ -33,7 +33,7 @@ Streamed, verification on (the command line's default):
   transformer    1 GiB (--hidden 2048), --dtype all: 3.26x (q8's), every variant verified
   transformer    7.24 GiB, fp16,q4,q4f16,bnb4: 9.59 GiB = 1.32x the model, 884 s, all four verified ok; output folder
                  peaked at 3.08x on disk. q8 of it is refused by the memory plan before any work (3.3x: 23.9 GiB
-                 of this machine's 23.4 GiB)
+                 of this machine's 23.5 GiB)
 """
 
 from __future__ import annotations
