@@ -28,6 +28,14 @@ VERIFY_PEAK = 2.2
 GiB = 1 << 30
 
 
+def worker_peak(model_bytes: int, dtypes: list[str], verify: bool, streamed: bool = False) -> int:
+    """Bytes one worker is predicted to hold at its peak building `dtypes` of a model this size (the memory
+    bench's factors; `streamed`: its weights are in external data, and the streamed factors include verification)."""
+    table = STREAMED_PEAK_PER_WORKER if streamed else PEAK_PER_WORKER
+    factor = max((table.get(d, UNMEASURED_PEAK) for d in dtypes), default=UNMEASURED_PEAK)
+    return int(model_bytes * (factor + (VERIFY_PEAK if verify and not streamed else 0.0)))
+
+
 def worker_count(workers: int | None, tasks: int, largest_file: int, dtypes: list[str], verify: bool,
                  streamed: bool = False) -> int:
     """Parallel workers: as asked, else bounded by tasks, cores and the memory one worker is predicted to need
@@ -37,7 +45,7 @@ def worker_count(workers: int | None, tasks: int, largest_file: int, dtypes: lis
     figure and the way out, instead of the kernel killing a worker halfway."""
     table = STREAMED_PEAK_PER_WORKER if streamed else PEAK_PER_WORKER
     factor = max((table.get(d, UNMEASURED_PEAK) for d in dtypes), default=UNMEASURED_PEAK)
-    per_worker = largest_file * (factor + (VERIFY_PEAK if verify and not streamed else 0.0))
+    per_worker = worker_peak(largest_file, dtypes, verify, streamed)
     total = _memory("MemTotal")
     if total and per_worker > total:
         heavy = max(dtypes, key=lambda d: table.get(d, UNMEASURED_PEAK))

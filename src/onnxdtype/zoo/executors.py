@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxdtype.build.pool import PEAK_PER_WORKER, UNMEASURED_PEAK, VERIFY_PEAK, GiB, WorkerPool, worker_count
+from onnxdtype.build.pool import UNMEASURED_PEAK, GiB, WorkerPool, worker_count, worker_peak
 from onnxdtype.build.task import VariantTask
 from onnxdtype.build.worker import build_variant, quiet_onnxruntime
 from onnxdtype.calibration.run import calibrate_path
@@ -57,8 +57,7 @@ def calibrate(task: CalibrationTask) -> None:
 
 def memory_estimate(task: VariantTask) -> int:
     """Bytes one worker is predicted to need for the task (bench/memory.py's figures, as the local pool's plan)."""
-    factor = PEAK_PER_WORKER.get(task.dtype, UNMEASURED_PEAK) + (VERIFY_PEAK if task.verify else 0.0)
-    return int(task.base_bytes * factor)
+    return worker_peak(task.base_bytes, [task.dtype], task.verify is not None)
 
 
 class LocalExecutor:
