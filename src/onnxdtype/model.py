@@ -274,6 +274,12 @@ def write_model(model: onnx.ModelProto, path: Path) -> None:
             handle.write(model.SerializeToString())
 
 
+def remove_model(path: Path) -> None:
+    """Delete a model file and its external data file, whichever exist."""
+    for part in (path, path.with_name(path.name + ".data")):
+        part.unlink(missing_ok=True)
+
+
 def model_bytes(model: onnx.ModelProto) -> int:
     """Bytes held by initializers (subgraphs included): a cheap stand-in for ByteSize(), which walks everything."""
     total = 0

@@ -19,7 +19,7 @@ from onnxdtype.build.search import search
 from onnxdtype.build.task import VariantTask, VerifySpec
 from onnxdtype.dtype import INFO, DType
 from onnxdtype.io import first_line
-from onnxdtype.model import iter_graphs, load_model, op_counts, write_model
+from onnxdtype.model import iter_graphs, load_model, op_counts, remove_model, write_model
 from onnxdtype.naming import variant_filename
 from onnxdtype.normalize import keep_metadata
 from onnxdtype.recipes import RECIPES, NotApplicable
@@ -59,15 +59,14 @@ def build_variant(task: VariantTask) -> VariantResult:
         result.op_changes = op_changes(source, built)
     except Exception as exc:  # a quantizer bug must not take the other variants down
         result.fail(f"{type(exc).__name__}: {first_line(exc)}")
-        for written in (path, path.with_name(path.name + ".data")):
-            written.unlink(missing_ok=True)
+        remove_model(path)
         return result
     finally:
         result.seconds = round(time.perf_counter() - start, 3)
     problem = load_error(path)
     if problem:
         result.fail(f"onnxruntime cannot load it: {problem}")
-        path.unlink(missing_ok=True)
+        remove_model(path)
         return result
     result.file = str(path)
     return result
@@ -77,7 +76,7 @@ def _write(source: onnx.ModelProto, built: onnx.ModelProto, path: Path) -> None:
     """The variant at `path` with the source's metadata (quantizers drop it); a repaired one replaces the first,
     whose .data file must not outlive it."""
     keep_metadata(source, built)
-    path.with_name(path.name + ".data").unlink(missing_ok=True)
+    remove_model(path)
     write_model(built, path)
 
 
@@ -140,8 +139,7 @@ def _searched(source: onnx.ModelProto, task: VariantTask, steps: tuple[str, ...]
         try:
             return _verify_and_repair(source, source_path, built, scratch, steps, trial_options, task.verify, trial)
         finally:
-            for written in (scratch, scratch.with_name(scratch.name + ".data")):
-                written.unlink(missing_ok=True)
+            remove_model(scratch)
 
     found = search(source, task.norm_path, steps, options, task.search, eval_data, criteria, result, run_steps,
                    repair if task.verify.repair else None)
