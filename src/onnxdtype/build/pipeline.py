@@ -97,8 +97,7 @@ def quantize(
                            metric=metric, calib=calib, fixed_inputs=fixed_inputs, tasks=tasks, search=search)
     out, modules = request.out, request.modules
     check_out_dir(out)
-    uncalibrated = [d for d in request.wanted if INFO[d].needs_calibration and calib is None]
-    buildable = len(modules) * sum(d not in uncalibrated for d in request.wanted)
+    buildable = len(modules) * sum(d not in request.uncalibrated for d in request.wanted)
     largest = max(modules, key=lambda m: size_with_data(m.path))
     streamed = largest.path.with_name(largest.path.name + ".data").exists()  # its weights stay in their file
     try:
@@ -125,9 +124,8 @@ def make_request(model: str | Path, dtypes: str | list[str] | list[DType] = "all
     check_task_keys(request.tasks, modules)
     if request.metric:
         load_metric(request.metric)  # a wrong --metric is a user error now, not a failure in every worker later
-    uncalibrated = [d for d in request.wanted if INFO[d].needs_calibration and request.calib is None]
-    if request.explicit and uncalibrated:
-        raise OnnxDtypeError(f"{', '.join(map(str, uncalibrated))}: {NEEDS_CALIBRATION}")
+    if request.explicit and request.uncalibrated:
+        raise OnnxDtypeError(f"{', '.join(map(str, request.uncalibrated))}: {NEEDS_CALIBRATION}")
     return request
 
 
@@ -162,6 +160,11 @@ class Request:
     # (module, dtype) -> the content key a vouched variant must have been built under to be kept (the zoo's);
     # None: any vouched variant is kept
     keys: dict[tuple[str, str], str] | None = None
+
+    @property
+    def uncalibrated(self) -> list[DType]:
+        """The wanted dtypes that need calibration data none was given for."""
+        return [d for d in self.wanted if INFO[d].needs_calibration and self.calib is None]
 
 
 @dataclass

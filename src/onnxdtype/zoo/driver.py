@@ -26,6 +26,7 @@ from onnxdtype.build.pipeline import (
     out_error,
     planned,
     prepare,
+    recorded_key,
     time_variant,
 )
 from onnxdtype.build.plan import ModulePlan, check_out_dir, size_with_data, vouched
@@ -185,15 +186,15 @@ def _request(model: ZooModel, out: Path, keys: dict[str, dict[str, str]]) -> Req
 def _work(request: Request, keys: dict[str, dict[str, str]]) -> list[tuple[str, str]]:
     """The (module, dtype) tasks without a result under their key in the output: vouched ok or not applicable."""
     manifest = read_manifest(request.out) if request.out.is_dir() else {"modules": {}}
+    uncalibrated = {d.value for d in request.uncalibrated}
     todo = []
     for module, by_dtype in keys.items():
         for dtype, key in by_dtype.items():
             entry = manifest["modules"].get(module, {}).get("variants", {}).get(dtype) or {}
-            same = (entry.get("params") or {}).get(KEY_PARAM) == key
+            same = recorded_key(manifest, module, DType(dtype)) == key
             done = same and (entry.get("status") == "not_applicable" or vouched(request.out, manifest, module,
                                                                                   DType(dtype)))
-            needs_data = INFO[DType(dtype)].needs_calibration and request.calib is None
-            if not (done or needs_data):
+            if not (done or dtype in uncalibrated):
                 todo.append((module, dtype))
     return todo
 
