@@ -18,7 +18,7 @@ from typing import Any
 import onnx
 
 from onnxdtype.results import Status, VariantResult
-from onnxdtype.verify.evaluate import Criteria, EvalData, session
+from onnxdtype.verify.evaluate import Criteria, EvalData, Reference, session
 from onnxdtype.verify.latency import one_thread_speedup
 from onnxdtype.verify.record import verify_variant
 
@@ -66,7 +66,8 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     float, judged on the task): the fastest that ran faster than every passing one (keeping nodes in float only
     slows it), or, when none passed, the one closest to passing. When nothing passes, the result is that repaired
     candidate, failed with its figures and repair trail."""
-    base, base_timed = session(source_path), session(source_path, threads=1)
+    base = Reference(session(source_path), data, criteria.states)  # fp32 runs once for every candidate
+    base_timed = session(source_path, threads=1)
     trail: list[dict[str, Any]] = []
     tried: list[_Tried] = []
     for overrides in candidates:
