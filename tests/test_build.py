@@ -200,16 +200,11 @@ def test_a_worker_process_that_dies_fails_only_its_variant(tiny, tmp_path, monke
 
 
 def test_static_dtypes_share_one_calibration_and_verify_on_held_out_samples(tiny, tmp_path, monkeypatch):
-    import numpy as np
 
     import onnxdtype.calibration.ranges as ranges
     from onnxdtype.build import Calibration
 
-    data = tmp_path / "calib"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(10):
-        np.savez(data / f"{i}.npz", x=rng.standard_normal((4, 64)).astype(np.float32))
+    data = random_samples(tmp_path / "calib", (4, 64))
     passes = []
     real_run = ranges._MinMaxPass.run
     monkeypatch.setattr(ranges._MinMaxPass, "run", lambda self, samples: passes.append(1) or real_run(self, samples))
@@ -276,17 +271,22 @@ def test_weights_inside_if_branches_get_q8_and_with_fix_input_the_static_dtypes(
         quantize(model, "q8", tmp_path / "typo", fixed_inputs=["mood=1"], workers=1)
 
 
-def test_static_search_keeps_the_fastest_placement_that_passes_and_records_the_trail(tiny, tmp_path):
+def random_samples(folder, shape: tuple[int, ...], count: int = 10):
+    """`count` .npz feeds of standard-normal `x` in `folder` (calibration data for the tiny MLPs)."""
     import numpy as np
 
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        np.savez(folder / f"{i}.npz", x=rng.standard_normal(shape).astype(np.float32))
+    return folder
+
+
+def test_static_search_keeps_the_fastest_placement_that_passes_and_records_the_trail(tiny, tmp_path):
     from onnxdtype.build import Calibration
     from onnxdtype.build.search import CANDIDATES
 
-    data = tmp_path / "calib"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(10):
-        np.savez(data / f"{i}.npz", x=rng.standard_normal((4, 64)).astype(np.float32))
+    data = random_samples(tmp_path / "calib", (4, 64))
     result = quantize(tiny("mlp"), "u8u8", tmp_path / "out", calib=Calibration(data), latency_runs=0,
                       workers=1).by("mlp", "u8u8")
     assert result.status == "ok", result.reason
@@ -315,15 +315,9 @@ def test_static_search_keeps_the_fastest_placement_that_passes_and_records_the_t
 def test_static_search_repairs_the_closest_placement_when_none_passes_and_reports_it_failed(tiny, tmp_path):
     """No placement survives mm2's outlier weights: the search repairs the one closest to passing (not the default
     placement once more) and, with nothing left within the repair budget, the variant fails with both trails."""
-    import numpy as np
-
     from onnxdtype.build import Calibration
 
-    data = tmp_path / "calib"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(10):
-        np.savez(data / f"{i}.npz", x=rng.standard_normal((8, 64)).astype(np.float32))
+    data = random_samples(tmp_path / "calib", (8, 64))
     result = quantize(tiny("outlier_matmul"), "u8u8", tmp_path / "out", calib=Calibration(data), latency_runs=0,
                       workers=1).by("outlier_matmul", "u8u8")
     assert result.status == "failed" and "repair budget" in result.reason

@@ -1,11 +1,10 @@
 """report.html: self-contained, one point per measured variant, and it renders in a real browser."""
 
-import shutil
-import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from browser import needs_chromium, screenshot
 
 from onnxdtype.build import quantize
 from onnxdtype.html_report import REPORT_NAME, write_report
@@ -58,13 +57,8 @@ def test_report_is_self_contained_with_one_point_per_variant(report):
     assert repaired and "(repaired)" in path.read_text()
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(report, tmp_path):
     _, path = report
-    shot = tmp_path / "report.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,900",
-                    path.as_uri()], check=True, capture_output=True, timeout=120)
-    data = shot.read_bytes()
+    data = screenshot(path, tmp_path, "1200,900")
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

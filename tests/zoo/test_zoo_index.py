@@ -3,11 +3,9 @@ to the model's report, and renders in a browser."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from html.parser import HTMLParser
 
-import pytest
+from browser import needs_chromium, screenshot
 
 from onnxdtype.zoo.index import VERDICT_COLORS, model_cell, render
 
@@ -57,13 +55,9 @@ def test_one_row_per_model_one_column_per_dtype_coloured_by_verdict(tmp_path):
     assert "size ×0.50<br>speed ×2.00" in render(INDEX)
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
+@needs_chromium
 def test_the_zoo_report_renders_in_headless_chromium(tmp_path):
-    path, shot = tmp_path / "report.html", tmp_path / "report.png"
+    path = tmp_path / "report.html"
     path.write_text(render(INDEX))
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=900,500",
-                    path.as_uri()], check=True, capture_output=True, timeout=120)
-    data = shot.read_bytes()
+    data = screenshot(path, tmp_path, "900,500")
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
