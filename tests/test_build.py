@@ -328,6 +328,24 @@ def test_static_search_repairs_the_closest_placement_when_none_passes_and_report
     assert all(c["failure"] for c in trail["candidates"])
 
 
+def test_static_search_retries_failing_int8_weight_placements_with_seven_bit_weights(tiny, tmp_path):
+    """s8u8 (int8 weights): each failing placement faster than every passing one is tried again with 7-bit weights
+    (onnxruntime's U8S8 kernels saturate on x86 without VNNI); u8u8's uint8 weights are never retried."""
+    from onnxdtype.build import Calibration
+    from onnxdtype.build.search import CANDIDATES
+
+    data = random_samples(tmp_path / "calib", (8, 64))
+    result = quantize(tiny("outlier_matmul"), "s8u8", tmp_path / "out", calib=Calibration(data), latency_runs=0,
+                      workers=1).by("outlier_matmul", "s8u8")
+    candidates = [c for c in result.params["search"]["candidates"] if "repaired" not in c]
+    placements = [c for c in candidates if "reduce_range" not in c["options"]["static"]]
+    retries = [c for c in candidates if c["options"]["static"].get("reduce_range")]
+    assert [c["options"]["static"] for c in placements] == [dict(c) for c in CANDIDATES]
+    fastest_passing = max((c["speedup_1thread"] for c in placements if c["failure"] is None), default=0.0)
+    retried = [c["options"]["static"] for c in placements if c["failure"] and c["speedup_1thread"] > fastest_passing]
+    assert retried and [{**r, "reduce_range": True} for r in retried] == [c["options"]["static"] for c in retries]
+
+
 def test_yolo_like_detector_gets_a_verified_q8_with_conv_quantized(tmp_path):
     """The seed's q8 on a pure Conv net: ConvInteger for every Conv (per-channel weights), judged per channel of the
     [boxes | scores] head on inputs it was not built from."""
