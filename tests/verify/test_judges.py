@@ -22,7 +22,7 @@ from onnxdtype.verify.judges import (
 from onnxdtype.verify.judges.base import percent_below
 from onnxdtype.verify.judges.ctc import edit_distance, greedy_decode
 from onnxdtype.verify.judges.generic import cosine_for
-from onnxdtype.verify.judges.guess import RULES
+from onnxdtype.verify.judges.guess import RULES, Output
 from onnxdtype.verify.metrics import OutputStats
 
 RNG = np.random.default_rng(0)
@@ -72,6 +72,17 @@ def test_ctc_flip_where_fp32_itself_is_undecided_counts_apart():
     assert judged("ctc", [(ref, got)], margin=0.001).figures()["agreement"] == 0.0  # a tighter margin: a misread
     decided = one_hot([[0, 3, 0, 4, 0]])
     assert judged("ctc", [(decided, got)]).figures()["agreement"] == 0.0  # fp32 sure of the blank: a misread
+
+
+def test_ctc_space_at_either_end_of_a_line_is_margin_not_text():
+    """PP-OCRv4 rec read ' ONNX Runtime on CPU' where an 8-bit variant read 'ONNX Runtime on CPU'."""
+    ref = one_hot([[5, 0, 3, 0, 5, 0, 4, 0, 5]])  # class 5 the space: reads ' 3 4 '
+    got = one_hot([[0, 0, 3, 0, 5, 0, 4, 0, 0]])  # reads '3 4'
+    f = judged("ctc", [(ref, got)], space=5).figures()
+    assert (f["agreement"], f["edge_space_lines"], f["edits"]) == (1.0, 1, 0)
+    assert judged("ctc", [(ref, got)]).figures()["agreement"] == 0.0  # no space class named: every label is text
+    inner = one_hot([[5, 0, 3, 0, 0, 0, 4, 0, 5]])  # reads ' 34 ': the space between words is text
+    assert judged("ctc", [(ref, inner)], space=5).figures()["agreement"] == 0.0
 
 
 def test_ctc_reads_time_first_batch_of_one_and_a_last_blank():
@@ -282,7 +293,7 @@ def test_parse_task(text, task, params):
 @pytest.mark.parametrize("text, message", [
     ("nope", "unknown task 'nope' (valid: classify, ctc, dense, detect, embed, generic, state)"),
     ("ctc:blank", "expected key=value"),
-    ("ctc:beam=3", "unknown parameter 'beam' (valid: blank, layout, margin)"),
+    ("ctc:beam=3", "unknown parameter 'beam' (valid: blank, layout, margin, space)"),
     ("ctc:blank=0,blank=1", "blank given twice"),
     ("detect:conf=high", "conf='high' should be float"),
     ("detect:layout=v9", "layout='v9' is not one of auto, yolo, v8, v5"),
@@ -298,8 +309,9 @@ def test_parse_task_errors_are_one_line(text, message):
 
 
 def test_every_guess_rule_makes_a_valid_judge():
+    recogniser = Output("y", (1, 10, 5), "Softmax", alphabet=3, labels=None, fed_back=None)
     for task, _, params, _ in RULES:
-        make_judge(TaskSpec(task, params))
+        make_judge(TaskSpec(task, params(recogniser) if callable(params) else params))
     assert {task for task, *_ in RULES} | {"generic"} == set(JUDGES)
 
 
@@ -325,7 +337,11 @@ def test_guess_ctc_from_the_alphabet_in_metadata():
     model = tiny([node("Softmax", "x", "y", axis=-1)], [("x", ["b", "T", 5])], [("y", ["b", "T", 5])],
                  {"character": "a\nb\nc"})  # 3 characters + blank + space
     spec = guess_tasks(model)["y"]
-    assert (spec.task, spec.params) == ("ctc", {"blank": 0}) and "3 characters" in spec.why
+    assert (spec.task, spec.params) == ("ctc", {"blank": 0, "space": 4}) and "3 characters" in spec.why
+    assert "a space (trimmed at line ends)" in spec.why
+    model = tiny([node("Softmax", "x", "y", axis=-1)], [("x", ["b", "T", 4])], [("y", ["b", "T", 4])],
+                 {"character": "a\nb\nc"})  # 3 characters + blank: no space class
+    assert guess_tasks(model)["y"].params == {"blank": 0}
 
 
 def test_guess_classify_dense_detect_and_generic():
@@ -381,4 +397,4 @@ def ocr_models() -> dict[str, Path]:
 def test_guess_on_pp_ocr():
     guesses = {kind: guess_tasks(onnx.load(path)) for kind, path in ocr_models().items()}
     tasks = {kind: [(s.task, s.params) for s in specs.values()] for kind, specs in guesses.items()}
-    assert tasks == {"det": [("dense", {})], "cls": [("classify", {})], "rec": [("ctc", {"blank": 0})]}
+    assert tasks == {"det": [("dense", {})], "cls": [("classify", {})], "rec": [("ctc", {"blank": 0, "space": 6624})]}

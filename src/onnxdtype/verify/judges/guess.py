@@ -47,12 +47,19 @@ class Output:
         return f"[{dims}] from {self.op or 'an input or constant'}"
 
 
-# (task, when, params, why): the first rule whose `when` holds decides; `why` is formatted with the output `o`.
-RULES: list[tuple[str, Callable[[Output], bool], dict, str]] = [
+def _dictionary_ctc(o: Output) -> dict:
+    """PaddleOCR's recognisers: blank first, the dictionary, then (use_space_char) a space as the last class."""
+    return {"blank": 0, "space": o.alphabet + 1} if o.dim(2) == o.alphabet + 2 else {"blank": 0}
+
+
+# (task, when, params, why): the first rule whose `when` holds decides, its params a dict or made from the output;
+# `why` is formatted with the output `o` and `space` (what the ctc params say of a space class).
+RULES: list[tuple[str, Callable[[Output], bool], dict | Callable[[Output], dict], str]] = [
     ("state", lambda o: o.fed_back is not None,
      {}, "fed back as input {o.fed_back}: judged through the task outputs"),
     ("ctc", lambda o: o.rank == 3 and o.alphabet is not None and o.dim(2) in (o.alphabet + 1, o.alphabet + 2),
-     {"blank": 0}, "per-step scores over the {o.alphabet} characters in metadata 'character' plus blank"),
+     _dictionary_ctc, "per-step scores over the {o.alphabet} characters in metadata 'character' plus blank"
+     "{space}"),
     ("detect", lambda o: o.rank == 3 and o.labels is not None and o.dim(1) == 4 + o.labels,
      {"layout": "yolo"}, "a YOLOv8 head [b, 4+nc, N] for the {o.labels} classes named in metadata"),
     ("detect", lambda o: o.rank == 3 and o.labels is not None and o.dim(2) == 5 + o.labels,
@@ -94,7 +101,9 @@ def _guess(output: Output) -> TaskSpec:
     try:
         for task, when, params, why in RULES:
             if when(output):
-                return TaskSpec(task, dict(params), f"{output.describe()}: {why.format(o=output)}")
+                chosen = params(output) if callable(params) else dict(params)
+                space = " and a space (trimmed at line ends)" if "space" in chosen else ""
+                return TaskSpec(task, chosen, f"{output.describe()}: {why.format(o=output, space=space)}")
     except Exception as exc:  # as above: a rule tripping on an odd output leaves it to the cosine judge
         return TaskSpec("generic", {}, f"{output.describe()}: no guess ({exc}): closeness to fp32")
     return TaskSpec("generic", {}, f"{output.describe()}: no task rule fits: closeness to fp32")
