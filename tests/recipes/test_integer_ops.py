@@ -47,12 +47,36 @@ def test_a_chain_placement_runs_in_integer_kernels_from_input_to_the_float_tail(
                                                         equalize=False))
     variant = static.build(model, options)
     assert variant.params["integer_spellings"] == {"Div": 1, "HardSwish": 1, "HardSigmoid": 1}
+    assert variant.params["folded_scales"] == 3  # HardSwish's 1/6, the Div's 1/2, HardSigmoid's alpha
     (tmp_path / "v.onnx").write_bytes(variant.model.SerializeToString())
     found = kernels(tmp_path / "v.onnx")
-    assert found["integer"]["QLinearConv"] == 2 and found["integer"]["QLinearMul"] >= 3
+    assert found["integer"]["QLinearConv"] == 2 and found["integer"]["QLinearMul"] == 2  # x * gate, the SE gate
     assert sum(found["conversions"].values()) == 2, found
     held_out = feeds(4, 3)
     for feed in held_out:
         expected = session(model).run(None, feed)[0]
         got = session(variant.model).run(None, feed)[0]
         assert np.dot(expected.ravel(), got.ravel()) / np.linalg.norm(expected) / np.linalg.norm(got) > 0.99
+
+
+def test_folding_constant_scales_drops_the_multiplications_and_their_requantization(tmp_path, monkeypatch):
+    """Each Mul by a positive constant between Q/DQ pairs becomes one DequantizeLinear with a scaled scale: the
+    graph loses those Muls and their QuantizeLinear, and the variant stays as close to fp32 as with them."""
+    from onnxdtype.recipes import integer_ops
+
+    model = normalize(tinymodels.hardswish_chain(), static.PASSES)[0]
+    calibration = calibrate(model, Samples(feeds(8, 1)), "minmax", tmp_path)
+    options = static.options_for("u8u8", static.Options(ranges_file=str(calibration.path), kernel_ops_only=False,
+                                                        equalize=False))
+    folded = static.build(model, options).model
+    monkeypatch.setattr(static, "fold_constant_scales", lambda quantized, source: 0)
+    unfolded = static.build(model, options).model
+    count = lambda m, op: sum(n.op_type == op for n in m.graph.node)  # noqa: E731
+    assert count(unfolded, "Mul") - count(folded, "Mul") == 3
+    assert count(unfolded, "QuantizeLinear") - count(folded, "QuantizeLinear") == 3
+    assert integer_ops.fold_constant_scales(folded, model) == 0  # nothing left to fold
+    for feed in feeds(4, 3):
+        expected = session(model).run(None, feed)[0]
+        error = {name: np.abs(session(m).run(None, feed)[0] - expected).mean()
+                 for name, m in (("folded", folded), ("unfolded", unfolded))}
+        assert error["folded"] <= 1.1 * error["unfolded"], error

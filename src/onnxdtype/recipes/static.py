@@ -41,7 +41,7 @@ from onnxdtype.calibration.ranges import CALIBRATION_PASSES, ORT_METHODS, weight
 from onnxdtype.normalize import fold_batchnorm
 from onnxdtype.ops import KERNEL_WEIGHT_INPUT
 from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, with_nodes
-from onnxdtype.recipes.integer_ops import integer_spellings
+from onnxdtype.recipes.integer_ops import fold_constant_scales, integer_spellings
 from onnxdtype.recipes.qdq import (
     NEEDS_CALIBRATION,
     cached_ranges,
@@ -140,6 +140,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
         nodes_to_exclude=sorted(excluded),
         extra_options=extra,
     )
+    folded_scales = fold_constant_scales(quantized_model, model)
     kept = sorted(n.name for n in model.graph.node  # excluded nodes the quantizer would otherwise have touched
                   if n.name in excluded and (op_types is None or n.op_type in op_types))
     if folded:
@@ -149,6 +150,8 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
                      + ", ".join(f"{n} {op}" for op, n in spelled.items()))
     if options.float_tail:
         notes.append("float tail: nodes after the last weighted op on every path to an output stay float")
+    if folded_scales:
+        notes.append(f"{folded_scales} multiplications by a constant folded into their input's scale")
     if options.reduce_range:
         notes.append("weights in 7 bits: onnxruntime's U8S8 kernels on x86 without VNNI saturate 8-bit ones")
     if options.kernel_ops_only:
@@ -158,7 +161,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
               "ranges_file": Path(options.ranges_file).name, "calibration_samples": calibration.samples_used,
               "kernel_ops_only": options.kernel_ops_only, "float_tail": options.float_tail,
               "equalize": options.equalize, "reduce_range": options.reduce_range,
-              "integer_spellings": spelled,
+              "integer_spellings": spelled, "folded_scales": folded_scales,
               "nodes_to_exclude": list(options.nodes_to_exclude),
               "quantizer": "onnxruntime.quantization.quantize_static (QDQ)"}
     return Variant(quantized_model, params, kept_in_float=kept, notes=notes)
