@@ -5,7 +5,7 @@ three scikit-image photos for calibration and three others for evaluation):
 
   plain      onnxruntime's quantize_static (QDQ, per-channel, its own MinMax calibration, every op it quantizes)
   default    onnxdtype with the search off (activations at weighted ops only, equalization, float tail)
-  search     onnxdtype as built by default (the fastest placement that passes, build/search.py)
+  search     onnxdtype as built by default (the fastest placement that passes, build/search.py; [what it chose])
 
 Columns: task agreement (the judge onnxdtype guesses for the output), 1-thread and all-thread speedup against fp32
 (medians of interleaved runs), size, and the integer kernels / Q-DQ conversions in onnxruntime's optimized graph.
@@ -144,6 +144,21 @@ def row(label: str, fp32: Path, variant: Path, eval_dir: Path, runs: int) -> str
             f" {size:6.2f} {sum(found['integer'].values()):>5}/{sum(found['conversions'].values()):<5}")
 
 
+def placement(result) -> str:
+    """What the search chose: chain (Q/DQ on every op with an integer kernel) or kernel inputs only, equalized,
+    7-bit weights, repaired (nodes kept in float)."""
+    trail = result.params.get("search")
+    if not trail or trail.get("chosen") is None:
+        return ""
+    chosen = trail["candidates"][trail["chosen"]]
+    options = chosen["options"]["static"]
+    words = ["kernel inputs" if options["kernel_ops_only"] else "chain"] + ["equalized"] * options["equalize"] \
+        + ["7-bit weights"] * bool(options.get("reduce_range"))
+    if "repaired" in chosen:
+        words.append(f"{len(chosen['repaired']['kept'])} nodes float")
+    return "   [" + ", ".join(words) + "]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="det,cls,rec,minilm")
@@ -165,7 +180,7 @@ def main() -> None:
                     result = quantize(model, dtype, out, calib=Calibration(calib), eval_data=eval_dir, search=search,
                                       latency_runs=0, workers=1, keep_failed=True).results[0]
                     status = "" if result.status == "ok" else f"   ({result.status})"
-                    print(row(label, model, out / result.file, eval_dir, args.runs) + status)
+                    print(row(label, model, out / result.file, eval_dir, args.runs) + status + placement(result))
                 if args.profile:
                     feed = list(load_samples(eval_dir, onnx.load(str(model))))[0]
                     print("\n".join(profile_rows(model, out / result.file, feed, args.runs)))
