@@ -102,3 +102,16 @@ def test_a_zoo_one_local_worker_cannot_hold_is_refused_before_any_work(tmp_path,
     with pytest.raises(OnnxDtypeError, match=r"needs about .* GiB in one worker"):
         build_zoo(spec, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_memory_estimate_uses_the_streamed_factors_when_the_base_streams_its_weights(tmp_path):
+    """A base with its weights in a .data file is streamed by the build (weights.py): Ray's memory request and the
+    local plan take the streamed factors for it, not those of a model held whole."""
+    from onnxdtype.build.pool import PEAK_PER_WORKER, STREAMED_PEAK_PER_WORKER
+    from onnxdtype.build.task import VariantTask
+    from onnxdtype.zoo.executors import memory_estimate
+
+    task = VariantTask("m", "fp16", str(tmp_path / "m.onnx"), [], {}, str(tmp_path), base_bytes=1 << 30)
+    assert memory_estimate(task) == int((1 << 30) * PEAK_PER_WORKER["fp16"])
+    (tmp_path / "m.onnx.data").write_bytes(b"")
+    assert memory_estimate(task) == int((1 << 30) * STREAMED_PEAK_PER_WORKER["fp16"])

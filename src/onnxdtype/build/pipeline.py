@@ -34,6 +34,7 @@ from onnxdtype.build.plan import (
     remove_stale_temp,
     resolve_options,
     size_with_data,
+    streams_weights,
 )
 from onnxdtype.build.pool import WorkerPool, worker_count
 from onnxdtype.build.publish import place_base, publish_variant, record
@@ -99,10 +100,9 @@ def quantize(
     check_out_dir(out)
     buildable = len(modules) * sum(d not in request.uncalibrated for d in request.wanted)
     largest = max(modules, key=lambda m: size_with_data(m.path))
-    streamed = largest.path.with_name(largest.path.name + ".data").exists()  # its weights stay in their file
     try:
         pool_size = worker_count(workers, buildable, size_with_data(largest.path), [d.value for d in request.wanted],
-                                 verify, streamed)
+                                 verify, streams_weights(largest.path))
         with folder_lock(out), WorkerPool(pool_size) as pool:
             results = _build(request, pool)
     except OSError as exc:  # a full disk, a folder turned read-only, a file size limit: one line, not a traceback

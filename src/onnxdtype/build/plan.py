@@ -330,3 +330,9 @@ def remove_stale_temp(out: Path) -> None:
 def size_with_data(path: Path) -> int:
     data = path.with_name(path.name + ".data")
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def streams_weights(path: Path) -> bool:
+    """Whether the model's weights are in its own .data file, which the build streams (weights.py) instead of
+    loading: the memory plan's streamed factors apply."""
+    return path.with_name(path.name + ".data").exists()
