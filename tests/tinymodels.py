@@ -354,3 +354,21 @@ def lstm(hidden: int = 4) -> onnx.ModelProto:
     nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "h"], name="lstm", hidden_size=hidden),
              helper.make_node("MatMul", ["h", "wo"], ["y"], name="head")]
     return _model(nodes, [_io("x", "T", "N", 8)], [_io("y", 1, "N", 3)], inits)
+
+
+def gemm_in_branch() -> onnx.ModelProto:
+    """An If whose then-branch has Gemm(x, w, transB=1) with w in the outer graph (normalize rewrites a Gemm whose
+    weight is in its own graph only), and w also read by an outer MatMul: quantize_dynamic turns that Gemm into
+    MatMul over a transposed copy of w."""
+    rng = np.random.default_rng(9)
+    then_graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["t"], name="then_gemm", transB=1)], "then",
+                                   [], [_io("t", "N", 16)])
+    else_graph = helper.make_graph([helper.make_node("MatMul", ["x", "v"], ["e"], name="else_mm")], "else", [],
+                                   [_io("e", "N", 16)])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
+             helper.make_node("If", ["cond"], ["b"], name="branch", then_branch=then_graph, else_branch=else_graph),
+             helper.make_node("MatMul", ["b", "w"], ["y"], name="back")]
+    inits = [numpy_helper.from_array(_weight(rng, 16, 64), "w"), numpy_helper.from_array(_weight(rng, 64, 16), "v"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    return _model(nodes, [_io("x", "N", 64)], [_io("y", "N", 64)], inits)

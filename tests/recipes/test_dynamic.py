@@ -121,7 +121,8 @@ SAME_AS_WHOLE_MODEL = [
     ("mlp", {"nodes_to_exclude": ["mm2"]}), ("batched_matmul", {}),
     ("conv", {}), ("conv", {"per_channel": False}), ("conv", {"weight_type": "int8", "reduce_range": True}),
     ("hardswish_chain", {}), ("tied_embedding", {}), ("tied_embedding", {"weight_type": "uint8"}),
-    ("if_subgraph", {}), ("nested_branches", {}), ("lstm", {}), ("lstm", {"per_channel": False}),
+    ("if_subgraph", {}), ("nested_branches", {}), ("gemm_in_branch", {}),
+    ("lstm", {}), ("lstm", {"per_channel": False}),
 ]
 
 
@@ -148,10 +149,11 @@ def test_stand_ins_of_lazy_weights_give_the_in_memory_variant(tmp_path, name):
 
 
 def test_what_gets_a_stand_in():
-    """Weights of MatMul, Gather, Conv (any rank from 2); not LSTM's, whose quantizer reshapes them, nor a bias."""
+    """Weights of MatMul, Gather, Conv (any rank from 2); not LSTM's or Gemm's, read in another layout, nor a bias."""
     options = dynamic.Options()
     assert dynamic.stand_in_names(tiny("mlp"), options) == {"w1", "w2"}
     assert dynamic.stand_in_names(tiny("lstm"), options) == {"wo"}
+    assert dynamic.stand_in_names(tiny("gemm_in_branch"), options) == {"v"}  # w: a Gemm reads it transposed
     assert dynamic.stand_in_names(tiny("conv"), options) == {"k"}
     assert dynamic.stand_in_names(tiny("conv"), dynamic.Options(quantize_conv=False)) == set()
     values = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
