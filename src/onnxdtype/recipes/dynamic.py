@@ -13,6 +13,14 @@ for uint8, 0 for int8, so ConvInteger keeps one zero point) and the per-channel 
 that already follows it. det: cosine 0.877 -> 0.980, binarized-map IoU 0.90 -> 0.95; rec: 6/18 -> 15/18 lines read
 as fp32 reads them; cls 0.999. Conv nets still lose more in q8 than in the static dtypes, and ConvInteger ran
 slower than fp32 on an AVX2 CPU (det 0.7x): verification and repair decide, `--no-q8-conv` leaves Conv float.
+
+quantize_dynamic loads the whole model it is given and held it about three times (q8 peak 3.07-3.28x the model,
+bench/memory.py). It is given stand-ins instead: each weight it may quantize replaced by a tensor of the same rank
+holding, for each index along its last axis, that channel's min and max. From these it computes the real weight's
+parameters (per tensor: global min and max, for Gather and Conv; per channel along the last axis, for MatMul and
+Attention), and each real weight is then quantized, one at a time, with its quantize_nparray and those parameters:
+the whole model's variant byte for byte (tests/recipes/test_dynamic.py), at 1.33x (2.5 GiB, 211 s -> 100 s). LSTM's
+and Gemm's weights, which its quantizers read in another layout, go to it as they are.
 """
 
 from __future__ import annotations
@@ -110,7 +118,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     with TemporaryDirectory(prefix="onnxdtype-q8-") as tmp:
         source, out = Path(tmp) / "source.onnx", Path(tmp) / "q8.onnx"
         write_streaming(stand_in, source)
-        del stand_in
+        del stand_in  # onnxruntime loads its own copy
         quantize_dynamic(
             source, out,
             per_channel=options.per_channel,
