@@ -372,3 +372,20 @@ def gemm_in_branch() -> onnx.ModelProto:
     inits = [numpy_helper.from_array(_weight(rng, 16, 64), "w"), numpy_helper.from_array(_weight(rng, 64, 16), "v"),
              numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
     return _model(nodes, [_io("x", "N", 64)], [_io("y", "N", 64)], inits)
+
+
+def attention(hidden: int = 8, heads: int = 2) -> onnx.ModelProto:
+    """x[N,S,8] -> onnxruntime's contrib Attention (fused QKV weight [8,24], bias) -> MatMul -> y[N,S,4]."""
+    rng = np.random.default_rng(10)
+    inits = [numpy_helper.from_array(_weight(rng, hidden, 3 * hidden, scale=0.4), "qkv"),
+             numpy_helper.from_array(_weight(rng, 3 * hidden), "qkv_bias"),
+             numpy_helper.from_array(_weight(rng, hidden, 4, scale=0.4), "wo")]
+    nodes = [helper.make_node("Attention", ["x", "qkv", "qkv_bias"], ["a"], name="attn", domain="com.microsoft",
+                              num_heads=heads),
+             helper.make_node("MatMul", ["a", "wo"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "tiny", [_io("x", "N", "S", hidden)], [_io("y", "N", "S", 4)], inits)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="onnxdtype-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -122,7 +122,7 @@ SAME_AS_WHOLE_MODEL = [
     ("conv", {}), ("conv", {"per_channel": False}), ("conv", {"weight_type": "int8", "reduce_range": True}),
     ("hardswish_chain", {}), ("tied_embedding", {}), ("tied_embedding", {"weight_type": "uint8"}),
     ("if_subgraph", {}), ("nested_branches", {}), ("gemm_in_branch", {}),
-    ("lstm", {}), ("lstm", {"per_channel": False}),
+    ("attention", {}), ("attention", {"per_channel": False}), ("lstm", {}), ("lstm", {"per_channel": False}),
 ]
 
 
