@@ -20,20 +20,23 @@ Before weights were streamed (weights.py), 2.50 GiB model, --no-verify:
   --dtype all    peak RSS 22.7 GiB = 9.1x the model (one process), 195 s; output folder peaked at 3.2x on disk
   one dtype      fp16 9.0x, q8 >= 9.5x (OOM-killed at 23.7 GiB in one of two runs), q4 6.5x, q4f16 7.2x, bnb4 6.5x
 Streamed, verification on (the command line's default):
-  0.75 GiB, --dtype all          3.28x the model, 119 s; the code before, same run: 8.21x, 173 s. The peak is q8's
-                                 (onnxruntime's quantize_dynamic holds the model three times); without it ~1.5x
-  0.75 GiB, one dtype            before -> now: fp16 8.22x 113 s -> 1.29x 45 s, q8 7.26x 86 s -> 3.20x 50 s,
-                                 q4 5.82x 53 s -> 1.42x 31 s, q4f16 5.36x 46 s -> 1.45x 33 s, bnb4 5.75x 48 s ->
-                                 1.39x 39 s; the fp32 session verification needs is most of each peak now
+  0.75 GiB, --dtype all          1.77x the model (1.85x the largest process), 69 s; before q8's stand-ins
+                                 (recipes/dynamic.py: quantize_dynamic given the whole model, which it holds three
+                                 times) 3.25x (3.29x), 100 s, the peak q8's; before streaming 8.21x, 173 s
+  0.75 GiB, one dtype            before -> now: fp16 8.22x 113 s -> 1.29x 45 s, q8 7.26x 86 s -> 3.20x 50 s
+                                 (3.28x 48 s in the stand-ins' before run) -> 1.52x 32 s with stand-ins (1.60x the
+                                 largest process), q4 5.82x 53 s -> 1.42x 31 s, q4f16 5.36x 46 s -> 1.45x 33 s, bnb4
+                                 5.75x 48 s -> 1.39x 39 s; the fp32 session verification needs is most of each peak now
   2.50 GiB, fp16,q4,q4f16,bnb4   3.57 GiB = 1.43x the model, 400 s; output folder peaked at 2.9x on disk
-  2.50 GiB, q8                   7.67 GiB = 3.07x, 172 s
+  2.50 GiB, q8                   3.33 GiB = 1.33x (1.36x the largest process), 100 s; before stand-ins 7.69 GiB =
+                                 3.07x, 211 s (the same day, the same load)
   calibration    minmax +51 MiB, entropy +58 MiB for 16 and for 256 one-MiB samples alike: it does not grow
   verification   +52 MiB with 16 samples, +292 MiB with 256 when each worker loaded every sample at once; read one
                  at a time (SavedFeeds), +50 MiB with 16 and with 256
-  transformer    1 GiB (--hidden 2048), --dtype all: 3.26x (q8's), every variant verified
+  transformer    1 GiB (--hidden 2048), --dtype all: 3.26x (q8's, before its stand-ins), every variant verified
   transformer    7.24 GiB, fp16,q4,q4f16,bnb4: 9.59 GiB = 1.32x the model, 884 s, all four verified ok; output folder
-                 peaked at 3.08x on disk. q8 of it is refused by the memory plan before any work (3.3x: 23.9 GiB
-                 of this machine's 23.5 GiB)
+                 peaked at 3.08x on disk. q8 of it, verified ok: 10.80 GiB = 1.49x, 383 s (load 2.7-4.3 from other
+                 work); before its stand-ins the memory plan refused it before any work (3.3x: 23.9 GiB of 23.5 GiB)
 """
 
 from __future__ import annotations

@@ -387,7 +387,9 @@ def test_a_model_with_external_data_is_planned_with_the_streamed_factors(tmp_pat
     model.parent.mkdir()
     onnx.save(tinymodels.mlp(), str(model), save_as_external_data=True, location="mlp.onnx.data", size_threshold=0)
     size = model.stat().st_size + (tmp_path / "in" / "mlp.onnx.data").stat().st_size
-    monkeypatch.setattr(pool, "_memory", lambda field: int(size * 2))  # room for streamed q4, not for q8
+    factors = pool.STREAMED_PEAK_PER_WORKER
+    room = (factors["q4"] + factors["q8"]) / 2
+    monkeypatch.setattr(pool, "_memory", lambda field: int(size * room))  # room for streamed q4, not for q8
     with pytest.raises(OnnxDtypeError, match=rf"for q8 \({pool.STREAMED_PEAK_PER_WORKER['q8']:g}x its size"):
         quantize(model, "q8,q4", tmp_path / "out")
     assert quantize(model, "q4", tmp_path / "out", latency_runs=0).by("mlp", "q4").status == "ok"

@@ -116,6 +116,18 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
+def external(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """`model` saved with every initializer in external data, loaded back lazily (weights.py)."""
+    from onnxdtype.model import load_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # onnx.save moves the weights of what it saves out to the file
+    onnx.save(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=path.name + ".data", size_threshold=0)
+    return load_model(path, lazy=True)
+
+
 def outlier_matmul() -> onnx.ModelProto:
     """mm1 -> relu -> mm2 -> relu -> mm3, where mm2's weight holds outliers (40.0) on rows whose inputs are
     always 0: harmless in fp32, but they set every per-channel and per-block scale, so 8-bit and 4-bit
@@ -307,3 +319,73 @@ def hardswish_chain() -> onnx.ModelProto:
              helper.make_node("Mul", ["c2", "g2"], ["m2"], name="gate"),
              helper.make_node("Conv", ["m2", "k3"], ["y"], name="head")]
     return _model(nodes, [_io("x", 1, 3, 16, 16)], [_io("y", 1, 4, 16, 16)], inits, opset=14)
+
+
+def tied_embedding(vocab: int = 50, hidden: int = 16) -> onnx.ModelProto:
+    """ids[N,T] -> Gather(embedding) -> MatMul -> MatMul with the embedding transposed (tied weights) -> logits: one
+    weight read by an op q8 quantizes (Gather) and by one it leaves float (Transpose)."""
+    rng = np.random.default_rng(6)
+    inits = [numpy_helper.from_array(_weight(rng, vocab, hidden, scale=0.5), "embed"),
+             numpy_helper.from_array(_weight(rng, hidden, hidden, scale=0.3), "w")]
+    nodes = [helper.make_node("Gather", ["embed", "ids"], ["h"], name="lookup"),
+             helper.make_node("MatMul", ["h", "w"], ["hw"], name="mm"),
+             helper.make_node("Transpose", ["embed"], ["embed_t"], name="tie", perm=[1, 0]),
+             helper.make_node("MatMul", ["hw", "embed_t"], ["y"], name="head")]
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"])
+    return _model(nodes, [ids], [_io("y", "N", "T", vocab)], inits)
+
+
+def batched_matmul() -> onnx.ModelProto:
+    """x[2,N,16] @ w[2,16,8]: a rank-3 weight, one matrix per batch entry."""
+    rng = np.random.default_rng(7)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="bmm")]
+    return _model(nodes, [_io("x", 2, "N", 16)], [_io("y", 2, "N", 8)],
+                  [numpy_helper.from_array(_weight(rng, 2, 16, 8), "w")])
+
+
+def lstm(hidden: int = 4) -> onnx.ModelProto:
+    """x[T,N,8] -> LSTM (W, R, B constant) -> Y_h[1,N,H] -> MatMul -> y[1,N,3]: onnxruntime's LSTM quantizer
+    reshapes and transposes its weights."""
+    rng = np.random.default_rng(8)
+    inits = [numpy_helper.from_array(_weight(rng, 1, 4 * hidden, 8, scale=0.4), "W"),
+             numpy_helper.from_array(_weight(rng, 1, 4 * hidden, hidden, scale=0.4), "R"),
+             numpy_helper.from_array(_weight(rng, 1, 8 * hidden), "B"),
+             numpy_helper.from_array(_weight(rng, hidden, 3, scale=0.5), "wo")]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "h"], name="lstm", hidden_size=hidden),
+             helper.make_node("MatMul", ["h", "wo"], ["y"], name="head")]
+    return _model(nodes, [_io("x", "T", "N", 8)], [_io("y", 1, "N", 3)], inits)
+
+
+def gemm_in_branch() -> onnx.ModelProto:
+    """An If whose then-branch has Gemm(x, w, transB=1) with w in the outer graph (normalize rewrites a Gemm whose
+    weight is in its own graph only), and w also read by an outer MatMul: quantize_dynamic turns that Gemm into
+    MatMul over a transposed copy of w."""
+    rng = np.random.default_rng(9)
+    then_graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["t"], name="then_gemm", transB=1)], "then",
+                                   [], [_io("t", "N", 16)])
+    else_graph = helper.make_graph([helper.make_node("MatMul", ["x", "v"], ["e"], name="else_mm")], "else", [],
+                                   [_io("e", "N", 16)])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
+             helper.make_node("If", ["cond"], ["b"], name="branch", then_branch=then_graph, else_branch=else_graph),
+             helper.make_node("MatMul", ["b", "w"], ["y"], name="back")]
+    inits = [numpy_helper.from_array(_weight(rng, 16, 64), "w"), numpy_helper.from_array(_weight(rng, 64, 16), "v"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    return _model(nodes, [_io("x", "N", 64)], [_io("y", "N", 64)], inits)
+
+
+def attention(hidden: int = 8, heads: int = 2) -> onnx.ModelProto:
+    """x[N,S,8] -> onnxruntime's contrib Attention (fused QKV weight [8,24], bias) -> MatMul -> y[N,S,4]."""
+    rng = np.random.default_rng(10)
+    inits = [numpy_helper.from_array(_weight(rng, hidden, 3 * hidden, scale=0.4), "qkv"),
+             numpy_helper.from_array(_weight(rng, 3 * hidden), "qkv_bias"),
+             numpy_helper.from_array(_weight(rng, hidden, 4, scale=0.4), "wo")]
+    nodes = [helper.make_node("Attention", ["x", "qkv", "qkv_bias"], ["a"], name="attn", domain="com.microsoft",
+                              num_heads=heads),
+             helper.make_node("MatMul", ["a", "wo"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "tiny", [_io("x", "N", "S", hidden)], [_io("y", "N", "S", 4)], inits)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="onnxdtype-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

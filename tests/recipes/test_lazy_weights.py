@@ -6,22 +6,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tinymodels
+from tinymodels import external
 
-from onnxdtype.model import load_model, write_model
+from onnxdtype.model import write_model
 from onnxdtype.normalize import normalize
 from onnxdtype.recipes import blockwise, bnb4, dynamic, float16
 from onnxdtype.verify.evaluate import Criteria, EvalData, Reference, evaluate, session
 from onnxdtype.weights import INLINE_BELOW, all_tensors, has_lazy, is_lazy, read_array, to_float16
-
-
-def external(model: onnx.ModelProto, path) -> onnx.ModelProto:
-    """`model` saved with every initializer in external data, loaded back lazily."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # onnx.save moves the weights of what it saves out to the file
-    onnx.save(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=path.name + ".data", size_threshold=0)
-    return load_model(path, lazy=True)
 
 
 def values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
