@@ -420,3 +420,50 @@ def test_verify_reuses_the_evaluation_data_the_build_used(tiny, tmp_path):
     recorded = json.loads((out / MANIFEST_NAME).read_text())["modules"]["mlp"]["evaluation"]
     assert recorded["data"] == str((tmp_path / "calib").resolve()) and recorded["held_out"] == 0.2
     assert verify_folder(out, latency_runs=0).by("mlp", "u8u8").verification["data"].startswith("held-out 2")
+
+
+def test_slower_in_integers_names_the_unweighted_op_types_whose_eight_bit_kernels_ran_slower():
+    from onnxdtype.build.search import slower_in_integers
+
+    fp32 = {"FusedConv": 10.0, "Resize": 1.0, "Add": 3.0, "Mul": 2.0, "Concat": 0.1}
+    variant = {"QLinearConv": 14.0, "Resize": 2.5, "QLinearAdd": 3.3, "QLinearMul": 1.0, "QLinearConcat": 0.3,
+               "QuantizeLinear": 2.0}
+    # Conv is slower but weighted (quantizing it is the point); Add only 1.1x; Concat 3x but 0.2 ms of 23.1;
+    # Q/DQ have no float counterpart
+    assert slower_in_integers(fp32, variant) == ["Resize"]
+    assert slower_in_integers(fp32, {**variant, "QLinearAdd": 4.5}) == ["Add", "Resize"]
+
+
+def test_static_search_tries_its_choice_again_with_the_slower_op_types_kept_float(tmp_path, monkeypatch):
+    """After choosing, the search profiles fp32 and the choice; the op types slower in 8 bits (here forced: the
+    profile is this machine's) are kept float in one more candidate, recorded in the trail, kept only if it passes
+    faster."""
+    from tinymodels import mlp
+
+    from onnxdtype.build import search as search_module
+    from onnxdtype.build.worker import run_steps
+    from onnxdtype.calibration import calibrate, load_samples
+    from onnxdtype.normalize import normalize
+    from onnxdtype.recipes import static
+    from onnxdtype.results import Status, VariantResult
+    from onnxdtype.verify.evaluate import Criteria, EvalData
+
+    model = normalize(mlp(), static.PASSES)[0]
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(model.SerializeToString())
+    samples = load_samples(random_samples(tmp_path / "calib", (8, 64)), model)
+    calibration = calibrate(model, samples, "minmax", tmp_path / "cache")
+    options = {"static": static.options_for("u8u8", static.Options(ranges_file=str(calibration.path)))}
+    held_out = list(load_samples(random_samples(tmp_path / "eval", (4, 64)), model))
+    monkeypatch.setattr(search_module, "slower_in_integers", lambda fp32, variant: ["Add"])
+    result = VariantResult("mlp", "u8u8", Status.OK)
+    found = search_module.search(model, str(path), ("static",), options, search_module.candidates_for(("static",), set()),
+                                 EvalData(held_out, "eval", False), Criteria(0.99), result, run_steps, None)
+    trail = result.params["search"]
+    last = trail["candidates"][-1]
+    assert found is not None and last["options"]["static"]["float_op_types"] == ["Add"]
+    before = max((c for c in trail["candidates"][:-1] if c["failure"] is None), key=lambda c: c["speedup_1thread"])
+    assert {k: v for k, v in last["options"]["static"].items() if k != "float_op_types"} == before["options"]["static"]
+    chosen = trail["candidates"][trail["chosen"]]
+    assert chosen["speedup_1thread"] == max(c["speedup_1thread"] for c in trail["candidates"] if c["failure"] is None)
+    assert result.params["static"]["float_op_types"] == chosen["options"]["static"].get("float_op_types", [])
