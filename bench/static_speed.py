@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -38,7 +40,7 @@ from onnxdtype.recipes.static import DTYPE_TYPES  # noqa: E402
 from onnxdtype.verify.evaluate import Criteria, EvalData, evaluate, session  # noqa: E402
 from onnxdtype.verify.judges import guess_tasks  # noqa: E402
 from onnxdtype.verify.kernels import kernels  # noqa: E402
-from onnxdtype.verify.latency import measure, op_times  # noqa: E402
+from onnxdtype.verify.latency import measure  # noqa: E402
 
 
 def ocr_case(kind: str, work: Path) -> tuple[Path, Path, Path]:
@@ -73,8 +75,34 @@ def yolo_case(work: Path) -> tuple[Path, Path, Path]:
     return model, work / "calib", work / "eval"
 
 
+def op_profile(path: Path, feed: dict, runs: int) -> dict[str, float]:
+    """Milliseconds per run spent in each op type at 1 thread, from onnxruntime's profiler (after a warm-up)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.log_severity_level = 1, 4
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, feed)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.parent / "profile")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        session.run(None, feed)
+    trace = session.end_profiling()
+    with open(trace) as handle:
+        events = json.load(handle)
+    os.remove(trace)
+    times: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            times[op] = times.get(op, 0.0) + event["dur"] / 1000 / runs
+    return times
+
+
 def profile_rows(fp32: Path, variant: Path, feed: dict, runs: int, top: int = 8) -> list[str]:
-    sides = {"fp32": op_times(fp32, feed, runs), "variant": op_times(variant, feed, runs)}
+    sides = {"fp32": op_profile(fp32, feed, runs), "variant": op_profile(variant, feed, runs)}
     lines = []
     for side, times in sides.items():
         total = sum(times.values())

@@ -209,22 +209,3 @@ def test_minilm_static_dtypes_on_held_out_sentences(minilm_path, tmp_path):
         got_batch = variant.run(["sentence_embedding"], batch)[0]
         assert min(cosines) >= 0.99, (dtype, cosines)
         assert np.mean(neighbours(got_batch) == neighbours(ref_batch)) >= 22 / 24, dtype
-
-
-def test_float_op_types_keep_every_node_of_those_types_float_spelled_ones_included(tmp_path):
-    """The search's last candidate: op types whose 8-bit kernels ran slower than fp32's stay float — the Add of a
-    spelled HardSwish too (the exclusion is applied after the spellings)."""
-    from onnxdtype.verify.kernels import kernels
-
-    model = normalize(tinymodels.hardswish_chain(), static.PASSES)[0]
-    rng = np.random.default_rng(1)
-    feeds = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
-    calibration = calibrate(model, CountingSamples(feeds), "minmax", tmp_path)
-    chain = dict(kernel_ops_only=False, equalize=False)
-    variant = build(model, calibration, "u8u8", float_op_types=["Add"], **chain)
-    assert variant.params["float_op_types"] == ["Add"] and "kept float by op type: Add" in variant.notes
-    assert {"hswish/shift", "hsigmoid/shift"} <= set(variant.kept_in_float)
-    for name, built in (("all", build(model, calibration, "u8u8", **chain)), ("float_add", variant)):
-        (tmp_path / f"{name}.onnx").write_bytes(built.model.SerializeToString())
-    assert kernels(tmp_path / "all.onnx")["integer"].get("QLinearAdd", 0) == 2
-    assert "QLinearAdd" not in kernels(tmp_path / "float_add.onnx")["integer"]

@@ -1,7 +1,6 @@
 """Static 8-bit variants: try placements from the fastest onnxruntime can run to today's safe default, judge and time
 each, retry a failing int8-weight placement with 7-bit weights, repair one that still fails (keeping its worst
-nodes in float), keep the fastest that passes, then try it once more with the op types whose 8-bit kernels ran
-slower than fp32's left float; the trail goes to the manifest.
+nodes in float), and keep the fastest that passes; the trail goes to the manifest.
 
 Why: where activations get Q/DQ decides both what onnxruntime runs in integers and how much accuracy survives, and
 neither is predictable from the graph alone. Measured on PP-OCR cls (this AVX2 CPU without VNNI): QLinearConv ran
@@ -18,11 +17,9 @@ from typing import Any
 
 import onnx
 
-from onnxdtype.ops import WEIGHT_OPS
 from onnxdtype.results import Status, VariantResult
 from onnxdtype.verify.evaluate import Criteria, EvalData, Reference, session
-from onnxdtype.verify.kernels import CONVERSIONS
-from onnxdtype.verify.latency import one_thread_speedup, op_times
+from onnxdtype.verify.latency import one_thread_speedup
 from onnxdtype.verify.record import verify_variant
 
 # Placements tried, fastest first: Q/DQ on every op onnxruntime has an integer kernel for (chains of QLinear ops)
@@ -36,14 +33,7 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
 # A failing placement with int8 weights is tried again with 7-bit weights (static.py: onnxruntime's U8S8 kernels
 # saturate on x86 without VNNI): same kernels and speed, and the fix where saturation was the cause.
 SATURATION_RETRY = {"reduce_range": True}
-# After the choice, onnxruntime's per-op profile of fp32 and the chosen variant: an op type other than the weighted
-# ones whose 8-bit kernels took SLOWER_BY longer than fp32's, by at least SLOWER_SHARE of the variant's time, is kept
-# float in one more candidate (PP-OCRv4 det s8u8: its Resize ran 2.3 ms on 8-bit values against 0.9 ms in fp32).
-SLOWER_BY, SLOWER_SHARE = 1.2, 0.03
-INTEGER_KERNEL_OPS = {"QGemm": "Gemm"}  # and QLinear<Op> -> <Op>
-FUSED_FLOAT_OPS = {"FusedConv": "Conv", "FusedMatMul": "MatMul", "FusedGemm": "Gemm"}
-SEARCHED_FIELDS = frozenset([*(field for candidate in CANDIDATES for field in candidate), *SATURATION_RETRY,
-                             "float_op_types"])
+SEARCHED_FIELDS = frozenset([*(field for candidate in CANDIDATES for field in candidate), *SATURATION_RETRY])
 TIMING_RUNS = 10
 
 
@@ -78,8 +68,7 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     Every candidate is judged and timed. One failing candidate is then repaired (`repair` keeps its worst nodes in
     float, judged on the task): the fastest that ran faster than every passing one (keeping nodes in float only
     slows it), or, when none passed, the one closest to passing. When nothing passes, the result is that repaired
-    candidate, failed with its figures and repair trail. A passing choice is tried once more with the op types
-    whose 8-bit kernels ran slower than fp32's kept float (slower_in_integers), and kept if that passes faster."""
+    candidate, failed with its figures and repair trail."""
     base = Reference(session(source_path), data, criteria.states)  # fp32 runs once for every candidate
     base_timed = session(source_path, threads=1)
     trail: list[dict[str, Any]] = []
@@ -111,12 +100,8 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     if fixed is not None:
         trail.append(fixed.entry)
         tried.append(fixed)
-    best = max((t for t in tried if t.passed), key=lambda t: t.entry["speedup_1thread"], default=fixed)
-    if best is not None and best.passed and "repaired" not in best.entry:
-        slower = slower_in_integers(op_times(source_path, data.feeds[0]), op_times(best.model, data.feeds[0]))
-        if slower:
-            attempt({"static": {**best.entry["options"]["static"], "float_op_types": slower}})
-            best = max((t for t in tried if t.passed), key=lambda t: t.entry["speedup_1thread"])
+    passing = [t for t in tried if t.passed]
+    best = max(passing, key=lambda t: t.entry["speedup_1thread"], default=fixed)
     result.params["search"] = {"candidates": trail,
                                "chosen": next((i for i, e in enumerate(trail) if best and e is best.entry), None),
                                "timed_on": "this machine, 1 thread, median of 10 interleaved runs"}
@@ -134,23 +119,6 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
                             "1 thread): onnxruntime's integer kernels do not pay here (bench/static_speed.py "
                             "--profile shows where the time goes)")
     return best.model, best.options
-
-
-def slower_in_integers(fp32: dict[str, float], variant: dict[str, float]) -> list[str]:
-    """Op types, weighted ones aside, whose 8-bit kernels (QLinear<Op>, or the op itself on 8-bit values) took
-    SLOWER_BY longer than fp32's by SLOWER_SHARE of the variant's time; times are ms per op type (op_times)."""
-    def by_float_name(times: dict[str, float], names: dict[str, str]) -> dict[str, float]:
-        merged: dict[str, float] = {}
-        for op, ms in times.items():
-            name = names.get(op) or op.removeprefix("QLinear")
-            merged[name] = merged.get(name, 0.0) + ms
-        return merged
-
-    base, quantized = by_float_name(fp32, FUSED_FLOAT_OPS), by_float_name(variant, INTEGER_KERNEL_OPS)
-    total = sum(variant.values())
-    return sorted(op for op, ms in quantized.items()
-                  if op in base and op not in WEIGHT_OPS and op not in CONVERSIONS
-                  and ms > SLOWER_BY * base[op] and ms - base[op] > SLOWER_SHARE * total)
 
 
 def _repaired(tried: list[_Tried], repair: Callable, base_timed, data: EvalData, result: VariantResult

@@ -73,7 +73,6 @@ class Options:
     float_tail: bool = True
     equalize: bool = True
     reduce_range: bool = False  # weights in 7 bits (see above)
-    float_op_types: list[str] = field(default_factory=list)  # op types kept float (the search: slower in 8 bits)
     nodes_to_exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -82,7 +81,6 @@ class Options:
         choice("static method", self.method, ORT_METHODS)
         for name in ("per_channel", "kernel_ops_only", "float_tail", "equalize", "reduce_range"):
             flag(f"static {name}", getattr(self, name))
-        names("static float_op_types", self.float_op_types)
         names("static nodes_to_exclude", self.nodes_to_exclude)
 
 
@@ -122,8 +120,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     spelled: dict[str, int] = {}
     if not options.kernel_ops_only:  # a chain placement: ops without an integer kernel would break it
         model, calibration, spelled = integer_spellings(model, calibration)
-    excluded = set(options.nodes_to_exclude) | (set(float_tail(model)) if options.float_tail else set()) \
-        | {n.name for n in model.graph.node if n.op_type in options.float_op_types}
+    excluded = set(options.nodes_to_exclude) | (set(float_tail(model)) if options.float_tail else set())
     quantized = {n.name for n in weighted_nodes(model)} - excluded
     notes: list[str] = []
     if options.equalize and options.per_channel:  # per-tensor weights would take on the channel spread instead
@@ -155,8 +152,6 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
         notes.append("float tail: nodes after the last weighted op on every path to an output stay float")
     if folded_scales:
         notes.append(f"{folded_scales} multiplications by a constant folded into their input's scale")
-    if options.float_op_types:
-        notes.append("kept float by op type: " + ", ".join(options.float_op_types))
     if options.reduce_range:
         notes.append("weights in 7 bits: onnxruntime's U8S8 kernels on x86 without VNNI saturate 8-bit ones")
     if options.kernel_ops_only:
@@ -166,7 +161,6 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
               "ranges_file": Path(options.ranges_file).name, "calibration_samples": calibration.samples_used,
               "kernel_ops_only": options.kernel_ops_only, "float_tail": options.float_tail,
               "equalize": options.equalize, "reduce_range": options.reduce_range,
-              "float_op_types": list(options.float_op_types),
               "integer_spellings": spelled, "folded_scales": folded_scales,
               "nodes_to_exclude": list(options.nodes_to_exclude),
               "quantizer": "onnxruntime.quantization.quantize_static (QDQ)"}

@@ -5,17 +5,13 @@ Medians of N runs after warm-up, with one intra-op thread and with all threads; 
 
 from __future__ import annotations
 
-import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
-from onnxdtype.model import write_model
 from onnxdtype.verify.evaluate import cast_feed, session
 
 
@@ -64,28 +60,3 @@ def measure(base_path: Path, variant_path: Path, feed: dict[str, np.ndarray], ru
         figures[label] = {"fp32_ms": round(base_ms, 3), "variant_ms": round(variant_ms, 3),
                           "speedup": round(base_ms / variant_ms, 3) if variant_ms else None, "runs": runs}
     return figures
-
-
-def op_times(model: Path | onnx.ModelProto, feed: dict[str, np.ndarray], runs: int = 10, warmup: int = 3
-             ) -> dict[str, float]:
-    """Milliseconds per run spent in each op type of the graph onnxruntime runs, at one thread (its own profiler,
-    after a warm-up): where a variant's time goes, beside fp32's."""
-    with tempfile.TemporaryDirectory(prefix="onnxdtype-profile-") as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.log_severity_level = 1, 4
-        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "profile")
-        if isinstance(model, onnx.ModelProto):  # written out: it may be too large to serialize in one piece
-            write_model(model, Path(tmp) / "model.onnx")
-            model = Path(tmp) / "model.onnx"
-        profiled = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        profiled_feed = cast_feed(profiled, feed)
-        for _ in range(warmup + runs):
-            profiled.run(None, profiled_feed)
-        with open(profiled.end_profiling()) as handle:
-            events = json.load(handle)
-    times: dict[str, float] = {}
-    kernel_runs = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    for event in kernel_runs[len(kernel_runs) * warmup // (warmup + runs):]:  # the warm-up's runs come first
-        op = event["args"]["op_name"]
-        times[op] = times.get(op, 0.0) + event["dur"] / 1000 / runs
-    return times
