@@ -37,6 +37,8 @@ Streamed, verification on (the command line's default):
   transformer    7.24 GiB, fp16,q4,q4f16,bnb4: 9.59 GiB = 1.32x the model, 884 s, all four verified ok; output folder
                  peaked at 3.08x on disk. q8 of it, verified ok: 10.80 GiB = 1.49x, 383 s (load 2.7-4.3 from other
                  work); before its stand-ins the memory plan refused it before any work (3.3x: 23.9 GiB of 23.5 GiB)
+  transformer    7.24 GiB, fp16,q8,q4,q4f16,bnb4 in one build: 10.80 GiB = 1.49x, 1268 s (fp16 245 s, q8 209 s,
+                 q4 127 s, q4f16 129 s, bnb4 199 s), all five verified ok; output folder peaked at 3.33x on disk
 """
 
 from __future__ import annotations
