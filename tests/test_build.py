@@ -300,10 +300,15 @@ def test_static_search_keeps_the_fastest_placement_that_passes_and_records_the_t
     for repaired in (c for c in trail["candidates"] if "repaired" in c):  # only a faster failing placement
         before = next(c for c in originals if c["options"] == repaired["options"])
         assert before["failure"] and before["speedup_1thread"] > fastest_passing
-    assert chosen["speedup_1thread"] == max(c["speedup_1thread"] for c in passed)
+    fastest = max(c["speedup_1thread"] for c in passed)
+    within = [c for c in passed if c["speedup_1thread"] >= 0.9 * fastest]
+    runoff = [c for c in passed if "runoff_speedup_1thread" in c]  # those within 10 % of the fastest, timed together
+    assert runoff == (within if len(within) > 1 else [])
+    speed = chosen.get("runoff_speedup_1thread", chosen["speedup_1thread"])
+    assert speed == max((c["runoff_speedup_1thread"] for c in runoff), default=fastest)
     assert result.params["static"]["kernel_ops_only"] == chosen["options"]["static"]["kernel_ops_only"]
     slower = "no passing placement is faster than fp32" in " ".join(result.notes)
-    assert slower == (chosen["speedup_1thread"] < 1.0)  # a variant slower than fp32 says so
+    assert slower == (speed < 1.0)  # a variant slower than fp32 says so
     plain = quantize(tiny("mlp"), "u8u8", tmp_path / "plain", calib=Calibration(data), latency_runs=0, workers=1,
                      search=False).by("mlp", "u8u8")
     assert "search" not in plain.params and plain.params["static"]["kernel_ops_only"] is True

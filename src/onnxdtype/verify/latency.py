@@ -21,20 +21,23 @@ def _timed_session(path: Path, threads: int):
     return sess, time.perf_counter() - start
 
 
-def one_thread_speedup(base: ort.InferenceSession, variant: ort.InferenceSession, feed: dict[str, np.ndarray],
-                       runs: int = 10, warmup: int = 2) -> float:
-    """fp32 median / variant median over interleaved runs of two sessions (made with one thread by the caller)."""
-    base_feed, variant_feed = cast_feed(base, feed), cast_feed(variant, feed)
+def speedups(base: ort.InferenceSession, variants: list[ort.InferenceSession], feed: dict[str, np.ndarray],
+             runs: int = 10, warmup: int = 2) -> list[float]:
+    """fp32 median / each variant's median over runs that interleave all the sessions (made with the thread count
+    the caller wants), so drift and other load hit every one alike."""
+    sessions = [base, *variants]
+    feeds = [cast_feed(sess, feed) for sess in sessions]
     for _ in range(warmup):
-        base.run(None, base_feed)
-        variant.run(None, variant_feed)
-    times: tuple[list[float], list[float]] = ([], [])
+        for sess, sess_feed in zip(sessions, feeds):
+            sess.run(None, sess_feed)
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(runs):
-        for sess, sess_feed, spent in ((base, base_feed, times[0]), (variant, variant_feed, times[1])):
+        for sess, sess_feed, spent in zip(sessions, feeds, times):
             start = time.perf_counter()
             sess.run(None, sess_feed)
             spent.append(time.perf_counter() - start)
-    return statistics.median(times[0]) / statistics.median(times[1])
+    medians = [statistics.median(t) for t in times]
+    return [medians[0] / median for median in medians[1:]]
 
 
 def measure(base_path: Path, variant_path: Path, feed: dict[str, np.ndarray], runs: int = 20, warmup: int = 3
