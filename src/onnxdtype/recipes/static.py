@@ -24,9 +24,9 @@ layers feed no heterogeneous Concat).
 
 reduce_range (off by default; the search tries it): weights in 7 bits. onnxruntime's U8S8 kernels on x86 without
 VNNI (AVX2, AVX-512) add pairs of uint8 x int8 products in int16 and saturate; 7-bit weights cannot. Measured on
-this AVX2 CPU, s8u8, held-out data: PP-OCRv4 rec (activations at weighted ops) 18 % -> 45 % of lines read as fp32
-reads them (u8u8, no saturation: 45 %), cls 91 % -> 100 % of labels; but MiniLM 100 % -> 88 % of neighbours and
-det 100 % -> 98 % of its text map, where the lost bit costs more than saturation did.
+this AVX2 CPU, s8u8 chains, held-out data (bench/static_ablation.py): PP-OCRv4 rec 9 % -> 55 % of lines read as
+fp32 reads them, cls 91 % -> 100 % of labels; but MiniLM 88 % -> 62 % of neighbours, where the lost bit costs more
+than saturation did.
 """
 
 from __future__ import annotations
