@@ -28,10 +28,14 @@ VERIFY_PEAK = 2.2
 GiB = 1 << 30
 
 
+def _peak_factors(streamed: bool) -> dict[str, float]:
+    return STREAMED_PEAK_PER_WORKER if streamed else PEAK_PER_WORKER
+
+
 def worker_peak(model_bytes: int, dtypes: list[str], verify: bool, streamed: bool = False) -> int:
     """Bytes one worker is predicted to hold at its peak building `dtypes` of a model this size (the memory
     bench's factors; `streamed`: its weights are in external data, and the streamed factors include verification)."""
-    table = STREAMED_PEAK_PER_WORKER if streamed else PEAK_PER_WORKER
+    table = _peak_factors(streamed)
     factor = max((table.get(d, UNMEASURED_PEAK) for d in dtypes), default=UNMEASURED_PEAK)
     return int(model_bytes * (factor + (VERIFY_PEAK if verify and not streamed else 0.0)))
 
@@ -43,17 +47,16 @@ def worker_count(workers: int | None, tasks: int, largest_file: int, dtypes: lis
 
     A plan that cannot fit even one worker in this machine's memory is refused before any work starts, with the
     figure and the way out, instead of the kernel killing a worker halfway."""
-    table = STREAMED_PEAK_PER_WORKER if streamed else PEAK_PER_WORKER
-    factor = max((table.get(d, UNMEASURED_PEAK) for d in dtypes), default=UNMEASURED_PEAK)
     per_worker = worker_peak(largest_file, dtypes, verify, streamed)
     total = _memory("MemTotal")
     if total and per_worker > total:
+        table = _peak_factors(streamed)
         heavy = max(dtypes, key=lambda d: table.get(d, UNMEASURED_PEAK))
         lightest = min(table, key=table.__getitem__)
         raise OnnxDtypeError(
             f"a {largest_file / GiB:.1f} GiB model needs about {per_worker / GiB:.1f} GiB in one worker for "
-            f"{heavy} ({factor:g}x its size{', with verification' if verify else ''}); this machine has "
-            f"{total / GiB:.1f} GiB: build fewer dtypes at a time ({lightest} needs the least, {table[lightest]:g}x)"
+            f"{heavy} ({table.get(heavy, UNMEASURED_PEAK):g}x its size{', with verification' if verify else ''}); "
+            f"this machine has {total / GiB:.1f} GiB: build fewer dtypes at a time ({lightest} needs the least, {table[lightest]:g}x)"
             + (" or --no-verify" if verify and not streamed else ""))
     if workers is not None:
         return max(1, workers)
