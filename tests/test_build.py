@@ -425,3 +425,36 @@ def test_verify_reuses_the_evaluation_data_the_build_used(tiny, tmp_path):
     recorded = json.loads((out / MANIFEST_NAME).read_text())["modules"]["mlp"]["evaluation"]
     assert recorded["data"] == str((tmp_path / "calib").resolve()) and recorded["held_out"] == 0.2
     assert verify_folder(out, latency_runs=0).by("mlp", "u8u8").verification["data"].startswith("held-out 2")
+
+
+def test_static_search_hands_its_repair_the_fp32_outputs_it_already_holds(tmp_path):
+    """The search runs fp32 over the evaluation data once (verify.Reference); the repair of its failing candidate
+    judges against those outputs instead of running fp32 over the data again."""
+    from tinymodels import outlier_matmul
+
+    from onnxdtype.build import search as search_module
+    from onnxdtype.build.worker import run_steps
+    from onnxdtype.calibration import calibrate, load_samples
+    from onnxdtype.normalize import normalize
+    from onnxdtype.recipes import static
+    from onnxdtype.results import Status, VariantResult
+    from onnxdtype.verify.evaluate import Criteria, EvalData, Reference
+
+    model = normalize(outlier_matmul(), static.PASSES)[0]
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    calibration = calibrate(model, load_samples(random_samples(tmp_path / "calib", (8, 64)), model), "minmax",
+                            tmp_path / "cache")
+    options = {"static": static.options_for("u8u8", static.Options(ranges_file=str(calibration.path)))}
+    held_out = list(load_samples(random_samples(tmp_path / "eval", (4, 64)), model))
+    handed = []
+
+    def repair(built, trial_options, trial, base):
+        handed.append(base)
+        trial.verification = {"failure": "not repaired in this test"}
+        return built
+
+    search_module.search(model, str(path), ("static",), options, search_module.candidates_for(("static",), set()),
+                         EvalData(held_out, "eval", False), Criteria(0.999), VariantResult("m", "u8u8", Status.OK),
+                         run_steps, repair)
+    assert len(handed) == 1 and isinstance(handed[0], Reference) and len(handed[0].runs) == len(held_out)

@@ -64,13 +64,13 @@ class _Tried:
 def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], options: dict,
            candidates: list[dict[str, dict]], data: EvalData, criteria: Criteria, result: VariantResult,
            run_steps: Callable[..., onnx.ModelProto | None],
-           repair: Callable[[onnx.ModelProto, dict, VariantResult], onnx.ModelProto] | None
+           repair: Callable[[onnx.ModelProto, dict, VariantResult, Reference], onnx.ModelProto] | None
            ) -> tuple[onnx.ModelProto, dict] | None:
     """The fastest candidate that passes `criteria` on `data` (its model and options), every candidate's figures in
     result.params["search"]; None when no candidate could be built, or none passed and repair is off.
 
     Every candidate is judged and timed. One failing candidate is then repaired (`repair` keeps its worst nodes in
-    float, judged on the task): the fastest that ran faster than every passing one (keeping nodes in float only
+    float, judged on the task against the fp32 outputs the search already holds): the fastest that ran faster than every passing one (keeping nodes in float only
     slows it), or, when none passed, the one closest to passing. When nothing passes, the result is that repaired
     candidate, failed with its figures and repair trail."""
     base = Reference(session(source_path), data, criteria.states)  # fp32 runs once for every candidate
@@ -94,13 +94,12 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
 
     for overrides in candidates:
         attempt(overrides)
-    fastest_passing = max((t.entry["speedup_1thread"] for t in tried if t.passed), default=0.0)
-    for failed in [t for t in tried if not t.passed and t.entry["speedup_1thread"] > fastest_passing
-                   and t.options["static"].weight_type == "int8" and not t.options["static"].reduce_range]:
+    for failed in [t for t in _faster_than_passing(tried)
+                   if t.options["static"].weight_type == "int8" and not t.options["static"].reduce_range]:
         attempt({"static": {**failed.entry["options"]["static"], **SATURATION_RETRY}})
     if not tried:
         return None
-    fixed = _repaired(tried, repair, base_timed, data, result) if repair else None
+    fixed = _repaired(tried, repair, base, base_timed, data, result) if repair else None
     if fixed is not None:
         trail.append(fixed.entry)
         tried.append(fixed)
@@ -114,9 +113,9 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
         best = max(contenders, key=lambda t: t.entry["runoff_speedup_1thread"])
     result.params["search"] = {"candidates": trail,
                                "chosen": next((i for i, e in enumerate(trail) if best and e is best.entry), None),
-                               "timed_on": "this machine, 1 thread, median of 10 interleaved runs; passing "
-                                           "candidates within 10 % of the fastest timed again together, 20 runs "
-                                           "(runoff_speedup_1thread)"}
+                               "timed_on": f"this machine, 1 thread, median of {TIMING_RUNS} interleaved runs; "
+                                           f"passing candidates within {1 - RUNOFF_WITHIN:.0%} of the fastest timed "
+                                           f"again together, {RUNOFF_RUNS} runs (runoff_speedup_1thread)"}
     if best is None:
         return None
     result.params = {**result.params, **best.trial.params}  # the chosen candidate's recipe parameters, the trail kept
@@ -133,22 +132,27 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     return best.model, best.options
 
 
-def _repaired(tried: list[_Tried], repair: Callable, base_timed, data: EvalData, result: VariantResult
-              ) -> _Tried | None:
+def _faster_than_passing(tried: list[_Tried]) -> list[_Tried]:
+    """The failing candidates that ran faster than every passing one (all failing ones when none passed): the only
+    ones worth another try, since keeping nodes in float only slows a candidate."""
+    fastest_passing = max((t.entry["speedup_1thread"] for t in tried if t.passed), default=0.0)
+    return [t for t in tried if not t.passed and t.entry["speedup_1thread"] > fastest_passing]
+
+
+def _repaired(tried: list[_Tried], repair: Callable, base: Reference, base_timed, data: EvalData,
+              result: VariantResult) -> _Tried | None:
     """The repair of the one failing candidate worth it (see search), as a new trail entry; None when none is."""
-    best_speed = max((t.entry["speedup_1thread"] for t in tried if t.passed), default=None)
-    failing = [t for t in tried if not t.passed]
-    if best_speed is not None:
-        failing = [t for t in failing if t.entry["speedup_1thread"] > best_speed]
-        pick = max(failing, key=lambda t: t.entry["speedup_1thread"], default=None)
+    worth = _faster_than_passing(tried)
+    if any(t.passed for t in tried):
+        pick = max(worth, key=lambda t: t.entry["speedup_1thread"], default=None)
     else:
-        pick = max(failing, key=lambda t: ((t.entry["task"] or {}).get("agreement", 0.0),
-                                           t.entry["speedup_1thread"]), default=None)
+        pick = max(worth, key=lambda t: ((t.entry["task"] or {}).get("agreement", 0.0),
+                                         t.entry["speedup_1thread"]), default=None)
     if pick is None:
         return None
     trial = VariantResult(result.module, result.dtype, Status.OK, params=dict(pick.trial.params),
                           kept_in_float=list(pick.trial.kept_in_float), notes=list(pick.trial.notes))
-    model = repair(pick.model, pick.options, trial)
+    model = repair(pick.model, pick.options, trial, base)
     repair_trail = trial.verification.get("repair") or {}
     entry: dict[str, Any] = {"options": pick.entry["options"], "repaired": {
         "kept": repair_trail.get("kept", []), "kept_weight_fraction": repair_trail.get("kept_weight_fraction"),

@@ -134,10 +134,12 @@ def _searched(source: onnx.ModelProto, task: VariantTask, steps: tuple[str, ...]
         return None
     source_path, scratch = Path(task.norm_path), Path(task.tmp) / f"{task.module}.{task.dtype}.search.onnx"
 
-    def repair(built: onnx.ModelProto, trial_options: dict, trial: VariantResult) -> onnx.ModelProto:
+    def repair(built: onnx.ModelProto, trial_options: dict, trial: VariantResult, base: Reference
+               ) -> onnx.ModelProto:
         _write(source, built, scratch)  # verification and repair read the variant from its file
         try:
-            return _verify_and_repair(source, source_path, built, scratch, steps, trial_options, task.verify, trial)
+            return _verify_and_repair(source, source_path, built, scratch, steps, trial_options, task.verify, trial,
+                                      base)
         finally:
             remove_model(scratch)
 
@@ -147,16 +149,17 @@ def _searched(source: onnx.ModelProto, task: VariantTask, steps: tuple[str, ...]
 
 
 def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.ModelProto, path: Path,
-                       steps: tuple[str, ...], options: dict, spec: VerifySpec, result: VariantResult
-                       ) -> onnx.ModelProto:
-    """Figures against fp32 for the variant `built`, written at `path`; on a miss, repair (unless disabled), the
-    repaired variant replacing it there. A variant still missing is marked failed."""
+                       steps: tuple[str, ...], options: dict, spec: VerifySpec, result: VariantResult,
+                       base: Reference | None = None) -> onnx.ModelProto:
+    """Figures against fp32 (`base`: its outputs on the evaluation data, when the caller has them) for the variant
+    `built`, written at `path`; on a miss, repair (unless disabled), the repaired variant replacing it there. A
+    variant still missing is marked failed."""
     eval_data, criteria = _judging(spec, result.dtype)
     if not eval_data.feeds:
         result.verification = skipped(eval_data)
         return built
     # fp32 from its file, run once and released before the variant's session is made
-    base = Reference(accuracy_session(source_path), eval_data, criteria.states)
+    base = base or Reference(accuracy_session(source_path), eval_data, criteria.states)
     verification, figures, failure = verify_variant(base, accuracy_session(path), eval_data, criteria)
     if failure and spec.repair:
         trial = VariantResult(result.module, result.dtype, Status.OK)
