@@ -26,7 +26,7 @@ from onnx import numpy_helper
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.io import first_line
 from onnxdtype.ops import WEIGHT_OPS
-from onnxdtype.weights import attach, has_lazy, is_lazy, read_array, write_streaming
+from onnxdtype.weights import attach, data_file, has_lazy, is_lazy, read_array, write_streaming
 
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes; protobuf refuses to serialize a message over 2 GiB
 TEMP_PREFIX = ".onnxdtype-tmp-"
@@ -235,7 +235,7 @@ def model_sha256(path: str | Path) -> str:
     so a swapped or corrupted external data file is caught like a changed model."""
     path = Path(path)
     digest = hashlib.sha256()
-    for part in (path, path.with_name(path.name + ".data")):
+    for part in (path, data_file(path)):
         if part == path or part.exists():
             with open(part, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
@@ -276,7 +276,7 @@ def write_model(model: onnx.ModelProto, path: Path) -> None:
 
 def remove_model(path: Path) -> None:
     """Delete a model file and its external data file, whichever exist."""
-    for part in (path, path.with_name(path.name + ".data")):
+    for part in (path, data_file(path)):
         part.unlink(missing_ok=True)
 
 
@@ -304,8 +304,8 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
 def stage(tmp_file: Path, dest: Path) -> SavedFile:
     """What a finished model in a temp folder will be at `dest`: its external data named for `dest`, its size and
     sha256 (with the data file). The manifest records these before `publish` gives the file its name."""
-    data = tmp_file.with_name(tmp_file.name + ".data")
-    dest_data = dest.with_name(dest.name + ".data")
+    data = data_file(tmp_file)
+    dest_data = data_file(dest)
     if data.exists() and data.name != dest_data.name:  # the model names its data file: name the one it will have
         _rename_external_data(tmp_file, data.name, dest_data.name)
     size = tmp_file.stat().st_size + (data.stat().st_size if data.exists() else 0)
@@ -315,8 +315,8 @@ def stage(tmp_file: Path, dest: Path) -> SavedFile:
 def publish(tmp_file: Path, dest: Path, staged: SavedFile | None = None) -> SavedFile:
     """Move a finished model (and its .data file) from a temp folder to `dest` atomically, data first."""
     staged = staged or stage(tmp_file, dest)
-    data = tmp_file.with_name(tmp_file.name + ".data")
-    dest_data = dest.with_name(dest.name + ".data")
+    data = data_file(tmp_file)
+    dest_data = data_file(dest)
     if data.exists():
         os.replace(data, dest_data)
     elif dest_data.exists():

@@ -30,6 +30,11 @@ FP16_SMALLEST, FP16_LARGEST = 5.96e-08, 65504.0  # onnxruntime's converter's min
 T = TypeVar("T")
 
 
+def data_file(path: Path) -> Path:
+    """Where a model's external data lives: `<name>.onnx.data` beside `<name>.onnx` (every file this tool writes)."""
+    return path.with_name(path.name + ".data")
+
+
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """model.iter_graphs, which this module cannot import (model.py imports it)."""
     yield graph
@@ -197,7 +202,7 @@ def write_streaming(model: onnx.ModelProto, path: Path) -> None:
     """Write `model` to `path` with its weights in `path`.data, one tensor at a time: lazy tensors are copied (or
     converted) from their files, in-memory ones over INLINE_BELOW bytes moved out. The caller's model is left as
     it was (in-memory tensors in memory, lazy ones lazy)."""
-    data_path = path.with_name(path.name + ".data")
+    data_path = data_file(path)
     sources = {Path(e["basepath"]) / e["location"] for e in map(_entries, filter(is_lazy, all_tensors(model)))}
     if any(source.resolve() == data_path.resolve() for source in sources if source.exists()):
         raise ValueError(f"{path}: would overwrite the data file its own weights are read from")

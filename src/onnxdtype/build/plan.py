@@ -24,6 +24,7 @@ from onnxdtype.results import Status, VariantResult
 from onnxdtype.specialize import parse_fixed_inputs, specialize
 from onnxdtype.verify.evaluate import EvalData
 from onnxdtype.verify.judges import guess_tasks, parse_task
+from onnxdtype.weights import data_file
 
 NEEDS_CALIBRATION = "needs calibration data (--calib DATA)"
 
@@ -328,11 +329,11 @@ def remove_stale_temp(out: Path) -> None:
 
 
 def size_with_data(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
+    data = data_file(path)
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
 def streams_weights(path: Path) -> bool:
     """Whether the model's weights are in its own .data file, which the build streams (weights.py) instead of
     loading: the memory plan's streamed factors apply."""
-    return path.with_name(path.name + ".data").exists()
+    return data_file(path).exists()

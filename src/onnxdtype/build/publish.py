@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from onnxdtype import __version__
-from onnxdtype.build.plan import Module, size_with_data
+from onnxdtype.build.plan import Module, size_with_data, streams_weights
 from onnxdtype.dtype import DType
 from onnxdtype.manifest import update_manifest
 from onnxdtype.model import model_sha256, publish, save_model, stage, temp_dir_in
@@ -26,7 +26,7 @@ def place_base(m: Module, model: onnx.ModelProto, out: Path, force: bool) -> dic
     """Put the fp32 base into the output folder as <name>.onnx (byte-identical copy) unless it is there, and list it."""
     target = out / f"{m.name}.onnx"
     if target.resolve() != m.path.resolve():
-        if m.path.with_name(m.path.name + ".data").exists() or any(
+        if streams_weights(m.path) or any(
                 t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
             save_model(model, target)
         elif not target.exists() or force or model_sha256(target) != model_sha256(m.path):
