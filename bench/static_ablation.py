@@ -1,41 +1,40 @@
 """What each of the static recipe's later additions buys, one placement at a time: the variant as built, then with
 the constant-scale folding off (integer_ops.fold_constant_scales), and with 7-bit weights (reduce_range) — task
-agreement on held-out data and 1-thread speed against fp32, every variant timed interleaved with the others and
-fp32 in one loop (medians), so drift hits all alike. The demo's calibration/evaluation folders for PP-OCRv4
+agreement on held-out data, 1-thread speed against fp32 (every variant timed interleaved with the others and fp32
+in one loop, medians, so drift hits all alike) and the integer kernels / Q-DQ conversions onnxruntime runs. The demo's calibration/evaluation folders for PP-OCRv4
 (examples/ocr_models.py), MiniLM's sentences split 16 / 8 (as bench/static_speed.py).
 
     python bench/static_ablation.py --model det --placement chain --dtype s8u8
     python bench/static_ablation.py --model rec --placement kernel --dtype s8u8 --equalize
 
-Measured here (2026-11-27, AMD EPYC AVX2 without VNNI, onnxruntime 1.32; held-out task agreement, 1-thread speed):
-  det s8u8 chain                 as built 100 % 1.38x   no folding 100 % 1.14x   7-bit weights 100 % 1.37x
-  rec s8u8 chain                 as built 9.1 % 1.78x   no folding 9.1 % 1.41x   7-bit weights 54.5 % 1.68x
-  rec s8u8 kernel, equalized     as built 72.7 % 0.96x  no folding 72.7 % 0.94x  7-bit weights 72.7 % 0.92x
-  cls s8u8 chain                 as built 90.9 % 0.85x  no folding 100 % 0.81x   7-bit weights 100 % 0.88x
-  MiniLM s8u8 chain, equalized   as built 87.5 % 1.46x  no folding 87.5 % 1.47x  7-bit weights 62.5 % 1.48x
+Measured here (2026-11-27, AMD EPYC AVX2 without VNNI, onnxruntime 1.32; held-out task agreement, 1-thread speed,
+int kernels / Q-DQ; a second run of each moved the speeds by up to 0.15 and kept the order):
+  det s8u8 chain                as built 100 % 1.28x 205/9    no folding 100 % 1.04x 291/9    7-bit 100 % 1.26x
+  rec s8u8 chain                as built 9.1 % 1.61x 213/32   no folding 9.1 % 1.28x 308/32   7-bit 54.5 % 1.61x
+  rec s8u8 kernel, equalized    as built 72.7 % 0.92x 50/97   no folding 72.7 % 0.92x 50/97   7-bit 72.7 % 0.90x
+  cls s8u8 chain                as built 90.9 % 0.97x 143/2   no folding 100 % 0.98x 169/2    7-bit 100 % 0.93x
+  MiniLM s8u8 chain, equalized  as built 87.5 % 1.44x 142/75  no folding 87.5 % 1.46x 160/75  7-bit 62.5 % 1.45x
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "examples"), str(ROOT / "bench")]
-from static_speed import minilm_case, ocr_case  # noqa: E402
+from static_speed import kernel_text, minilm_case, ocr_case, task_text  # noqa: E402
 
 from onnxdtype.calibration import calibrate, load_samples  # noqa: E402
 from onnxdtype.normalize import normalize  # noqa: E402
 from onnxdtype.recipes import static  # noqa: E402
 from onnxdtype.verify.evaluate import session  # noqa: E402
-from onnxdtype.verify.judges import guess_tasks, make_judge  # noqa: E402
+from onnxdtype.verify.latency import speedups  # noqa: E402
 
 
 def variants(model: onnx.ModelProto, options: static.Options) -> dict[str, onnx.ModelProto]:
@@ -48,34 +47,6 @@ def variants(model: onnx.ModelProto, options: static.Options) -> dict[str, onnx.
     finally:
         static.fold_constant_scales = fold
     return built
-
-
-def agreement(model: onnx.ModelProto, variant: onnx.ModelProto, feeds: list[dict]) -> float:
-    """The worst task agreement over the outputs (the judges onnxdtype guesses)."""
-    base, quantized = session(model), session(variant)
-    reference = [base.run(None, feed) for feed in feeds]
-    got = [quantized.run(None, feed) for feed in feeds]
-    worst = 1.0
-    for index, spec in enumerate(guess_tasks(model).values()):
-        judge = make_judge(spec)
-        for ref, out in zip(reference, got):
-            judge.add(ref[index], out[index])
-        worst = min(worst, judge.figures()["agreement"])
-    return worst
-
-
-def speedups(model: onnx.ModelProto, built: dict[str, onnx.ModelProto], feed: dict, runs: int) -> dict[str, float]:
-    sessions = {"fp32": session(model, threads=1), **{name: session(m, threads=1) for name, m in built.items()}}
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for sess in sessions.values():
-        sess.run(None, feed)
-    for _ in range(runs):
-        for name, sess in sessions.items():
-            start = time.perf_counter()
-            sess.run(None, feed)
-            times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["fp32"])
-    return {name: base / statistics.median(times[name]) for name in built}
 
 
 def main() -> None:
@@ -94,13 +65,19 @@ def main() -> None:
         calibration = calibrate(model, load_samples(calib, model), "minmax", work / "cache")
         options = static.options_for(args.dtype, static.Options(
             ranges_file=str(calibration.path), kernel_ops_only=args.placement == "kernel", equalize=args.equalize))
+        fp32 = work / "fp32.onnx"
+        fp32.write_bytes(model.SerializeToString())
+        paths = {}
+        for index, (name, variant) in enumerate(variants(model, options).items()):
+            paths[name] = work / f"variant{index}.onnx"
+            paths[name].write_bytes(variant.SerializeToString())
         feeds = list(load_samples(eval_dir, model))
-        built = variants(model, options)
-        speed = speedups(model, built, feeds[0], args.runs)
+        timed = speedups(session(fp32, threads=1), [session(p, threads=1) for p in paths.values()], feeds[0],
+                         args.runs)
         print(f"{args.model} {args.dtype} {args.placement}{' equalized' if args.equalize else ''}: "
-              f"{'variant':14} {'task':>7} {'1 thread':>9}")
-        for name, variant in built.items():
-            print(f"  {name:14} {agreement(model, variant, feeds):7.1%} {speed[name]:9.2f}")
+              f"{'variant':14} {'task':>16} {'1 thread':>9} int/qdq")
+        for (name, variant_path), speed in zip(paths.items(), timed):
+            print(f"  {name:14} {task_text(fp32, variant_path, feeds):>16} {speed:9.2f} {kernel_text(variant_path)}")
 
 
 if __name__ == "__main__":
