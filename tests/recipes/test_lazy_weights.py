@@ -73,7 +73,7 @@ def test_a_recorded_reference_judges_as_the_fp32_session_does(tmp_path):
     data = EvalData([{"x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(3)], "3 samples", False)
     criteria = Criteria(0.9999)
     direct = evaluate(session(base), session(variant), data.feeds, criteria)
-    replayed = evaluate(Reference(session(base), data, None), session(variant), data.feeds, criteria)
+    replayed = evaluate(Reference(session(base), data, criteria), session(variant), data.feeds, criteria)
     assert replayed == direct
 
 

@@ -159,7 +159,7 @@ def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.M
         result.verification = skipped(eval_data)
         return built
     # fp32 from its file, run once and released before the variant's session is made
-    base = base or Reference(accuracy_session(source_path), eval_data, criteria.states)
+    base = base or Reference(accuracy_session(source_path), eval_data, criteria)
     verification, figures, failure = verify_variant(base, accuracy_session(path), eval_data, criteria)
     if failure and spec.repair:
         trial = VariantResult(result.module, result.dtype, Status.OK)

@@ -22,8 +22,9 @@ from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import needs_external_data, write_model
 from onnxdtype.ops import ORT_NUMPY_TYPES
-from onnxdtype.verify.judges import TaskSpec, make_judge, required_agreement
+from onnxdtype.verify.judges import Judge, TaskSpec, make_judge, required_agreement
 from onnxdtype.verify.metrics import OutputStats, judge
+from onnxdtype.verify.rounding import ROUNDING_DRAWS, ROUNDING_SEED, redrawn, rounding_steps
 from onnxdtype.verify.sequences import is_sequence_folder, paired_runs, read_sequences
 
 DEFAULT_MIN_COSINE = {"16": 0.9999, "8": 0.99, "4": 0.98, "4+16": 0.98}  # by DTypeInfo.bits, SPEC.md
@@ -182,9 +183,12 @@ class Reference:
     """The fp32 model's outputs on the evaluation data, computed once, so its session is released before the
     variant's is made: the two are never resident together (the fp32 session alone is about the model's size).
     `evaluate` and `repair` take it where they take the fp32 session; it replays the outputs in the order the runs
-    ask for them."""
+    ask for them.
 
-    def __init__(self, base: ort.InferenceSession, data: EvalData, states: dict[str, str] | None) -> None:
+    It also holds fp32's own noise floor (verify.rounding): per sample and judged output, the units whose fp32
+    decision moves when the input is redrawn within its rounding (`criteria.rounding_draws` redraws; 0: none)."""
+
+    def __init__(self, base: ort.InferenceSession, data: EvalData, criteria: Criteria) -> None:
         self.inputs = [Port(i.name, i.type, i.shape) for i in base.get_inputs()]
         self.outputs = [Port(o.name, o.type, o.shape) for o in base.get_outputs()]
         names = [o.name for o in self.outputs]
@@ -192,8 +196,22 @@ class Reference:
         def fp32_only(sess: ort.InferenceSession | None, feed: dict, wanted: list[str]) -> list:
             return run(sess, feed, wanted) if sess is not None else [None] * len(wanted)
 
-        self.runs = [refs for refs, _ in paired_runs(base, None, names, data.feeds, data.sequences, states,
+        self.runs = [refs for refs, _ in paired_runs(base, None, names, data.feeds, data.sequences, criteria.states,
                                                      fp32_only)]
+        self.unstable: list[dict[str, np.ndarray]] = []
+        self.redrawn_inputs: list[str] = []
+        judges = {name: judge for name, judge in _judges(criteria, names).items() if judge.has_decisions()}
+        stepwise = data.sequences and criteria.states  # a state fed back is not a sample to redraw alone
+        steps = rounding_steps(data.feeds) if judges and criteria.rounding_draws and not stepwise else {}
+        if not steps:
+            return
+        self.redrawn_inputs = sorted(steps)
+        rng = np.random.default_rng(ROUNDING_SEED)
+        wanted = list(judges)
+        for feed, refs in zip(data.feeds, self.runs):
+            redraws = [run(base, redrawn(feed, steps, rng), wanted) for _ in range(criteria.rounding_draws)]
+            self.unstable.append({name: judges[name].unstable_units(refs[names.index(name)], [r[k] for r in redraws])
+                                  for k, name in enumerate(wanted)})
 
     def replay(self) -> _Replay:
         return _Replay(self)
@@ -236,6 +254,7 @@ class Criteria:
     agreement: float = 0.97  # the share of task units (lines, labels, detections...) that must agree with fp32
     tasks: dict[str, dict] | None = None  # output -> TaskSpec fields; absent outputs and "generic" use the cosines
     states: dict[str, str] | None = None  # recurrent output -> the input it feeds: sequences run step by step
+    rounding_draws: int = ROUNDING_DRAWS  # redraws of each sample for fp32's own noise floor (verify.rounding)
 
 
 def load_metric(spec: str) -> Callable[[list[dict], list[dict]], dict]:
@@ -268,19 +287,23 @@ def evaluate(base: ort.InferenceSession | Reference, variant: ort.InferenceSessi
     figures = {"outputs": {name: per-output figures}, "task": the user metric's figures or None}. A task
     metric that returns "ok" decides on its own: it knows the task better than any tensor figure.
     """
-    if isinstance(base, Reference):
-        base = base.replay()
-    names = [o.name for o in base.get_outputs()]
+    if not isinstance(base, Reference):
+        base = Reference(base, EvalData(list(feeds), "", False, sequences), criteria)
+    unstable = iter(base.unstable)
+    replay = base.replay()
+    names = [o.name for o in replay.get_outputs()]
     stats = {name: OutputStats(name) for name in names}
-    judges = {name: make_judge(TaskSpec(**spec)) for name, spec in (criteria.tasks or {}).items()
-              if name in stats and spec["task"] != "generic"}
+    judges = _judges(criteria, names)
     metric = load_metric(criteria.metric) if criteria.metric else None
     ref_all: list[dict] = []
     got_all: list[dict] = []
-    for refs, gots in paired_runs(base, variant, names, feeds, sequences, criteria.states, run):
+    for refs, gots in paired_runs(replay, variant, names, feeds, sequences, criteria.states, run):
+        moved = next(unstable, {})
         for name, ref, got in zip(names, refs, gots):
             stats[name].add(ref.astype(np.float32), got.astype(np.float32))
-            if name in judges:
+            if name in moved:
+                judges[name].add(ref, got, moved[name])
+            elif name in judges:
                 judges[name].add(ref, got)
         if metric:
             ref_all.append(dict(zip(names, refs)))
@@ -298,7 +321,15 @@ def evaluate(base: ort.InferenceSession | Reference, variant: ort.InferenceSessi
         failure = next((f"output {name}: {f}" for name, f in zip(judges, failures) if f), None) or \
             next(filter(None, (_generic_failure(name, figures, criteria) for name, figures in outputs.items()
                                if name not in judges)), None)
-    return {"outputs": outputs, "task": task}, failure
+    rounding = {"rounding": {"inputs": base.redrawn_inputs, "draws": criteria.rounding_draws}} \
+        if base.redrawn_inputs else {}
+    return {"outputs": outputs, "task": task, **rounding}, failure
+
+
+def _judges(criteria: Criteria, names: list[str]) -> dict[str, Judge]:
+    """A fresh task judge per output that has one (generic outputs are judged by the cosine rules)."""
+    return {name: make_judge(TaskSpec(**spec)) for name, spec in (criteria.tasks or {}).items()
+            if name in names and spec["task"] != "generic"}
 
 
 def _generic_failure(name: str, figures: dict, criteria: Criteria) -> str | None:

@@ -30,7 +30,11 @@ class TaskSpec:
 class Judge(Protocol):
     name: str
 
-    def add(self, ref: np.ndarray, got: np.ndarray) -> None: ...
+    def add(self, ref: np.ndarray, got: np.ndarray, unstable: np.ndarray | None = None) -> None: ...
+
+    def has_decisions(self) -> bool: ...
+
+    def unstable_units(self, ref: np.ndarray, redraws: list[np.ndarray]) -> np.ndarray | None: ...
 
     def figures(self) -> dict: ...
 
@@ -164,6 +168,11 @@ class TaskJudge:
 
     A subclass sets `name`, `unit` (what one compared item is), `PARAMS` (name -> (type or choices, default)) and
     implements `_add`, `agreement`, `compared` (how many units), `summary` (counts in words) and `details`.
+
+    A judge whose units are discrete decisions (a line's text, a label) also implements `decisions`: then fp32's own
+    noise floor applies (verify.rounding) — `unstable` marks the units whose fp32 decision moved when the input was
+    redrawn within its rounding; `_add` gets it, leaves those units out of the verdict and counts them in
+    `unstable` (and in `unstable_differ` the ones the variant reads differently).
     """
     name: ClassVar[str]
     unit: ClassVar[str]
@@ -174,23 +183,53 @@ class TaskJudge:
         self.samples = 0
         self.nonfinite = 0
         self.nonfinite_fp32 = 0
+        self.unstable = 0  # units left out: fp32's own decision moved under its input's rounding
+        self.unstable_differ = 0  # of those, the ones the variant decides differently from fp32
 
-    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+    def add(self, ref: np.ndarray, got: np.ndarray, unstable: np.ndarray | None = None) -> None:
         ref, got = np.asarray(ref), np.asarray(got)
         if ref.shape != got.shape:
             raise ValueError(f"{self.name}: variant shape {got.shape} differs from fp32's {ref.shape}")
         self.samples += 1
         self.nonfinite_fp32 += int((~np.isfinite(ref)).sum())
         self.nonfinite += int((~np.isfinite(got)).sum())
-        self._add(ref, got)
+        if self.has_decisions():
+            self._add(ref, got, unstable)
+        else:
+            self._add(ref, got)
+
+    def decisions(self, output: np.ndarray, ref: np.ndarray) -> list | None:
+        """Per unit of `output` (fp32's on the same sample, or on a redraw of it), the decision the judge compares;
+        `ref` is fp32's output on the sample itself, for what the decision depends on (an automatic threshold)."""
+        return None
+
+    @classmethod
+    def has_decisions(cls) -> bool:
+        return cls.decisions is not TaskJudge.decisions
+
+    def unstable_units(self, ref: np.ndarray, redraws: list[np.ndarray]) -> np.ndarray | None:
+        """Per unit, whether fp32's decision on any redraw differs from its decision on the sample; None when the
+        judge has no per-unit decisions."""
+        if not self.has_decisions():
+            return None
+        mine = self.decisions(ref, ref)
+        moved = np.zeros(len(mine), bool)
+        for other in redraws:
+            moved |= np.array([a != b for a, b in zip(mine, self.decisions(np.asarray(other), ref))], bool)
+        return moved
 
     def figures(self) -> dict:
+        floor = {"unstable_in_fp32": self.unstable, "unstable_read_differently": self.unstable_differ} \
+            if self.has_decisions() else {}
         return {"agreement": self.agreement(), "units": self.compared(), "unit": self.unit, "samples": self.samples,
-                "nonfinite": self.nonfinite, "nonfinite_fp32": self.nonfinite_fp32, **self.details()}
+                "nonfinite": self.nonfinite, "nonfinite_fp32": self.nonfinite_fp32, **floor, **self.details()}
 
     def failure(self, required: float) -> str | None:
         if self.samples == 0:
             return f"{self.name}: no samples compared"
+        if self.compared() == 0 and self.unstable:
+            return (f"{self.name}: fp32 itself decides every one of its {self.unstable} {self.unit} differently "
+                    "when the input is redrawn within its rounding: the data cannot judge a variant")
         if self.nonfinite > self.nonfinite_fp32:
             return f"{self.name}: {self.nonfinite} NaN/Inf values where fp32 has {self.nonfinite_fp32}"
         agreement = self.agreement()
@@ -198,6 +237,8 @@ class TaskJudge:
             return None
         units = self.compared()
         grain = f"; {units} {self.unit}: one is {100 / units:.1f} %" if units else ""
+        if self.unstable:
+            grain += f"; {self.unstable} more that fp32 decides differently under its input's rounding not judged"
         return f"{self.name}: {self.summary()} ({percent_below(agreement, required)}) < {required * 100:g} %{grain}"
 
     def _add(self, ref: np.ndarray, got: np.ndarray) -> None:

@@ -4,7 +4,8 @@ Scores or logits [b, C] or [b, ..., C], classes on `axis` (last by default); eve
 is one prediction. A single score per prediction (C == 1, a sigmoid head) is judged as a yes/no decision at
 `threshold` (default: 0.5 for probabilities, 0 for logits). A flip to a class fp32 scored within `margin` of its
 own top-1 is a coin flip fp32 had not decided (base.undecided): counted as agreeing and reported apart. Top-5
-overlap is shown, not judged: it tells a near-tie flip from a wrecked head.
+overlap is shown, not judged: it tells a near-tie flip from a wrecked head. Predictions fp32 itself makes
+differently when its input is redrawn within its rounding (verify.rounding) are not judged, but counted apart.
 """
 
 from __future__ import annotations
@@ -34,13 +35,30 @@ class ClassifyJudge(TaskJudge):
         self.threshold = self.params["threshold"]
         self.undecided = 0
 
-    def _add(self, ref: np.ndarray, got: np.ndarray) -> None:
+    def decisions(self, output: np.ndarray, ref: np.ndarray) -> list:
+        """Each prediction's top-1 class, or its yes/no at the threshold for a single score."""
+        rows, ref_rows = self._rows(output), self._rows(ref)
+        if rows.shape[1] == 1:
+            return (rows[:, 0] > (self.threshold if self.threshold is not None else auto_threshold(ref_rows))).tolist()
+        return rows.argmax(1).tolist()
+
+    def _rows(self, output: np.ndarray) -> np.ndarray:
         axis = self.params["axis"]
-        require(-ref.ndim <= axis < ref.ndim, f"classify: axis={axis} is outside an output of shape {ref.shape}")
-        ref, got = (np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis]) for a in (ref, got))
+        require(-output.ndim <= axis < output.ndim,
+                f"classify: axis={axis} is outside an output of shape {output.shape}")
+        return np.moveaxis(output, axis, -1).reshape(-1, output.shape[axis])
+
+    def _add(self, ref: np.ndarray, got: np.ndarray, unstable: np.ndarray | None) -> None:
+        if self.threshold is None and self._rows(ref).shape[1] == 1:
+            self.threshold = auto_threshold(ref)
+        if unstable is not None and unstable.any():
+            moved = [a != b for a, b, u in zip(self.decisions(ref, ref), self.decisions(got, ref), unstable) if u]
+            self.unstable += len(moved)
+            self.unstable_differ += sum(moved)
+        ref, got = (self._rows(a) for a in (ref, got))
+        if unstable is not None:
+            ref, got = ref[~unstable], got[~unstable]
         if ref.shape[1] == 1:
-            if self.threshold is None:
-                self.threshold = auto_threshold(ref)
             self.same += int(((ref > self.threshold) == (got > self.threshold)).sum())
             self.total += ref.shape[0]
             return

@@ -10,6 +10,9 @@ A space at either end of a line is the crop's margin, not text: when `space` nam
 recognisers append one to their dictionary), it is trimmed from both readings before they are compared. Measured:
 PP-OCRv4 rec reads 5 of its 11 held-out lines with a leading or trailing space; its 8-bit variants drop or add
 one on up to 3 of them, whose text is otherwise identical.
+
+Lines fp32 itself reads differently when its input is redrawn within its rounding (verify.rounding) are not
+judged; they are counted apart (`unstable_in_fp32`).
 """
 
 from __future__ import annotations
@@ -64,15 +67,24 @@ class CtcJudge(TaskJudge):
         self.undecided = 0  # lines read differently only where fp32's own top-2 are within the margin
         self.edge_spaces = 0  # lines read differently only in a space at either end
 
-    def _add(self, ref: np.ndarray, got: np.ndarray) -> None:
+    def decisions(self, output: np.ndarray, ref: np.ndarray) -> list:
+        """Each line's reading: its greedy decoding without edge spaces."""
+        blank, space = self.params["blank"] % output.shape[-1], self.params["space"]
+        return [tuple(trimmed(greedy_decode(path, blank), space)) for path in self._lines(output).argmax(2)]
+
+    def _add(self, ref: np.ndarray, got: np.ndarray, unstable: np.ndarray | None) -> None:
         require(ref.ndim == 3, f"ctc: expected per-step class scores [b, T, C] or [T, b, C], got shape {ref.shape}")
-        if self._time_first(ref.shape):
-            ref, got = ref.swapaxes(0, 1), got.swapaxes(0, 1)
+        ref, got = self._lines(ref), self._lines(got)
         blank = self.params["blank"] % ref.shape[2]  # -1: the last class is the blank
         space = self.params["space"]
-        for scores, r, g in zip(ref, ref.argmax(2), got.argmax(2)):
+        moved = np.zeros(len(ref), bool) if unstable is None else unstable
+        for scores, r, g, fp32_unsure in zip(ref, ref.argmax(2), got.argmax(2), moved):
             read_ref, read_got = greedy_decode(r, blank), greedy_decode(g, blank)
             text_ref, text_got = trimmed(read_ref, space), trimmed(read_got, space)
+            if fp32_unsure:
+                self.unstable += 1
+                self.unstable_differ += text_ref != text_got
+                continue
             self.edge_spaces += read_ref != read_got and text_ref == text_got
             steps = np.flatnonzero(r != g)
             coin_flips = text_ref != text_got and undecided(scores[steps], g[steps], self.params["margin"]).all()
@@ -82,6 +94,10 @@ class CtcJudge(TaskJudge):
             self.chars += len(text_ref)
             self.empty += not text_ref
             self.edits += edit_distance(text_ref, text_got)
+
+    def _lines(self, scores: np.ndarray) -> np.ndarray:
+        """Scores as [b, T, C]."""
+        return scores.swapaxes(0, 1) if self._time_first(scores.shape) else scores
 
     def _time_first(self, shape: tuple[int, ...]) -> bool:
         """[T, 1, C] is read time-first when layout is auto: a batch of one line is the common export."""

@@ -46,6 +46,10 @@ class GenericJudge:
         self.values += int(np.size(ref))
         self.samples += 1
 
+    @classmethod
+    def has_decisions(cls) -> bool:
+        return False  # values, not decisions: no noise floor (verify.rounding)
+
     def figures(self) -> dict:
         """OutputStats's figures; no task agreement (None), units = values compared."""
         return {"agreement": None, "units": self.values, "unit": self.unit, "samples": self.samples,
