@@ -126,11 +126,34 @@ def test_reduce_range_puts_int8_weights_in_seven_bits_and_keeps_the_detections(d
 def test_equalization_is_exact_in_float(detector, monkeypatch):
     model, calibration, held_out = detector
     monkeypatch.setattr(qdq, "EQUALIZE_SPREAD", 1.0)  # equalize every channel, however even
-    equalized, ranges, counts = qdq.equalize(model, calibration, {"conv0", "conv1", "conv2"})
+    equalized, ranges, counts, _ = qdq.equalize(model, calibration, {"conv0", "conv1", "conv2"})
     assert counts == (3, 3) and set(ranges.ranges) > set(calibration.ranges)
     for feed in held_out:
         np.testing.assert_allclose(session(equalized).run(None, feed)[0], session(model).run(None, feed)[0],
                                    rtol=1e-4, atol=1e-2)
+
+
+def test_a_chain_quantizes_the_equalizing_constants_exactly(detector, monkeypatch):
+    """In a chain the equalizing Muls are quantized too; their constants sit on the grid of the scale they get, so
+    the 8-bit constant is the float one (PP-OCRv4 rec's chain read no line as fp32 did before)."""
+    model, calibration, held_out = detector
+    monkeypatch.setattr(qdq, "EQUALIZE_SPREAD", 1.0)  # equalize every channel, however even
+    for dtype in ("s8u8", "u8u8"):
+        variant = build(model, calibration, dtype, kernel_ops_only=False, equalize=True)
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in variant.model.graph.initializer}
+        factors = [n for n in variant.model.graph.node if n.op_type == "DequantizeLinear"
+                   and "onnxdtype_" in n.input[0] and "_factor" in n.input[0]]
+        assert len(factors) >= 4  # restore and smoothing constants of the three convs, quantized
+        grid = static.CONSTANT_LEVELS[static.DTYPE_TYPES[dtype][1]]
+        plain, _, _, scales = qdq.equalize(model, calibration, {"conv0", "conv1", "conv2"}, grid)
+        floats = {t.name: onnx.numpy_helper.to_array(t) for t in plain.graph.initializer}
+        for dq in factors:
+            quantized, scale, zero = (inits[name] for name in dq.input)
+            name = next(n for n in scales if dq.input[0].startswith(n))
+            assert zero == 0 and scale == pytest.approx(scales[name], rel=1e-6)
+            np.testing.assert_allclose((quantized.astype(np.float32) * scale), floats[name], rtol=1e-6)
+        cosines, _, _ = channel_errors(model, variant.model, held_out)
+        assert cosines.min() > 0.99
 
 
 def test_not_applicable_reasons():

@@ -120,13 +120,19 @@ def _consumed(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def equalize(model: onnx.ModelProto, calibration: CalibrationResult, quantized: set[str]
-             ) -> tuple[onnx.ModelProto, CalibrationResult, tuple[int, int]]:
+def equalize(model: onnx.ModelProto, calibration: CalibrationResult, quantized: set[str], grid: int | None = None
+             ) -> tuple[onnx.ModelProto, CalibrationResult, tuple[int, int], dict[str, float]]:
     """Rescale channels so one per-tensor scale fits them all; exact in float, with the new tensors' ranges.
 
-    Conv outputs: weights and bias of output channel o divided by max|y_o|, a float Mul after the Q/DQ
-    restores y. Weighted-op inputs: x divided per channel by SmoothQuant factors (a float Mul before the
-    Q/DQ), the weights' input channels multiplied by them.
+    Conv outputs: weights and bias of output channel o divided by max|y_o|, a Mul after the Q/DQ restores y.
+    Weighted-op inputs: x divided per channel by SmoothQuant factors (a Mul before the Q/DQ), the weights' input
+    channels multiplied by them.
+
+    With `grid` (a chain placement, where those Muls are quantized too, their constants with one 8-bit scale),
+    each Mul's constant is first moved onto the multiples k >= 1 of its largest value / grid, and that scale is
+    returned by constant name, for the quantizer to use: the 8-bit constant is then exact. Quantized with a scale of
+    onnxruntime's choosing, the small factors lost most of their digits (PP-OCRv4 rec's chain: no line read as fp32
+    reads it; the SVTR neck's first MatMul at cosine 0.28 to fp32).
     """
     model_out = onnx.ModelProto()
     model_out.CopyFrom(model)
@@ -143,12 +149,13 @@ def equalize(model: onnx.ModelProto, calibration: CalibrationResult, quantized: 
         graph.initializer.append(inits[name])
         node.input[index] = name
 
+    grid_scales: dict[str, float | None] = {}
     outputs_done = 0
     for node in nodes:
         stats = calibration.channels.get(node.output[0])
         if node.op_type != "Conv" or stats is None or not _spread(stats):
             continue
-        scale = _channel_amax(stats)
+        scale = _on_grid(_channel_amax(stats), grid)
         weight = numpy_helper.to_array(inits[node.input[1]])
         replace_weight(node, 1, weight / scale.reshape(-1, *[1] * (weight.ndim - 1)))
         if len(node.input) > 2 and node.input[2] in inits:
@@ -157,6 +164,7 @@ def equalize(model: onnx.ModelProto, calibration: CalibrationResult, quantized: 
         node.output[0] = f"{original}/onnxdtype_equalized"
         factor = f"{original}/onnxdtype_channel_factor"
         graph.initializer.append(numpy_helper.from_array(scale.reshape(-1, *[1] * (weight.ndim - 2)), factor))
+        grid_scales[factor] = float(scale.max()) / grid if grid else None
         after.setdefault(node.name, []).append(helper.make_node("Mul", [node.output[0], factor], [original],
                                                                 name=f"{original}/onnxdtype_restore"))
         ranges[node.output[0]] = _scaled_range(stats, scale)
@@ -180,10 +188,13 @@ def equalize(model: onnx.ModelProto, calibration: CalibrationResult, quantized: 
         alpha = 1.0 if kind == "depthwise" else SMOOTH_ALPHA
         factor = activation_amax ** alpha / np.maximum(weight_amax, 1e-12) ** (1 - alpha)
         factor = np.where((weight_amax > 0) & (factor > 0), factor, 1.0).astype(np.float32)
+        multiplier = _on_grid(1 / factor, grid)  # the Mul's constant; the weights take its exact inverse
+        factor = (1 / multiplier).astype(np.float32)
         smoothed = f"{tensor}/onnxdtype_smoothed"
         divisor = f"{tensor}/onnxdtype_smooth_factor"
         rank_tail = [1] * (numpy_helper.to_array(inits[users[0].input[1]]).ndim - 2) if kind != "matmul" else []
-        graph.initializer.append(numpy_helper.from_array((1 / factor).reshape(-1, *rank_tail), divisor))
+        graph.initializer.append(numpy_helper.from_array(multiplier.reshape(-1, *rank_tail), divisor))
+        grid_scales[divisor] = float(multiplier.max()) / grid if grid else None
         before.setdefault(users[0].name, []).append(helper.make_node("Mul", [tensor, divisor], [smoothed],
                                                                      name=f"{tensor}/onnxdtype_smooth"))
         for node, (_, _, axis) in zip(users, views):
@@ -204,7 +215,16 @@ def equalize(model: onnx.ModelProto, calibration: CalibrationResult, quantized: 
     kept_inits = [t for t in graph.initializer if t.name in used or t.name in {o.name for o in graph.output}]
     del graph.initializer[:]
     graph.initializer.extend(kept_inits)
-    return model_out, dataclasses.replace(calibration, ranges=ranges), (outputs_done, inputs_done)
+    return (model_out, dataclasses.replace(calibration, ranges=ranges), (outputs_done, inputs_done),
+            {name: scale for name, scale in grid_scales.items() if scale is not None})
+
+
+def _on_grid(values: np.ndarray, grid: int | None) -> np.ndarray:
+    """Positive `values` moved to the nearest multiple k >= 1 of max / grid (unchanged without a grid)."""
+    if not grid:
+        return values.astype(np.float32)
+    step = float(values.max()) / grid
+    return (np.maximum(np.round(values / step), 1) * step).astype(np.float32)
 
 
 def _channel_amax(stats) -> np.ndarray:

@@ -60,6 +60,8 @@ HIGHER_PRECISIONS = ("fp32",)
 LAZY_WEIGHTS = False
 DTYPE_TYPES = {"s8s8": ("int8", "int8"), "s8u8": ("int8", "uint8"), "u8u8": ("uint8", "uint8")}
 INTEGER_TYPES = ("int8", "uint8")
+# Positive constants with zero point 0, quantized as activations of that type: the levels above zero.
+CONSTANT_LEVELS = {"int8": 127, "uint8": 255}
 
 
 @dataclass
@@ -123,13 +125,18 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     excluded = set(options.nodes_to_exclude) | (set(float_tail(model)) if options.float_tail else set())
     quantized = {n.name for n in weighted_nodes(model)} - excluded
     notes: list[str] = []
-    if options.equalize and options.per_channel:  # per-tensor weights would take on the channel spread instead
-        model, calibration, counts = equalize(model, calibration, quantized)
-        notes.append(f"equalized channels: {counts[0]} Conv outputs, {counts[1]} weighted-op inputs")
-    op_types = list(KERNEL_WEIGHT_INPUT) if options.kernel_ops_only else None  # None: every op onnxruntime quantizes
-    extra = {"MatMulConstBOnly": True, "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]} \
-        if options.kernel_ops_only else {}
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    extra: dict = {"MatMulConstBOnly": True, "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]} \
+        if options.kernel_ops_only else {}
+    if options.equalize and options.per_channel:  # per-tensor weights would take on the channel spread instead
+        grid = None if options.kernel_ops_only else CONSTANT_LEVELS[options.activation_type]
+        model, calibration, counts, grid_scales = equalize(model, calibration, quantized, grid)
+        notes.append(f"equalized channels: {counts[0]} Conv outputs, {counts[1]} weighted-op inputs")
+        if grid_scales:  # the chain quantizes the equalizing Muls' constants: with these scales, exactly
+            extra["TensorQuantOverrides"] = {
+                name: [{"scale": scale, "zero_point": 0, "quant_type": types[options.activation_type]}]
+                for name, scale in grid_scales.items()}
+    op_types = list(KERNEL_WEIGHT_INPUT) if options.kernel_ops_only else None  # None: every op onnxruntime quantizes
     quantized_model = quantize_with_ranges(
         model, calibration,
         op_types_to_quantize=op_types,

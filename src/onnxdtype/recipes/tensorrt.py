@@ -217,7 +217,7 @@ def _equalize_inputs(model: onnx.ModelProto, calibration: CalibrationResult, cho
     weighted = {n.name for n in weighted_nodes(model)} & set(chosen)
     inputs = {n.input[0] for n in model.graph.node if n.name in weighted}
     channels = {name: stats for name, stats in calibration.channels.items() if name in inputs}
-    equalized, result, (_, inputs_done) = equalize(model, dataclasses.replace(calibration, channels=channels),
+    equalized, result, (_, inputs_done), _ = equalize(model, dataclasses.replace(calibration, channels=channels),
                                                    weighted)
     return equalized, dataclasses.replace(result, channels=calibration.channels), inputs_done
 
