@@ -87,6 +87,9 @@ def test_tolerance_overrides(tiny, tmp_path):
     loose = quantize(tiny("outlier_matmul"), "q8", tmp_path / "a", eval_data=data, repair=False,
                      tolerances={"q8": 0.0}, latency_runs=0)
     assert loose.by("outlier_matmul", "q8").status == "ok"
+    criteria = quantize(tiny("outlier_matmul"), "q8", tmp_path / "b", eval_data=data, repair=False,
+                        tolerances={"rounding_draws": 0}, latency_runs=0).by("outlier_matmul", "q8").verification
+    assert criteria["rounding_draws"] == 0  # the noise floor off, recorded with the criteria
 
 
 def test_synthesized_inputs_are_reported_not_judged(tiny, tmp_path):

@@ -14,7 +14,15 @@ from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import update_manifest
 from onnxdtype.recipes import RECIPES
-from onnxdtype.verify.evaluate import DEFAULT_ATOL, EvalData, agreement_for, min_cosine_for, read_eval_data, synthesize
+from onnxdtype.verify.evaluate import (
+    DEFAULT_ATOL,
+    EvalData,
+    agreement_for,
+    min_cosine_for,
+    read_eval_data,
+    rounding_draws_for,
+    synthesize,
+)
 from onnxdtype.verify.judges import recurrent_pairs
 from onnxdtype.verify.repair import RepairBudget
 
@@ -130,7 +138,8 @@ def verify_spec(plan: ModulePlan, data: EvalData | None, tmp: Path, wanted: list
     return VerifySpec(str(data.save(tmp / f"eval-{plan.module.name}")), data.source, data.synthesized,
                       {d.value: min_cosine_for(d, tolerances) for d in wanted},
                       {d.value: agreement_for(d, tolerances) for d in wanted}, plan.tasks, recurrent_pairs(plan.base),
-                      (tolerances or {}).get("atol", DEFAULT_ATOL), metric, repair, budget or RepairBudget())
+                      (tolerances or {}).get("atol", DEFAULT_ATOL), metric, repair, budget or RepairBudget(),
+                      rounding_draws_for(tolerances))
 
 
 def latency_feed(data: EvalData | None, base: onnx.ModelProto) -> dict | None:

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from onnxdtype.verify.repair import RepairBudget
+from onnxdtype.verify.rounding import ROUNDING_DRAWS
 
 
 @dataclass
@@ -22,6 +23,7 @@ class VerifySpec:
     metric: str | None
     repair: bool
     budget: RepairBudget = field(default_factory=RepairBudget)
+    rounding_draws: int = ROUNDING_DRAWS  # fp32's own noise floor (verify.rounding); 0: none
 
 
 @dataclass

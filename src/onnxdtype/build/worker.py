@@ -122,7 +122,7 @@ def kept_options(steps: tuple[str, ...], options: dict, in_float: list[str], ran
 def _judging(spec: VerifySpec, dtype: str) -> tuple[EvalData, Criteria]:
     eval_data = EvalData.load(Path(spec.eval_dir), spec.source, spec.synthesized)
     return eval_data, Criteria(spec.min_cosine[dtype], spec.atol, spec.metric, spec.agreement[dtype], spec.tasks,
-                               spec.states)
+                               spec.states, spec.rounding_draws)
 
 
 def _searched(source: onnx.ModelProto, task: VariantTask, steps: tuple[str, ...], options: dict,

@@ -15,7 +15,8 @@ from onnxdtype.errors import OnnxDtypeError
 
 def tolerances(items: list[str] | None) -> dict[str, float]:
     """'q8=0.98' items -> {'q8': 0.98}; keys are dtype names, 'default' or 'atol' (cosines and the absolute floor),
-    'task' or 'task.<dtype>' (the share of task units that must agree)."""
+    'task' or 'task.<dtype>' (the share of task units that must agree), 'rounding_draws' (redraws for fp32's own
+    noise floor, verify.rounding; 0 turns it off)."""
     parsed: dict[str, float] = {}
     for item in items or []:
         key, _, value = item.partition("=")
@@ -24,6 +25,11 @@ def tolerances(items: list[str] | None) -> dict[str, float]:
         except ValueError:
             raise OnnxDtypeError(f"--tolerance {item!r}: expected NAME=NUMBER, e.g. q8=0.98") from None
         name = key.strip().lower()
+        if name == "rounding_draws":
+            if not number.is_integer() or number < 0:
+                raise OnnxDtypeError(f"--tolerance {item!r}: rounding_draws is a whole number >= 0 (0: no noise floor)")
+            parsed[name] = int(number)
+            continue
         if not math.isfinite(number) or number < 0 or (name != "atol" and number > 1):
             raise OnnxDtypeError(f"--tolerance {item!r}: a cosine or an agreement is in [0, 1], atol >= 0")
         if name in ("default", "atol", "task"):

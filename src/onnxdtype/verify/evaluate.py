@@ -46,6 +46,11 @@ def agreement_for(dtype: DType, overrides: dict[str, float] | None = None) -> fl
     return required_agreement(INFO[dtype].bits, None if chosen is None else {"default": chosen})
 
 
+def rounding_draws_for(overrides: dict[str, float] | None = None) -> int:
+    """How many redraws fp32's noise floor takes (verify.rounding): an override 'rounding_draws', 0 turning it off."""
+    return int((overrides or {}).get("rounding_draws", ROUNDING_DRAWS))
+
+
 @dataclass
 class EvalData:
     """Evaluation samples: independent feeds, or `sequences` of step feeds for stateful models (verify.sequences);

@@ -28,6 +28,7 @@ from onnxdtype.verify.evaluate import (
     load_metric,
     min_cosine_for,
     read_eval_data,
+    rounding_draws_for,
     session,
     synthesize,
 )
@@ -108,7 +109,8 @@ def _measure(result: VariantResult, base_path: Path, path: Path, data: EvalData,
              metric: str | None, latency_runs: int, tasks: dict[str, dict], states: dict[str, str]) -> None:
     dtype = parse_dtype(result.dtype)
     criteria = Criteria(min_cosine_for(dtype, tolerances), (tolerances or {}).get("atol", DEFAULT_ATOL), metric,
-                        agreement_for(dtype, tolerances), tasks, states)
+                        agreement_for(dtype, tolerances), tasks, states,
+                        rounding_draws_for(tolerances))
     if not data.feeds:
         result.verification = skipped(data)
         return
