@@ -135,7 +135,7 @@ def verify(
     folder: Annotated[Path, typer.Argument(help="A variants folder with onnxdtype.json")],
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation data (default: what the build recorded: its --eval data or the held-out calibration samples)")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Task metric module:function or file.py:function")] = None,
-    tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine (q8=0.98) or task agreement (task.q8=0.95) (repeatable)")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine (q8=0.98), task agreement (task.q8=0.95) or fp32 noise-floor redraws (rounding_draws=0: off) (repeatable)")] = None,
     latency_runs: Annotated[int, typer.Option(help="Timed runs per variant (0: no timing)")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,
 ) -> None:
