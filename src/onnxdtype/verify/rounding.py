@@ -26,22 +26,32 @@ ROUNDING_SEED = 0  # fixed: the same data gives the same floor in every build
 
 
 def rounding_steps(feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per float input on an 8-bit grid, its step (a scalar, or one per channel of axis 1 broadcastable to it)."""
+    """Per float input on an 8-bit grid, its step (a scalar, or one per channel of axis 1 broadcastable to it).
+
+    One pass, one sample at a time (evaluation samples are read from disk when used), keeping at most GRID_LEVELS
+    distinct values per input and channel: more, and it is not a grid."""
+    whole: dict[str, np.ndarray | None] = {}
+    channels: dict[str, list[np.ndarray | None] | None] = {}
+    for feed in feeds:
+        for name, value in feed.items():
+            value = np.asarray(value)
+            if not np.issubdtype(value.dtype, np.floating):
+                continue
+            whole[name] = _levels(whole.get(name, _EMPTY), value)
+            if value.ndim != 4 or channels.get(name, []) is None:
+                channels[name] = None
+                continue
+            known = channels.get(name) or [_EMPTY] * value.shape[1]
+            channels[name] = [_levels(k, value[:, c]) for c, k in enumerate(known)] \
+                if len(known) == value.shape[1] else None
     steps: dict[str, np.ndarray] = {}
-    if not feeds:
-        return steps
-    for name, first in feeds[0].items():
-        if not np.issubdtype(first.dtype, np.floating):
-            continue
-        values = [np.asarray(feed[name]) for feed in feeds]
-        step = _grid_step(np.concatenate([v.ravel() for v in values]))
+    for name, levels in whole.items():
+        step = _grid_step(levels)
+        per_channel = [_grid_step(c) for c in channels.get(name) or []]
         if step is not None:
             steps[name] = np.float32(step)
-        elif first.ndim == 4 and all(v.shape[1] == first.shape[1] for v in values):
-            per_channel = [_grid_step(np.concatenate([v[:, c].ravel() for v in values])) for c in
-                           range(first.shape[1])]
-            if all(s is not None for s in per_channel):
-                steps[name] = np.asarray(per_channel, np.float32).reshape(1, -1, 1, 1)
+        elif per_channel and all(s is not None for s in per_channel):
+            steps[name] = np.asarray(per_channel, np.float32).reshape(1, -1, 1, 1)
     return steps
 
 
@@ -52,9 +62,19 @@ def redrawn(feed: dict[str, np.ndarray], steps: dict[str, np.ndarray], rng: np.r
             if name in steps else value for name, value in feed.items()}
 
 
-def _grid_step(values: np.ndarray) -> float | None:
-    levels = np.unique(values)
-    if not MIN_LEVELS <= levels.size <= GRID_LEVELS:
+_EMPTY = np.empty(0)
+
+
+def _levels(known: np.ndarray | None, values: np.ndarray) -> np.ndarray | None:
+    """The distinct values seen so far with `values` added; None once there are more than an 8-bit grid holds."""
+    if known is None:
+        return None
+    levels = np.union1d(known, np.unique(values))
+    return levels if levels.size <= GRID_LEVELS else None
+
+
+def _grid_step(levels: np.ndarray | None) -> float | None:
+    if levels is None or levels.size < MIN_LEVELS:
         return None
     gaps = np.diff(levels.astype(np.float64))
     step = float(gaps.min())
