@@ -293,7 +293,8 @@ def evaluate(base: ort.InferenceSession | Reference, variant: ort.InferenceSessi
     metric that returns "ok" decides on its own: it knows the task better than any tensor figure.
     """
     if not isinstance(base, Reference):
-        base = Reference(base, EvalData(list(feeds), "", False, sequences), criteria)
+        feeds = feeds if isinstance(feeds, Sequence) else list(feeds)  # read twice: fp32's runs, then the variant's
+        base = Reference(base, EvalData(feeds, "", False, sequences), criteria)
     unstable = iter(base.unstable)
     replay = base.replay()
     names = [o.name for o in replay.get_outputs()]
