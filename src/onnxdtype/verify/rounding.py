@@ -1,12 +1,12 @@
 """fp32's own noise floor: the task units whose fp32 reading changes when the input moves within its own rounding.
 
-An image reaches a model as 8-bit pixels scaled and shifted, so every float input value sits on a grid of 256
-levels and stands for any value within half a level of it. A reading that changes when the input is drawn again
-within that half level is not one the image decides, and a variant's different reading there says nothing about
-the variant. Measured on PP-OCRv4 rec (held-out lines): two lines of scikit-image's photographed page read
-differently under 3 and 5 of 8 such draws (fp32's top-2 at 0.50/0.50 between blank and space at several steps), and
-every 8-bit variant read them differently too, while no rendered line moved in 16 draws, nor at four times the
-noise. Judges with per-unit decisions (lines, labels) leave such units out of their verdict and count them apart.
+An image reaches a model as 8-bit pixels scaled and shifted, so every float input value sits on a grid of 256 levels
+and stands for any value within half a level of it. A reading that changes when the input is drawn again within that
+half level is not one the image decides, and a variant's different reading there says nothing about the variant.
+Measured on PP-OCRv4 rec (held-out lines): two lines of scikit-image's photographed page read differently under 3
+and 5 of 8 such draws (fp32's top-2 at 0.50/0.50 between blank and space at several steps), and every 8-bit variant
+read them differently too, while no rendered line moved in 16 draws, nor under Gaussian noise of two gray levels.
+Judges with per-unit decisions (lines, labels) leave such units out of their verdict and count them apart.
 
 Only inputs whose values over the evaluation data sit on one evenly spaced grid of 32 to 256 levels (per channel of
 a 4-D input, for per-channel normalization) are redrawn; token ids, masks and continuous-valued inputs are not,
