@@ -92,3 +92,15 @@ def test_ctc_leaves_out_unstable_lines_and_refuses_when_nothing_is_left():
     every = make_judge(TaskSpec("ctc"))
     every.add(ref, got, np.array([True, True]))
     assert "fp32 itself decides every one of its 2 lines differently" in every.failure(0.97)
+
+
+def test_a_yes_no_score_near_its_threshold_is_unstable_at_that_threshold():
+    """A single probability per prediction: the decision is the threshold (0.5 for probabilities), on every redraw."""
+    judge = make_judge(TaskSpec("classify"))
+    ref = np.array([[0.9], [0.501], [0.1]], np.float32)
+    redraw = np.array([[0.88], [0.499], [0.12]], np.float32)
+    assert judge.unstable_units(ref, [redraw]).tolist() == [False, True, False]
+    got = np.array([[0.9], [0.2], [0.1]], np.float32)  # the variant says no where fp32 barely said yes
+    judge.add(ref, got, judge.unstable_units(ref, [redraw]))
+    f = judge.figures()
+    assert (f["agreement"], f["units"], f["unstable_in_fp32"], f["unstable_read_differently"]) == (1.0, 2, 1, 1)
