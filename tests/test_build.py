@@ -222,6 +222,22 @@ def test_static_dtypes_share_one_calibration_and_verify_on_held_out_samples(tiny
     assert again.by("mlp", "s8s8").status == "ok" and passes == [1, 1]  # another folder: its own cache
 
 
+def test_static_dtypes_of_a_model_with_external_data_use_their_calibration(tmp_path):
+    """The main process calibrates the normalized model with its weights lazy, the worker's static recipe checks the
+    ranges against it read in: the digest is the same (it was not: every static variant failed, "computed for
+    another model")."""
+    import tinymodels
+
+    from onnxdtype.build import Calibration
+
+    model = tmp_path / "in" / "mlp.onnx"
+    model.parent.mkdir()
+    onnx.save(tinymodels.mlp(), str(model), save_as_external_data=True, location="mlp.onnx.data", size_threshold=0)
+    result = quantize(model, "s8s8", tmp_path / "out", calib=Calibration(random_samples(tmp_path / "calib", (4, 64))),
+                      latency_runs=0, workers=1)
+    assert result.by("mlp", "s8s8").status == "ok", result.by("mlp", "s8s8").reason
+
+
 def test_calibration_data_for_a_folder_of_modules_needs_one_subfolder_each(tiny, tmp_path):
     from onnxdtype.build import Calibration
 

@@ -183,6 +183,14 @@ def load_all(model: onnx.ModelProto) -> None:
             _load(tensor)
 
 
+def loaded(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """A copy of a lazy tensor with its values read in, as `load_all` leaves it (the tensor itself stays lazy)."""
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    _load(copy)
+    return copy
+
+
 def _load(tensor: onnx.TensorProto) -> None:
     raw = _tensor_bytes(tensor)
     del tensor.external_data[:]
