@@ -385,6 +385,31 @@ def test_yolo_like_detector_gets_a_verified_q8_with_conv_quantized(tmp_path):
     assert "4 ConvInteger weights per output channel" in " ".join(result.notes)
 
 
+def test_a_single_file_model_is_streamed_to_the_workers_and_published_as_single_files(tiny, tmp_path, monkeypatch):
+    """The workers read a normalized base with its weights in its own .data file (so they stream them, as for an
+    external-data model), yet every variant of a base given as one file is published as one file."""
+    import onnxdtype.build.pool as pool
+    from onnxdtype.weights import data_file
+
+    handed: list[tuple[Path, bool]] = []
+
+    def recording(task):
+        handed.append((Path(task.norm_path), data_file(Path(task.norm_path)).exists()))
+        return build_variant(task)
+
+    build_variant = pool.build_variant
+    monkeypatch.setattr(pool, "build_variant", recording)
+    out = tmp_path / "out"
+    result = quantize(tiny("mlp"), "fp16,q8,q4", out, workers=1)
+    assert {r.status for r in result.results} == {"ok"}
+    assert handed and all(has_data for _, has_data in handed)
+    assert listing(out) == {"mlp.onnx", "mlp_fp16.onnx", "mlp_q8.onnx", "mlp_q4.onnx", MANIFEST_NAME, LOCK_NAME}
+    for r in result.results:
+        variant = onnx.load(str(out / r.file), load_external_data=False)
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in variant.graph.initializer)
+    assert not any(path.parent.exists() for path, _ in handed)  # the build's temp folder is gone
+
+
 def test_a_plan_that_cannot_fit_in_memory_is_refused_before_any_work(tiny, tmp_path, monkeypatch):
     import onnxdtype.build.pool as pool
 

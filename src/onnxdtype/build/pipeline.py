@@ -50,6 +50,7 @@ from onnxdtype.verify.evaluate import EvalData, load_metric
 from onnxdtype.verify.kernels import kernels
 from onnxdtype.verify.latency import measure
 from onnxdtype.verify.repair import RepairBudget
+from onnxdtype.weights import has_lazy
 
 NO_INTEGER_KERNELS = ("onnxruntime's CPU EP runs no integer kernel for this variant: its 8-bit weights are "
                       "dequantized to float as it runs (a smaller file, no speed from integer arithmetic)")
@@ -261,7 +262,8 @@ def _prepare(request: Request, plan: ModulePlan, given: EvalData | None, manifes
         work.append(VariantTask(m.name, dtype.value, str(norm.path), norm.done,
                                 {step: asdict(o) for step, o in step_options.items()}, str(tmp), base_entry["bytes"],
                                 spec, plan.specialized,
-                                candidates_for(INFO[dtype].steps, given_fields) if request.search else []))
+                                candidates_for(INFO[dtype].steps, given_fields) if request.search else [],
+                                single_file=not has_lazy(plan.base)))
     return decided
 
 
@@ -276,7 +278,8 @@ def time_variant(request: Request, plan: ModulePlan, result: VariantResult) -> N
     if not result.file:
         return
     out = request.out
-    feed = module_data.latency_feed(plan.latency_data, plan.base) if request.latency_runs > 0 else None
+    feed = module_data.latency_feed(plan.latency_data, plan.base, plan.module.path) \
+        if request.latency_runs > 0 else None
     if feed is not None:
         result.latency = measure(out / f"{result.module}.onnx", out / result.file, feed, request.latency_runs)
     result.kernels = kernels(out / result.file)
