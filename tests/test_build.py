@@ -413,14 +413,16 @@ def test_a_single_file_model_is_streamed_to_the_workers_and_published_as_single_
 def test_a_plan_that_cannot_fit_in_memory_is_refused_before_any_work(tiny, tmp_path, monkeypatch):
     import onnxdtype.build.pool as pool
 
-    model = tiny("mlp")
+    model = tiny("mlp")  # one file: streamed like a model with external data (its normalized base has a .data file)
     size = model.stat().st_size
-    monkeypatch.setattr(pool, "_memory", lambda field: int(size * 8))  # room for q4 (6.5x), not for q8 (9.5x)
-    with pytest.raises(OnnxDtypeError, match=r"needs about .* GiB in one worker for q8 \(9.5x its size\)"):
+    factors = pool.PEAK_PER_WORKER
+    room = (factors["q4"] + factors["q8"]) / 2
+    monkeypatch.setattr(pool, "_memory", lambda field: int(size * room))  # room for q4, not for q8
+    with pytest.raises(OnnxDtypeError, match=rf"needs about .* GiB in one worker for q8 \({factors['q8']:g}x its"):
         quantize(model, "q8,q4", tmp_path / "out", verify=False)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
     assert quantize(model, "q4", tmp_path / "out", verify=False, latency_runs=0).by("mlp", "q4").status == "ok"
-    assert pool.worker_count(None, 4, size, ["q4"], False) == 1  # MemAvailable fits one worker
+    assert pool.worker_count(None, 4, size, ["q4"]) == 1  # MemAvailable fits one worker
 
 
 def test_a_model_with_external_data_is_planned_with_the_streamed_factors(tmp_path, monkeypatch):
@@ -433,10 +435,10 @@ def test_a_model_with_external_data_is_planned_with_the_streamed_factors(tmp_pat
     model.parent.mkdir()
     onnx.save(tinymodels.mlp(), str(model), save_as_external_data=True, location="mlp.onnx.data", size_threshold=0)
     size = model.stat().st_size + (tmp_path / "in" / "mlp.onnx.data").stat().st_size
-    factors = pool.STREAMED_PEAK_PER_WORKER
+    factors = pool.PEAK_PER_WORKER
     room = (factors["q4"] + factors["q8"]) / 2
     monkeypatch.setattr(pool, "_memory", lambda field: int(size * room))  # room for streamed q4, not for q8
-    with pytest.raises(OnnxDtypeError, match=rf"for q8 \({pool.STREAMED_PEAK_PER_WORKER['q8']:g}x its size"):
+    with pytest.raises(OnnxDtypeError, match=rf"for q8 \({factors['q8']:g}x its size"):
         quantize(model, "q8,q4", tmp_path / "out")
     assert quantize(model, "q4", tmp_path / "out", latency_runs=0).by("mlp", "q4").status == "ok"
 

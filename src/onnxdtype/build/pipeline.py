@@ -34,7 +34,6 @@ from onnxdtype.build.plan import (
     remove_stale_temp,
     resolve_options,
     size_with_data,
-    streams_weights,
 )
 from onnxdtype.build.pool import WorkerPool, worker_count
 from onnxdtype.build.publish import place_base, publish_variant, record
@@ -102,8 +101,7 @@ def quantize(
     buildable = len(modules) * sum(d not in request.uncalibrated for d in request.wanted)
     largest = max(modules, key=lambda m: size_with_data(m.path))
     try:
-        pool_size = worker_count(workers, buildable, size_with_data(largest.path), [d.value for d in request.wanted],
-                                 verify, streams_weights(largest.path))
+        pool_size = worker_count(workers, buildable, size_with_data(largest.path), [d.value for d in request.wanted])
         with folder_lock(out), WorkerPool(pool_size) as pool:
             results = _build(request, pool)
     except OSError as exc:  # a full disk, a folder turned read-only, a file size limit: one line, not a traceback
