@@ -385,17 +385,44 @@ def test_yolo_like_detector_gets_a_verified_q8_with_conv_quantized(tmp_path):
     assert "4 ConvInteger weights per output channel" in " ".join(result.notes)
 
 
+def test_a_single_file_model_is_streamed_to_the_workers_and_published_as_single_files(tiny, tmp_path, monkeypatch):
+    """The workers read a normalized base with its weights in its own .data file (so they stream them, as for an
+    external-data model), yet every variant of a base given as one file is published as one file."""
+    import onnxdtype.build.pool as pool
+    from onnxdtype.weights import data_file
+
+    handed: list[tuple[Path, bool]] = []
+
+    def recording(task):
+        handed.append((Path(task.norm_path), data_file(Path(task.norm_path)).exists()))
+        return build_variant(task)
+
+    build_variant = pool.build_variant
+    monkeypatch.setattr(pool, "build_variant", recording)
+    out = tmp_path / "out"
+    result = quantize(tiny("mlp"), "fp16,q8,q4", out, workers=1)
+    assert {r.status for r in result.results} == {"ok"}
+    assert handed and all(has_data for _, has_data in handed)
+    assert listing(out) == {"mlp.onnx", "mlp_fp16.onnx", "mlp_q8.onnx", "mlp_q4.onnx", MANIFEST_NAME, LOCK_NAME}
+    for r in result.results:
+        variant = onnx.load(str(out / r.file), load_external_data=False)
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in variant.graph.initializer)
+    assert not any(path.parent.exists() for path, _ in handed)  # the build's temp folder is gone
+
+
 def test_a_plan_that_cannot_fit_in_memory_is_refused_before_any_work(tiny, tmp_path, monkeypatch):
     import onnxdtype.build.pool as pool
 
-    model = tiny("mlp")
+    model = tiny("mlp")  # one file: streamed like a model with external data (its normalized base has a .data file)
     size = model.stat().st_size
-    monkeypatch.setattr(pool, "_memory", lambda field: int(size * 8))  # room for q4 (6.5x), not for q8 (9.5x)
-    with pytest.raises(OnnxDtypeError, match=r"needs about .* GiB in one worker for q8 \(9.5x its size\)"):
+    factors = pool.PEAK_PER_WORKER
+    room = (factors["q4"] + factors["q8"]) / 2
+    monkeypatch.setattr(pool, "_memory", lambda field: int(size * room))  # room for q4, not for q8
+    with pytest.raises(OnnxDtypeError, match=rf"needs about .* GiB in one worker for q8 \({factors['q8']:g}x its"):
         quantize(model, "q8,q4", tmp_path / "out", verify=False)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
     assert quantize(model, "q4", tmp_path / "out", verify=False, latency_runs=0).by("mlp", "q4").status == "ok"
-    assert pool.worker_count(None, 4, size, ["q4"], False) == 1  # MemAvailable fits one worker
+    assert pool.worker_count(None, 4, size, ["q4"]) == 1  # MemAvailable fits one worker
 
 
 def test_a_model_with_external_data_is_planned_with_the_streamed_factors(tmp_path, monkeypatch):
@@ -408,10 +435,10 @@ def test_a_model_with_external_data_is_planned_with_the_streamed_factors(tmp_pat
     model.parent.mkdir()
     onnx.save(tinymodels.mlp(), str(model), save_as_external_data=True, location="mlp.onnx.data", size_threshold=0)
     size = model.stat().st_size + (tmp_path / "in" / "mlp.onnx.data").stat().st_size
-    factors = pool.STREAMED_PEAK_PER_WORKER
+    factors = pool.PEAK_PER_WORKER
     room = (factors["q4"] + factors["q8"]) / 2
     monkeypatch.setattr(pool, "_memory", lambda field: int(size * room))  # room for streamed q4, not for q8
-    with pytest.raises(OnnxDtypeError, match=rf"for q8 \({pool.STREAMED_PEAK_PER_WORKER['q8']:g}x its size"):
+    with pytest.raises(OnnxDtypeError, match=rf"for q8 \({factors['q8']:g}x its size"):
         quantize(model, "q8,q4", tmp_path / "out")
     assert quantize(model, "q4", tmp_path / "out", latency_runs=0).by("mlp", "q4").status == "ok"
 

@@ -21,12 +21,12 @@ import onnx
 import onnx.checker
 import onnx.defs
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.io import first_line
 from onnxdtype.ops import WEIGHT_OPS
-from onnxdtype.weights import attach, data_file, has_lazy, is_lazy, read_array, write_streaming
+from onnxdtype.weights import all_tensors, attach, data_file, has_lazy, is_lazy, load_all, read_array, write_streaming
 
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes; protobuf refuses to serialize a message over 2 GiB
 TEMP_PREFIX = ".onnxdtype-tmp-"
@@ -263,10 +263,16 @@ def temp_dir_in(folder: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_model(model: onnx.ModelProto, path: Path) -> None:
+def write_model(model: onnx.ModelProto, path: Path, single_file: bool = False) -> None:
     """Serialize to `path` (not atomic: callers write into a temp folder); with external data when too large or
     when its weights are lazy, streamed into the .data file one tensor at a time (onnx.save_model moved every
-    weight out of the model and back: two copies of a large model at once)."""
+    weight out of the model and back: two copies of a large model at once).
+
+    `single_file`: lazy weights are read into the one .onnx file when they fit one protobuf, so a variant of a base
+    given as one file is one file too though the build streamed it; a copy holds them, freed on return (the model
+    stays lazy)."""
+    if single_file and has_lazy(model) and inline_bytes(model) <= EXTERNAL_DATA_THRESHOLD:
+        model = _loaded_copy(model)
     if needs_external_data(model):
         write_streaming(model, path)
     else:
@@ -288,6 +294,23 @@ def model_bytes(model: onnx.ModelProto) -> int:
             total += len(t.raw_data) or 8 * (len(t.float_data) + len(t.int64_data) + len(t.double_data)) \
                 + 4 * len(t.int32_data)
     return total
+
+
+def inline_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of weights one .onnx file of the model would hold: those in memory and its lazy ones at their type's
+    size (a streamed fp16 weight's bytes on disk are still fp32's)."""
+    lazy = sum(int(np.prod(t.dims)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in all_tensors(model) if is_lazy(t))
+    return model_bytes(model) + lazy
+
+
+def _loaded_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its lazy weights read in, as a copy: protobuf keeps bytes set on a message until the whole
+    message is freed (weights.weight_loading), so reading them into the caller's model would keep them."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    load_all(copy)
+    return copy
 
 
 def too_large_to_serialize(model: onnx.ModelProto) -> bool:

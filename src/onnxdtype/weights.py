@@ -206,10 +206,12 @@ def stored_as(tensor: onnx.TensorProto, stored_type: int) -> None:
     _set_entries(tensor, entries)
 
 
-def write_streaming(model: onnx.ModelProto, path: Path) -> None:
+def write_streaming(model: onnx.ModelProto, path: Path, restore: bool = True) -> None:
     """Write `model` to `path` with its weights in `path`.data, one tensor at a time: lazy tensors are copied (or
     converted) from their files, in-memory ones over INLINE_BELOW bytes moved out. The caller's model is left as
-    it was (in-memory tensors in memory, lazy ones lazy)."""
+    it was (in-memory tensors in memory, lazy ones lazy), unless `restore` is False: a copy about to be dropped
+    keeps its in-memory tensors pointing at the written file (putting them back held a 0.25 GiB model's weights
+    three times over at once: the moved bytes, the arena protobuf keeps until the message is freed, the restored)."""
     data_path = data_file(path)
     sources = {Path(e["basepath"]) / e["location"] for e in map(_entries, filter(is_lazy, all_tensors(model)))}
     if any(source.resolve() == data_path.resolve() for source in sources if source.exists()):
@@ -226,7 +228,8 @@ def write_streaming(model: onnx.ModelProto, path: Path) -> None:
                     out.write(b"\0" * (ALIGNMENT - out.tell() % ALIGNMENT))
                 offset = out.tell()
                 out.write(content)
-                moved.append((tensor, _entries(tensor) if lazy else content))
+                if lazy or restore:
+                    moved.append((tensor, _entries(tensor) if lazy else content))
                 if not lazy:
                     tensor.ClearField("raw_data")
                 _set_entries(tensor, {"location": data_path.name, "offset": str(offset),

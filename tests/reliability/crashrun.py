@@ -2,7 +2,8 @@
 
 Used by test_crash_safety.py; onnxdtype itself has no test hook. The events are the main process's file
 renames (before and after every os.replace: variants, external data, the base copy, the manifest) and
-model writes (write_model: normalized models, inline-built variants).
+model writes (write_model: inline-built variants; plan's write_streaming: the normalized models and the streamed
+copy of a single-file base they are made from).
 
   ONNXDTYPE_CRASH_AT=N    SIGKILL the whole process group (workers too, as a CI job kill does) at event N
                           (1-based); at a "write" event, half of the file is written first.
@@ -57,21 +58,22 @@ def main() -> None:
         real_replace(src, dst, *args, **kwargs)
         event(f"after-replace {Path(dst).name}")
 
-    real_write = model.write_model
+    def armed(real_write):
+        def write(proto, path, *how, **keywords):
+            def half() -> None:
+                data = proto.SerializeToString()
+                with open(path, "wb") as handle:
+                    handle.write(data[: len(data) // 2])
+                    handle.flush()
+                    os.fsync(handle.fileno())
 
-    def write_model(proto, path):
-        def half() -> None:
-            data = proto.SerializeToString()
-            with open(path, "wb") as handle:
-                handle.write(data[: len(data) // 2])
-                handle.flush()
-                os.fsync(handle.fileno())
-
-        event(f"write {Path(path).name}", half)
-        real_write(proto, path)
+            event(f"write {Path(path).name}", half)
+            real_write(proto, path, *how, **keywords)
+        return write
 
     os.replace = replace
-    model.write_model = plan.write_model = worker.write_model = write_model
+    model.write_model = worker.write_model = armed(model.write_model)
+    plan.write_streaming = armed(plan.write_streaming)
 
     from onnxdtype.cli import main as cli_main
 

@@ -334,12 +334,12 @@ def test_disk_full_inside_a_variant_build_fails_that_variant_cleanly(tiny, tmp_p
 
     real_write = build.write_model
 
-    def write_model(model, path):
+    def write_model(model, path, *how):
         if Path(path).name in ("mlp.q8.onnx", "mlp_q8.onnx"):  # the q8 variant's temp file, whatever its name
             with open(path, "wb") as handle:
                 handle.write(model.SerializeToString()[:100])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real_write(model, path)
+        return real_write(model, path, *how)
 
     monkeypatch.setattr(build, "write_model", write_model)
     out = tmp_path / "out"

@@ -104,14 +104,13 @@ def test_a_zoo_one_local_worker_cannot_hold_is_refused_before_any_work(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
-def test_memory_estimate_uses_the_streamed_factors_when_the_base_streams_its_weights(tmp_path):
-    """A base with its weights in a .data file is streamed by the build (weights.py): Ray's memory request and the
-    local plan take the streamed factors for it, not those of a model held whole."""
-    from onnxdtype.build.pool import PEAK_PER_WORKER, STREAMED_PEAK_PER_WORKER
+def test_memory_estimate_takes_the_local_plans_factors(tmp_path):
+    """Ray's memory request is the local plan's: the streamed factor for a dtype whose recipe streams the weights
+    (every normalized base has its own .data file), the unmeasured one for the static dtypes."""
+    from onnxdtype.build.pool import PEAK_PER_WORKER, UNMEASURED_PEAK
     from onnxdtype.build.task import VariantTask
     from onnxdtype.zoo.executors import memory_estimate
 
-    task = VariantTask("m", "fp16", str(tmp_path / "m.onnx"), [], {}, str(tmp_path), base_bytes=1 << 30)
-    assert memory_estimate(task) == int((1 << 30) * PEAK_PER_WORKER["fp16"])
-    (tmp_path / "m.onnx.data").write_bytes(b"")
-    assert memory_estimate(task) == int((1 << 30) * STREAMED_PEAK_PER_WORKER["fp16"])
+    for dtype, factor in (("fp16", PEAK_PER_WORKER["fp16"]), ("s8u8", UNMEASURED_PEAK)):
+        task = VariantTask("m", dtype, str(tmp_path / "m.onnx"), [], {}, str(tmp_path), base_bytes=1 << 30)
+        assert memory_estimate(task) == int((1 << 30) * factor)

@@ -132,7 +132,7 @@ def verify_spec(plan: ModulePlan, data: EvalData | None, tmp: Path, wanted: list
                 repair: bool, budget: RepairBudget | None, metric: str | None) -> VerifySpec:
     """What the workers need to verify a module's variants: evaluation data saved in `tmp`, tolerances, repair.
     Fixed inputs take their fixed values in every sample: the variant is only meant for those."""
-    data = data or synthesize(plan.base)
+    data = data or synthesize(plan.base, path=plan.module.path)
     if plan.fixed:
         data = data.with_inputs(plan.fixed)
     return VerifySpec(str(data.save(tmp / f"eval-{plan.module.name}")), data.source, data.synthesized,
@@ -142,6 +142,6 @@ def verify_spec(plan: ModulePlan, data: EvalData | None, tmp: Path, wanted: list
                       rounding_draws_for(tolerances))
 
 
-def latency_feed(data: EvalData | None, base: onnx.ModelProto) -> dict | None:
-    feeds = (data or synthesize(base, samples=1)).feeds
+def latency_feed(data: EvalData | None, base: onnx.ModelProto, path: Path) -> dict | None:
+    feeds = (data or synthesize(base, samples=1, path=path)).feeds
     return feeds[0] if feeds else None

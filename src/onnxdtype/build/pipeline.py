@@ -34,7 +34,6 @@ from onnxdtype.build.plan import (
     remove_stale_temp,
     resolve_options,
     size_with_data,
-    streams_weights,
 )
 from onnxdtype.build.pool import WorkerPool, worker_count
 from onnxdtype.build.publish import place_base, publish_variant, record
@@ -50,6 +49,7 @@ from onnxdtype.verify.evaluate import EvalData, load_metric
 from onnxdtype.verify.kernels import kernels
 from onnxdtype.verify.latency import measure
 from onnxdtype.verify.repair import RepairBudget
+from onnxdtype.weights import has_lazy
 
 NO_INTEGER_KERNELS = ("onnxruntime's CPU EP runs no integer kernel for this variant: its 8-bit weights are "
                       "dequantized to float as it runs (a smaller file, no speed from integer arithmetic)")
@@ -101,8 +101,7 @@ def quantize(
     buildable = len(modules) * sum(d not in request.uncalibrated for d in request.wanted)
     largest = max(modules, key=lambda m: size_with_data(m.path))
     try:
-        pool_size = worker_count(workers, buildable, size_with_data(largest.path), [d.value for d in request.wanted],
-                                 verify, streams_weights(largest.path))
+        pool_size = worker_count(workers, buildable, size_with_data(largest.path), [d.value for d in request.wanted])
         with folder_lock(out), WorkerPool(pool_size) as pool:
             results = _build(request, pool)
     except OSError as exc:  # a full disk, a folder turned read-only, a file size limit: one line, not a traceback
@@ -261,7 +260,8 @@ def _prepare(request: Request, plan: ModulePlan, given: EvalData | None, manifes
         work.append(VariantTask(m.name, dtype.value, str(norm.path), norm.done,
                                 {step: asdict(o) for step, o in step_options.items()}, str(tmp), base_entry["bytes"],
                                 spec, plan.specialized,
-                                candidates_for(INFO[dtype].steps, given_fields) if request.search else []))
+                                candidates_for(INFO[dtype].steps, given_fields) if request.search else [],
+                                single_file=not has_lazy(plan.base)))
     return decided
 
 
@@ -276,7 +276,8 @@ def time_variant(request: Request, plan: ModulePlan, result: VariantResult) -> N
     if not result.file:
         return
     out = request.out
-    feed = module_data.latency_feed(plan.latency_data, plan.base) if request.latency_runs > 0 else None
+    feed = module_data.latency_feed(plan.latency_data, plan.base, plan.module.path) \
+        if request.latency_runs > 0 else None
     if feed is not None:
         result.latency = measure(out / f"{result.module}.onnx", out / result.file, feed, request.latency_runs)
     result.kernels = kernels(out / result.file)

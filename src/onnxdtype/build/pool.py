@@ -16,48 +16,40 @@ from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.results import Status, VariantResult
 
 # Peak resident memory of one worker building a dtype, x the model's size (bench/memory.py, --workers 1).
-# A model whose weights are in external data streams them (weights.py): 0.75 GiB MLP, verification on (the fp32
-# session it needs is most of the peak), the process's own ~0.15 GiB included. q8 runs quantize_dynamic on stand-in
-# weights (recipes/dynamic.py) and holds its int8 weights, a quarter of the model: 1.52x (1.60x the largest process).
-STREAMED_PEAK_PER_WORKER = {"fp16": 1.3, "q8": 1.7, "q4": 1.5, "bnb4": 1.5, "q4f16": 1.55}
-# A model held whole in memory (no external data): 2.5 GiB MLP before streaming, no verification; verification adds
-# about VERIFY_PEAK (q4: 6.5x -> 8.65x).
-PEAK_PER_WORKER = {"fp16": 9.0, "q8": 9.5, "q4": 6.5, "bnb4": 6.5, "q4f16": 7.2}
-UNMEASURED_PEAK = 9.5  # the static and int8 dtypes (never streamed): not measured yet, taken as the worst measured
-VERIFY_PEAK = 2.2
+# Every build streams the weights (weights.py: the normalized base the workers read has its own .data file, whether
+# the model came with external data or as one file): 0.75 GiB MLP, verification on (the fp32 session it needs is
+# most of the peak), the process's own ~0.15 GiB included. q8 runs quantize_dynamic on stand-in weights
+# (recipes/dynamic.py) and holds its int8 weights, a quarter of the model: 1.52x (1.60x the largest process).
+# A single-file model's main process also holds it whole: built inline, --dtype all peaked at 3.06x (not 1.85x).
+PEAK_PER_WORKER = {"fp16": 1.3, "q8": 1.7, "q4": 1.5, "bnb4": 1.5, "q4f16": 1.55}
+# The static and int8 dtypes load the whole model (their recipes take no lazy weights): not measured yet, taken as the
+# worst measured before streaming (q8, 9.5x).
+UNMEASURED_PEAK = 9.5
 GiB = 1 << 30
 
 
-def _peak_factors(streamed: bool) -> dict[str, float]:
-    return STREAMED_PEAK_PER_WORKER if streamed else PEAK_PER_WORKER
-
-
-def worker_peak(model_bytes: int, dtypes: list[str], verify: bool, streamed: bool = False) -> int:
+def worker_peak(model_bytes: int, dtypes: list[str]) -> int:
     """Bytes one worker is predicted to hold at its peak building `dtypes` of a model this size (the memory
-    bench's factors; `streamed`: its weights are in external data, and the streamed factors include verification)."""
-    table = _peak_factors(streamed)
-    factor = max((table.get(d, UNMEASURED_PEAK) for d in dtypes), default=UNMEASURED_PEAK)
-    return int(model_bytes * (factor + (VERIFY_PEAK if verify and not streamed else 0.0)))
+    bench's factors, verification included)."""
+    factor = max((PEAK_PER_WORKER.get(d, UNMEASURED_PEAK) for d in dtypes), default=UNMEASURED_PEAK)
+    return int(model_bytes * factor)
 
 
-def worker_count(workers: int | None, tasks: int, largest_file: int, dtypes: list[str], verify: bool,
-                 streamed: bool = False) -> int:
-    """Parallel workers: as asked, else bounded by tasks, cores and the memory one worker is predicted to need
-    (`streamed`: the largest model's weights are in external data, so the build streams them).
+def worker_count(workers: int | None, tasks: int, largest_file: int, dtypes: list[str]) -> int:
+    """Parallel workers: as asked, else bounded by tasks, cores and the memory one worker is predicted to need.
 
     A plan that cannot fit even one worker in this machine's memory is refused before any work starts, with the
     figure and the way out, instead of the kernel killing a worker halfway."""
-    per_worker = worker_peak(largest_file, dtypes, verify, streamed)
+    per_worker = worker_peak(largest_file, dtypes)
     total = _memory("MemTotal")
     if total and per_worker > total:
-        table = _peak_factors(streamed)
-        heavy = max(dtypes, key=lambda d: table.get(d, UNMEASURED_PEAK))
-        lightest = min(table, key=table.__getitem__)
+        heavy = max(dtypes, key=lambda d: PEAK_PER_WORKER.get(d, UNMEASURED_PEAK))
+        lightest = min(PEAK_PER_WORKER, key=PEAK_PER_WORKER.__getitem__)
         raise OnnxDtypeError(
             f"a {largest_file / GiB:.1f} GiB model needs about {per_worker / GiB:.1f} GiB in one worker for "
-            f"{heavy} ({table.get(heavy, UNMEASURED_PEAK):g}x its size{', with verification' if verify else ''}); "
-            f"this machine has {total / GiB:.1f} GiB: build fewer dtypes at a time ({lightest} needs the least, {table[lightest]:g}x)"
-            + (" or --no-verify" if verify and not streamed else ""))
+            f"{heavy} ({PEAK_PER_WORKER.get(heavy, UNMEASURED_PEAK):g}x its size); this machine has "
+            f"{total / GiB:.1f} GiB: build fewer dtypes at a time ({lightest} needs the least, "
+            f"{PEAK_PER_WORKER[lightest]:g}x)")
     if workers is not None:
         return max(1, workers)
     by_memory = max(1, int((_memory("MemAvailable") or 8 * GiB) // max(1.0, per_worker)))

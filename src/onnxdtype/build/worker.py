@@ -47,15 +47,15 @@ def build_variant(task: VariantTask) -> VariantResult:
         options = {step: RECIPES[step].Options(**task.options[step]) for step in steps}
         built = _searched(source, task, steps, options, result) if task.verify and task.search else None
         if built is not None:
-            _write(source, built, path)
+            _write(source, built, path, task.single_file)
         else:  # no search, or nothing it could judge: the default placement, verified and repaired
             built = run_steps(source, steps, options, result)
             if built is None:
                 return result
-            _write(source, built, path)  # verified from its file: written once, not once more for a session
+            _write(source, built, path, task.single_file)  # verified from its file: not written again for a session
             if task.verify is not None:
                 built = _verify_and_repair(source, Path(task.norm_path), built, path, steps, options, task.verify,
-                                           result)
+                                           result, task.single_file)
         result.op_changes = op_changes(source, built)
     except Exception as exc:  # a quantizer bug must not take the other variants down
         result.fail(f"{type(exc).__name__}: {first_line(exc)}")
@@ -72,12 +72,13 @@ def build_variant(task: VariantTask) -> VariantResult:
     return result
 
 
-def _write(source: onnx.ModelProto, built: onnx.ModelProto, path: Path) -> None:
-    """The variant at `path` with the source's metadata (quantizers drop it); a repaired one replaces the first,
-    whose .data file must not outlive it."""
+def _write(source: onnx.ModelProto, built: onnx.ModelProto, path: Path, single_file: bool) -> None:
+    """The variant at `path` with the source's metadata (quantizers drop it), one file when its base was
+    (`single_file`, below the protobuf limit); a repaired one replaces the first, whose .data file must not
+    outlive it."""
     keep_metadata(source, built)
     remove_model(path)
-    write_model(built, path)
+    write_model(built, path, single_file)
 
 
 def run_steps(source: onnx.ModelProto, steps: tuple[str, ...], options: dict, result: VariantResult | None = None
@@ -136,10 +137,10 @@ def _searched(source: onnx.ModelProto, task: VariantTask, steps: tuple[str, ...]
 
     def repair(built: onnx.ModelProto, trial_options: dict, trial: VariantResult, base: Reference
                ) -> onnx.ModelProto:
-        _write(source, built, scratch)  # verification and repair read the variant from its file
+        _write(source, built, scratch, task.single_file)  # verification and repair read the variant from its file
         try:
             return _verify_and_repair(source, source_path, built, scratch, steps, trial_options, task.verify, trial,
-                                      base)
+                                      task.single_file, base)
         finally:
             remove_model(scratch)
 
@@ -150,7 +151,7 @@ def _searched(source: onnx.ModelProto, task: VariantTask, steps: tuple[str, ...]
 
 def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.ModelProto, path: Path,
                        steps: tuple[str, ...], options: dict, spec: VerifySpec, result: VariantResult,
-                       base: Reference | None = None) -> onnx.ModelProto:
+                       single_file: bool, base: Reference | None = None) -> onnx.ModelProto:
     """Figures against fp32 (`base`: its outputs on the evaluation data, when the caller has them) for the variant
     `built`, written at `path`; on a miss, repair (unless disabled), the repaired variant replacing it there. A
     variant still missing is marked failed."""
@@ -179,7 +180,7 @@ def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.M
                                   "attempts": outcome.attempts, "failure": outcome.reason}
         if outcome.model is not None:
             built, failure = outcome.model, None
-            _write(source, built, path)
+            _write(source, built, path, single_file)
             verification.update(**outcome.figures, failure=None)
             result.params, result.kept_in_float = {**result.params, **trial.params}, trial.kept_in_float
             result.notes = trial.notes + [f"repaired: {len(outcome.kept)} nodes kept in higher precision "

@@ -122,10 +122,13 @@ def read_eval_data(path: Path, model: onnx.ModelProto, image_spec: object = None
     return EvalData(list(samples), f"{len(samples)} samples from {samples.source}", False)
 
 
-def synthesize(model: onnx.ModelProto, samples: int = 4, seed: int = 0) -> EvalData:
+def synthesize(model: onnx.ModelProto, samples: int = 4, seed: int = 0, path: Path | None = None) -> EvalData:
     """Inputs from the model's declared shapes that the fp32 model runs on: the batch axis is 1, other
-    dynamic dims try 64, 32, 48, 16 in turn (detectors want multiples of 32, recognizers height 48)."""
-    sess = session(model, quiet=True)
+    dynamic dims try 64, 32, 48, 16 in turn (detectors want multiples of 32, recognizers height 48).
+
+    `path`: the model's own file, which the session is made from: serialized, a single-file model held whole was
+    held twice more (a 0.25 GiB MLP's build peaked there, at 4.56x its size)."""
+    sess = session(path or model, quiet=True)
     for size in (64, 32, 48, 16):
         data = _synthesize(model, samples, seed, size)
         try:

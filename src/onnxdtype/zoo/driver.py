@@ -29,7 +29,7 @@ from onnxdtype.build.pipeline import (
     recorded_key,
     time_variant,
 )
-from onnxdtype.build.plan import ModulePlan, check_out_dir, size_with_data, streams_weights, vouched
+from onnxdtype.build.plan import ModulePlan, check_out_dir, size_with_data, vouched
 from onnxdtype.build.publish import publish_variant, record
 from onnxdtype.build.task import VariantTask
 from onnxdtype.calibration.data import module_path
@@ -120,8 +120,7 @@ def _build(zoo: ZooSpec, todo: dict[str, Request], keys: dict[str, dict[str, dic
     """Plan every model with work, prepare each (calibration first), run the tasks, publish, time, record."""
     modules = [m for request in todo.values() for m in request.modules]
     largest = max(modules, key=lambda m: size_with_data(m.path))
-    runner.admit(size_with_data(largest.path), sorted({d.value for request in todo.values() for d in request.wanted}),
-                 any(request.verify for request in todo.values()), streams_weights(largest.path))
+    runner.admit(size_with_data(largest.path), sorted({d.value for request in todo.values() for d in request.wanted}))
     try:
         with ExitStack() as stack:
             plans = _plan_all(todo, stack, out)

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxdtype.build.plan import streams_weights
 from onnxdtype.build.pool import UNMEASURED_PEAK, GiB, WorkerPool, worker_count, worker_peak
 from onnxdtype.build.task import VariantTask
 from onnxdtype.build.worker import build_variant, quiet_onnxruntime
@@ -57,9 +56,8 @@ def calibrate(task: CalibrationTask) -> None:
 
 
 def memory_estimate(task: VariantTask) -> int:
-    """Bytes one worker is predicted to need for the task (bench/memory.py's figures, as the local pool's plan;
-    streamed ones when the base's weights are in their own file)."""
-    return worker_peak(task.base_bytes, [task.dtype], task.verify is not None, streams_weights(Path(task.norm_path)))
+    """Bytes one worker is predicted to need for the task (bench/memory.py's figures, as the local pool's plan)."""
+    return worker_peak(task.base_bytes, [task.dtype])
 
 
 class LocalExecutor:
@@ -69,9 +67,9 @@ class LocalExecutor:
         self.max_parallel = max_parallel
         self.workers = 0
 
-    def admit(self, largest_file: int, dtypes: list[str], verify: bool, streamed: bool) -> None:
+    def admit(self, largest_file: int, dtypes: list[str]) -> None:
         """Refuse, before any work, a zoo one worker of this machine cannot hold (build.pool.worker_count)."""
-        worker_count(self.max_parallel, 1, largest_file, dtypes, verify, streamed)
+        worker_count(self.max_parallel, 1, largest_file, dtypes)
 
     def run(self, tasks: list[VariantTask], running: Running, groups: list[CalibrationGroup] = ()
             ) -> Iterator[tuple[VariantTask, VariantResult]]:
@@ -83,8 +81,7 @@ class LocalExecutor:
         if not tasks:
             return
         largest = max(tasks, key=lambda t: t.base_bytes)
-        self.workers = worker_count(self.max_parallel, len(tasks), largest.base_bytes, sorted({t.dtype for t in tasks}),
-                                    any(t.verify for t in tasks), streams_weights(Path(largest.norm_path)))
+        self.workers = worker_count(self.max_parallel, len(tasks), largest.base_bytes, sorted({t.dtype for t in tasks}))
         with WorkerPool(self.workers) as pool:
             left = len(tasks)
             running(min(self.workers, left))
@@ -129,7 +126,7 @@ class RayExecutor:
         self.remote = ray.remote(build)
         self.remote_calibrate = ray.remote(calibrate)
 
-    def admit(self, largest_file: int, dtypes: list[str], verify: bool, streamed: bool) -> None:
+    def admit(self, largest_file: int, dtypes: list[str]) -> None:
         """Nothing to refuse up front: the cluster's nodes differ, so each task is checked as it is submitted."""
 
     def run(self, tasks: list[VariantTask], running: Running, groups: list[CalibrationGroup] = ()
