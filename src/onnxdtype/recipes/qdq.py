@@ -151,7 +151,7 @@ def equalize(model: onnx.ModelProto, calibration: CalibrationResult, quantized: 
         graph.initializer.append(inits[name])
         node.input[index] = name
 
-    grid_scales: dict[str, float | None] = {}
+    grid_scales: dict[str, float] = {}  # constant name -> the scale it is quantized with (a chain)
     outputs_done = 0
     for node in nodes:
         stats = calibration.channels.get(node.output[0])
@@ -166,7 +166,8 @@ def equalize(model: onnx.ModelProto, calibration: CalibrationResult, quantized: 
         node.output[0] = f"{original}/onnxdtype_equalized"
         factor = f"{original}/onnxdtype_channel_factor"
         graph.initializer.append(numpy_helper.from_array(scale.reshape(-1, *[1] * (weight.ndim - 2)), factor))
-        grid_scales[factor] = float(scale.max()) / grid if grid else None
+        if grid:
+            grid_scales[factor] = float(scale.max()) / grid
         after.setdefault(node.name, []).append(helper.make_node("Mul", [node.output[0], factor], [original],
                                                                 name=f"{original}/onnxdtype_restore"))
         ranges[node.output[0]] = _scaled_range(stats, scale)
@@ -196,7 +197,8 @@ def equalize(model: onnx.ModelProto, calibration: CalibrationResult, quantized: 
         divisor = f"{tensor}/onnxdtype_smooth_factor"
         rank_tail = [1] * (numpy_helper.to_array(inits[users[0].input[1]]).ndim - 2) if kind != "matmul" else []
         graph.initializer.append(numpy_helper.from_array(multiplier.reshape(-1, *rank_tail), divisor))
-        grid_scales[divisor] = float(multiplier.max()) / grid if grid else None
+        if grid:
+            grid_scales[divisor] = float(multiplier.max()) / grid
         before.setdefault(users[0].name, []).append(helper.make_node("Mul", [tensor, divisor], [smoothed],
                                                                      name=f"{tensor}/onnxdtype_smooth"))
         for node, (_, _, axis) in zip(users, views):
@@ -217,8 +219,7 @@ def equalize(model: onnx.ModelProto, calibration: CalibrationResult, quantized: 
     kept_inits = [t for t in graph.initializer if t.name in used or t.name in {o.name for o in graph.output}]
     del graph.initializer[:]
     graph.initializer.extend(kept_inits)
-    return (model_out, dataclasses.replace(calibration, ranges=ranges), (outputs_done, inputs_done),
-            {name: scale for name, scale in grid_scales.items() if scale is not None})
+    return model_out, dataclasses.replace(calibration, ranges=ranges), (outputs_done, inputs_done), grid_scales
 
 
 def _on_grid(values: np.ndarray, grid: int | None) -> np.ndarray:
