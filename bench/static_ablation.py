@@ -52,7 +52,8 @@ def variants(model: onnx.ModelProto, options: static.Options) -> dict[str, onnx.
     """The variant as built, without the folding, with 7-bit weights, and (an equalized chain) with the equalizing
     constants quantized at the scale onnxruntime picks instead of the one the recipe gives it."""
     built = {"as built": static.build(model, options).model,
-             "7-bit weights": static.build(model, static.Options(**{**vars(options), "reduce_range": True})).model}
+             "7-bit weights": static.build(model, static.Options(**{**vars(options), "reduce_range": True})).model,
+             "no bias corr.": static.build(model, static.Options(**{**vars(options), "bias_correction": False})).model}
     fold, static.fold_constant_scales = static.fold_constant_scales, lambda quantized, source: 0
     try:
         built["no folding"] = static.build(model, options).model

@@ -389,3 +389,16 @@ def attention(hidden: int = 8, heads: int = 2) -> onnx.ModelProto:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def conv_stack() -> onnx.ModelProto:
+    """x[1,8,16,16] -> Conv 3x3 without bias -> Relu -> depthwise Conv 3x3 with bias -> y: the two Conv forms bias
+    correction writes a bias for (padded, so border positions see fewer inputs)."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(_weight(rng, 8, 8, 3, 3, scale=0.3), "k1"),
+             numpy_helper.from_array(_weight(rng, 8, 1, 3, 3, scale=0.5), "k2"),
+             numpy_helper.from_array(_weight(rng, 8), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "k1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "k2", "b2"], ["y"], name="depthwise", pads=[1, 1, 1, 1], group=8)]
+    return _model(nodes, [_io("x", 1, 8, 16, 16)], [_io("y", 1, 8, 16, 16)], inits, opset=13)

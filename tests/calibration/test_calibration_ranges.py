@@ -43,6 +43,8 @@ def test_minmax_ranges_are_exact_per_tensor_and_per_channel(tmp_path):
     masked = result.channels["masked"]  # MatMul input: per channel along its last axis
     assert masked.axis == 2
     np.testing.assert_allclose(masked.highest, x.max(axis=0), rtol=1e-6)
+    per_sample = [f["x"].reshape(-1, 16).mean(axis=0) for f in feeds]  # the mean of each sample's channel means
+    np.testing.assert_allclose(masked.mean, np.mean(per_sample, axis=0), rtol=1e-5, atol=1e-6)
     assert result.samples_used == 4 and not result.cached
 
 
@@ -50,9 +52,12 @@ def test_minmax_ranges_are_exact_per_tensor_and_per_channel(tmp_path):
 def test_histogram_methods_merge_samples_of_different_shapes(tmp_path, method):
     model = tinymodels.masked_encoder()
     feeds = encoder_feeds()
-    minmax = calibrate(model, CountingSamples(feeds), "minmax", tmp_path).ranges
+    minmax_result = calibrate(model, CountingSamples(feeds), "minmax", tmp_path)
+    minmax = minmax_result.ranges
     result = calibrate(model, CountingSamples(feeds), method, tmp_path)
     assert result.method == method and set(result.ranges) == set(minmax)
+    # channel means come from the tensors themselves here, from ReduceMean nodes under MinMax: the same numbers
+    np.testing.assert_allclose(result.channels["masked"].mean, minmax_result.channels["masked"].mean, rtol=1e-5)
     for name, (low, high) in result.ranges.items():  # clipped ranges lie within the extremes
         assert minmax[name][0] - 1e-4 <= low <= high <= minmax[name][1] + 1e-4
     if method != "mse":  # mse may keep a range whole when clipping would err more
@@ -67,6 +72,7 @@ def test_second_calibration_is_a_cache_hit_and_the_model_ran_over_the_data_once(
     assert samples.passes == 1 and second.cached and second.path == first.path
     assert second.ranges == first.ranges and second.samples_used == 4
     np.testing.assert_array_equal(second.channels["masked"].lowest, first.channels["masked"].lowest)
+    np.testing.assert_array_equal(second.channels["masked"].mean, first.channels["masked"].mean)
     payload = json.loads(first.path.read_text())  # onnxruntime's own calibration cache format
     assert payload["calibration_method"]["value"] == "CalibrationMethod.MinMax" and "h" in payload["data"]
 

@@ -3,8 +3,9 @@
 Every static dtype (s8s8, s8u8, u8u8, and the TensorRT int8 recipe) quantizes the same tensors of the same
 normalized model, so their ranges come from one pass and one file, keyed by the model's hash, the data's
 fingerprint and the method. The file is onnxruntime's own calibration cache format, so `quantize_static`
-takes it as is (`calibration_cache_path`) and never calibrates again. It also holds per-channel min/max of
-the tensors entering and leaving weighted ops, which the static recipe needs to equalize channels.
+takes it as is (`calibration_cache_path`) and never calibrates again. It also holds per-channel min/max and mean
+of the tensors entering and leaving weighted ops, which the static recipe needs to equalize channels and to
+correct biases.
 
 Memory stays bounded whatever the number of samples: MinMax adds ReduceMin/ReduceMax nodes to the graph, so
 a run returns a few numbers per tensor and onnxruntime frees intermediates as usual; Entropy and Percentile
@@ -46,7 +47,7 @@ DEFAULT_PERCENTILE = 99.999
 # so one calibration serves them all.
 CALIBRATION_PASSES = ("constants", "opset13")
 CACHE_PREFIX = "calibration-"
-CACHE_FORMAT = 1  # bump when what is stored, or how it is computed, changes
+CACHE_FORMAT = 2  # bump when what is stored, or how it is computed, changes
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 # onnxruntime's CalibrationMethod names, as its cache file spells them
 ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "mse": "Distribution"}
@@ -65,10 +66,12 @@ class Samples(Protocol):
 
 @dataclass
 class ChannelRange:
-    """Per-channel min/max of a tensor along `axis` (the axis a weighted op mixes or produces)."""
+    """Per-channel min/max and mean of a tensor along `axis` (the axis a weighted op mixes or produces); the mean
+    is the mean over samples of each sample's channel mean."""
     axis: int
     lowest: np.ndarray
     highest: np.ndarray
+    mean: np.ndarray | None = None
 
 
 @dataclass
@@ -123,7 +126,9 @@ def read_ranges(path: str | Path) -> CalibrationResult:
         meta = payload["onnxdtype"]
         ranges = {name: (float(td["lowest"]), float(td["highest"])) for name, td in payload["data"].items()}
         channels = {name: ChannelRange(int(c["axis"]), np.array(c["lowest"], np.float32),
-                                       np.array(c["highest"], np.float32)) for name, c in meta["channels"].items()}
+                                       np.array(c["highest"], np.float32),
+                                       None if c.get("mean") is None else np.array(c["mean"], np.float32))
+                    for name, c in meta["channels"].items()}
         return CalibrationResult(Path(path), ranges, meta["method"], int(meta["samples"]), float(meta["seconds"]),
                                  True, channels, meta["model_sha256"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -217,6 +222,8 @@ class _Pass:
         self.high = dict.fromkeys(tensors, -np.inf)
         self.channel_low: dict[str, np.ndarray] = {}
         self.channel_high: dict[str, np.ndarray] = {}
+        self.channel_sum: dict[str, np.ndarray] = {}  # of per-sample channel means
+        self.channel_count: dict[str, int] = {}
         augmented = onnx.ModelProto()
         augmented.CopyFrom(model)
         del augmented.graph.output[:]
@@ -254,7 +261,8 @@ class _Pass:
                 self.fold_channels(name, feed[name])
         if not used:
             raise OnnxDtypeError("calibration data has no samples")
-        channels = {name: ChannelRange(self.axes[name], self.channel_low[name], self.channel_high[name])
+        channels = {name: ChannelRange(self.axes[name], self.channel_low[name], self.channel_high[name],
+                                       (self.channel_sum[name] / self.channel_count[name]).astype(np.float32))
                     for name in self.channel_low}
         return self.finish(), channels, used
 
@@ -262,21 +270,25 @@ class _Pass:
         self.low[name] = min(self.low[name], low)
         self.high[name] = max(self.high[name], high)
 
-    def fold_channels(self, name: str, array: np.ndarray, reduced: bool = False) -> None:
-        """Merge per-channel min/max; a tensor whose channel count varies between samples gets none."""
+    def fold_channels(self, name: str, array: np.ndarray | tuple[np.ndarray, ...], reduced: bool = False) -> None:
+        """Merge per-channel min/max/mean (`reduced`: already reduced to those three); a tensor whose channel count
+        varies between samples gets none."""
         if reduced:
-            low, high = array
+            low, high, mean = array
         else:
             axes = tuple(i for i in range(array.ndim) if i != self.axes[name])
-            low, high = array.min(axis=axes), array.max(axis=axes)
+            low, high, mean = array.min(axis=axes), array.max(axis=axes), array.mean(axis=axes, dtype=np.float64)
+        total, count = mean.astype(np.float64), 1
         if name in self.channel_low:
             if self.channel_low[name].shape != low.shape:
                 self.axes.pop(name)
-                del self.channel_low[name], self.channel_high[name]
+                del self.channel_low[name], self.channel_high[name], self.channel_sum[name], self.channel_count[name]
                 return
             low, high = np.minimum(self.channel_low[name], low), np.maximum(self.channel_high[name], high)
+            total, count = self.channel_sum[name] + total, self.channel_count[name] + 1
         if name in self.axes:
             self.channel_low[name], self.channel_high[name] = low.astype(np.float32), high.astype(np.float32)
+            self.channel_sum[name], self.channel_count[name] = total, count
 
 
 class _MinMaxPass(_Pass):
@@ -291,7 +303,7 @@ class _MinMaxPass(_Pass):
             if name in self.axes:
                 reductions.append(("c", [a for a in range(self.ranks[name]) if a != self.axes[name]]))
             for tag, axes in reductions:
-                for op in ("ReduceMin", "ReduceMax"):
+                for op in ("ReduceMin", "ReduceMax") + (("ReduceMean",) if axes else ()):
                     out = f"onnxdtype_calib_{i}_{tag}{op}"
                     inputs = [name]
                     # whole-tensor reductions keep dims: onnxruntime refuses keepdims=0 over a zero-sized axis
@@ -315,8 +327,8 @@ class _MinMaxPass(_Pass):
             if low.size:
                 self.fold_range(name, float(np.min(low)), float(np.max(high)))
             if name in self.axes and f"onnxdtype_calib_{i}_cReduceMin" in values:
-                self.fold_channels(name, (values[f"onnxdtype_calib_{i}_cReduceMin"],
-                                          values[f"onnxdtype_calib_{i}_cReduceMax"]), reduced=True)
+                self.fold_channels(name, tuple(values[f"onnxdtype_calib_{i}_c{op}"]
+                                               for op in ("ReduceMin", "ReduceMax", "ReduceMean")), reduced=True)
 
 
 class _HistogramPass(_Pass):
@@ -373,7 +385,8 @@ def least_error_range(hist: np.ndarray, edges: np.ndarray, low: float, high: flo
 def _write_cache(path: Path, method: str, ranges: dict[str, tuple[float, float]],
                  channels: dict[str, ChannelRange], meta: dict) -> None:
     """onnxruntime's TensorsData JSON (what `quantize_static(calibration_cache_path=...)` reads) plus our part."""
-    meta = {**meta, "channels": {name: {"axis": c.axis, "lowest": c.lowest.tolist(), "highest": c.highest.tolist()}
+    meta = {**meta, "channels": {name: {"axis": c.axis, "lowest": c.lowest.tolist(), "highest": c.highest.tolist(),
+                                        "mean": None if c.mean is None else c.mean.tolist()}
                                  for name, c in channels.items()}}
     payload = {
         "CLS": "TensorsData",

@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper
 from onnxdtype.calibration.ranges import (
     ORT_METHODS,
     CalibrationResult,
+    ChannelRange,
     model_digest,
     read_ranges,
     weighted_nodes,
@@ -140,7 +141,7 @@ def equalize(model: onnx.ModelProto, calibration: CalibrationResult, quantized: 
     model_out.CopyFrom(model)
     graph = model_out.graph
     inits = {t.name: t for t in graph.initializer}
-    ranges = dict(calibration.ranges)
+    ranges, channels = dict(calibration.ranges), dict(calibration.channels)
     nodes = [n for n in graph.node if n.name in quantized and n.name]
     before: dict[str, list[onnx.NodeProto]] = {}  # node name -> Mul nodes to insert before it
     after: dict[str, list[onnx.NodeProto]] = {}
@@ -208,6 +209,8 @@ def equalize(model: onnx.ModelProto, calibration: CalibrationResult, quantized: 
             replace_weight(node, 1, weight * factor.reshape(shape))
             node.input[0] = smoothed
         ranges[smoothed] = _scaled_range(stats, factor)
+        channels[smoothed] = ChannelRange(stats.axis, stats.lowest / factor, stats.highest / factor,
+                                          None if stats.mean is None else stats.mean / factor)
         inputs_done += 1
 
     ordered = []
@@ -219,7 +222,8 @@ def equalize(model: onnx.ModelProto, calibration: CalibrationResult, quantized: 
     kept_inits = [t for t in graph.initializer if t.name in used or t.name in {o.name for o in graph.output}]
     del graph.initializer[:]
     graph.initializer.extend(kept_inits)
-    return model_out, dataclasses.replace(calibration, ranges=ranges), (outputs_done, inputs_done), grid_scales
+    return (model_out, dataclasses.replace(calibration, ranges=ranges, channels=channels), (outputs_done, inputs_done),
+            grid_scales)
 
 
 def _on_grid(values: np.ndarray, grid: int | None) -> np.ndarray:
