@@ -104,6 +104,15 @@ def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                     yield from iter_graphs(sub)
 
 
+def readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes of `graph` (not its subgraphs) that read it, in graph order."""
+    found: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
 def iter_scoped_nodes(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto] | None = None
                       ) -> Iterator[tuple[onnx.NodeProto, dict[str, onnx.TensorProto]]]:
     """Every node (subgraphs included) with the initializers visible to it: its graph's and the enclosing ones'."""

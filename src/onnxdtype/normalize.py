@@ -12,7 +12,7 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 from onnxdtype.errors import OnnxDtypeError
-from onnxdtype.model import iter_graphs, opset_version
+from onnxdtype.model import iter_graphs, opset_version, readers
 from onnxdtype.weights import has_lazy, load_all, read_array
 
 PASSES = ("constants", "gemm", "opset13", "batchnorm")
@@ -102,10 +102,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
     calibration pass: TensorRT's tables name the unfolded model's tensors."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = readers(graph)
     outputs = {o.name for o in graph.output}
     producers = {o: n for n in graph.node for o in n.output}
     dropped: set[int] = set()

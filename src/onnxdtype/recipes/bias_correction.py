@@ -26,6 +26,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxdtype.calibration.ranges import CalibrationResult
+from onnxdtype.model import readers
 
 
 def corrected_biases(model: onnx.ModelProto, quantized: onnx.ModelProto, calibration: CalibrationResult,
@@ -38,10 +39,7 @@ def corrected_biases(model: onnx.ModelProto, quantized: onnx.ModelProto, calibra
     out.CopyFrom(model)
     graph = out.graph
     inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = readers(graph)
     added: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []  # (after this node, insert this Add)
     corrected = 0
     for node in graph.node:

@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxdtype.calibration.ranges import CalibrationResult
+from onnxdtype.model import readers
 from onnxdtype.ops import DATA_MOVEMENT_OPS
 
 # Ops onnxruntime runs on 8-bit values only when the Q/DQ around them share one scale: a DequantizeLinear with a
@@ -108,10 +109,7 @@ def fold_constant_scales(quantized: onnx.ModelProto, source: onnx.ModelProto) ->
     factors = _scalar_factors(source)
     inits = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = readers(graph)
     outputs = {o.name for o in graph.output}
     dropped: set[int] = set()
     replacements: dict[int, onnx.NodeProto] = {}
@@ -127,20 +125,20 @@ def fold_constant_scales(quantized: onnx.ModelProto, source: onnx.ModelProto) ->
                 or len(users) != 1 or users[0].op_type != "QuantizeLinear" or mul.output[0] in outputs:
             continue
         requantize = users[0]
-        readers = consumers.get(requantize.output[0], [])
-        if not readers or any(r.op_type != "DequantizeLinear" or r.output[0] in outputs for r in readers) \
-                or any(c.op_type in SAME_SCALE_OPS for r in readers for c in consumers.get(r.output[0], [])):
+        dequantizers = consumers.get(requantize.output[0], [])
+        if not dequantizers or any(r.op_type != "DequantizeLinear" or r.output[0] in outputs for r in dequantizers) \
+                or any(c.op_type in SAME_SCALE_OPS for r in dequantizers for c in consumers.get(r.output[0], [])):
             continue
         scale_name = f"{mul.name}/onnxdtype_folded_scale"
         scale = numpy_helper.to_array(inits[source_dq.input[1]]) * np.float32(factor)
         inits[scale_name] = numpy_helper.from_array(scale.astype(np.float32), scale_name)
         graph.initializer.append(inits[scale_name])
         inputs = [source_dq.input[0], scale_name, *source_dq.input[2:3]]
-        replacements[id(mul)] = producers[readers[0].output[0]] = helper.make_node(
-            "DequantizeLinear", inputs, [readers[0].output[0]], name=f"{mul.name}/onnxdtype_folded")
-        for reader in readers[1:]:
-            renamed[reader.output[0]] = readers[0].output[0]
-        dropped |= {id(requantize), *map(id, readers)}
+        replacements[id(mul)] = producers[dequantizers[0].output[0]] = helper.make_node(
+            "DequantizeLinear", inputs, [dequantizers[0].output[0]], name=f"{mul.name}/onnxdtype_folded")
+        for dequantizer in dequantizers[1:]:
+            renamed[dequantizer.output[0]] = dequantizers[0].output[0]
+        dropped |= {id(requantize), *map(id, dequantizers)}
     if not replacements:
         return 0
     kept = [replacements.get(id(n), n) for n in graph.node if id(n) not in dropped]
