@@ -51,8 +51,8 @@ from onnxdtype.verify.latency import speedups  # noqa: E402
 
 
 def variants(model: onnx.ModelProto, options: static.Options) -> dict[str, onnx.ModelProto]:
-    """The variant as built, without the folding, with 7-bit weights, with bias correction, and (an equalized chain) with the equalizing
-    constants quantized at the scale onnxruntime picks instead of the one the recipe gives it."""
+    """The variant as built, without the folding, with 7-bit weights, with bias correction, and (an equalized chain)
+    with the equalizing constants quantized at the scale onnxruntime picks instead of the one the recipe gives it."""
     built = {"as built": static.build(model, options).model,
              "7-bit weights": static.build(model, static.Options(**{**vars(options), "reduce_range": True})).model,
              "bias corr.": static.build(model, static.Options(**{**vars(options), "bias_correction": True})).model}
