@@ -49,7 +49,6 @@ from onnxdtype.verify.evaluate import EvalData, load_metric
 from onnxdtype.verify.kernels import kernels
 from onnxdtype.verify.latency import measure
 from onnxdtype.verify.repair import RepairBudget
-from onnxdtype.weights import has_lazy
 
 NO_INTEGER_KERNELS = ("onnxruntime's CPU EP runs no integer kernel for this variant: its 8-bit weights are "
                       "dequantized to float as it runs (a smaller file, no speed from integer arithmetic)")
@@ -206,7 +205,8 @@ def planned(request: Request) -> Iterator[tuple[list[tuple[ModulePlan, EvalData 
     remove_stale_temp(out)
     refuse_clobber(out, request.modules, request.wanted, read_manifest(out), request.force)
     with temp_dir_in(out) as tmp:
-        yield [_plan(request, m, bases[m.name], tmp) for m in request.modules], tmp
+        # popped: a single-file base is released once its plan holds its graph alone (normalize_once)
+        yield [_plan(request, m, bases.pop(m.name), tmp) for m in request.modules], tmp
 
 
 def prepare(request: Request, plans: list[tuple[ModulePlan, EvalData | None]], tmp: Path) -> Prepared:
@@ -235,7 +235,7 @@ def _prepare(request: Request, plan: ModulePlan, given: EvalData | None, manifes
     """Write the module's base and calibration, then queue a task per dtype to build (into `work`); returns the
     results decided without building (kept, skipped, not applicable)."""
     m, out = plan.module, request.out
-    base_entry = place_base(m, plan.base, out, request.force)
+    base_entry = place_base(m, plan.base, out, request.force, plan.single_file)
     held_out = module_data.calibrate_module(plan, len(request.modules), request.calib, request.wanted, out)
     plan.latency_data = given or held_out
     recorded = plan.evaluation or (plan.held_out_entry if given is None else None)
@@ -261,7 +261,7 @@ def _prepare(request: Request, plan: ModulePlan, given: EvalData | None, manifes
                                 {step: asdict(o) for step, o in step_options.items()}, str(tmp), base_entry["bytes"],
                                 spec, plan.specialized,
                                 candidates_for(INFO[dtype].steps, given_fields) if request.search else [],
-                                single_file=not has_lazy(plan.base)))
+                                single_file=plan.single_file))
     return decided
 
 

@@ -20,7 +20,8 @@ from onnxdtype.results import Status, VariantResult
 # the model came with external data or as one file): 0.75 GiB MLP, verification on (the fp32 session it needs is
 # most of the peak), the process's own ~0.15 GiB included. q8 runs quantize_dynamic on stand-in weights
 # (recipes/dynamic.py) and holds its int8 weights, a quarter of the model: 1.52x (1.60x the largest process).
-# A single-file model's main process also holds it whole: built inline, --dtype all peaked at 3.06x (not 1.85x).
+# A single-file model's main process also holds it whole while loading and normalizing it: --dtype all peaked at
+# 2.30x (1.85x with external data), before any worker started.
 PEAK_PER_WORKER = {"fp16": 1.3, "q8": 1.7, "q4": 1.5, "bnb4": 1.5, "q4f16": 1.55}
 # The static and int8 dtypes load the whole model (their recipes take no lazy weights): not measured yet, taken as the
 # worst measured before streaming (q8, 9.5x).

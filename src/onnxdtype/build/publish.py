@@ -22,12 +22,12 @@ from onnxdtype.naming import variant_filename
 from onnxdtype.results import RECORDED, Status, VariantResult
 
 
-def place_base(m: Module, model: onnx.ModelProto, out: Path, force: bool) -> dict:
-    """Put the fp32 base into the output folder as <name>.onnx (byte-identical copy) unless it is there, and list it."""
+def place_base(m: Module, model: onnx.ModelProto, out: Path, force: bool, single_file: bool) -> dict:
+    """Put the fp32 base into the output folder as <name>.onnx unless it is there, and list it: a single-file base
+    as a byte-identical copy, one with external data written from `model` (its weights streamed)."""
     target = out / f"{m.name}.onnx"
     if target.resolve() != m.path.resolve():
-        if streams_weights(m.path) or any(
-                t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        if streams_weights(m.path) or not single_file:
             save_model(model, target)
         elif not target.exists() or force or model_sha256(target) != model_sha256(m.path):
             with temp_dir_in(out) as tmp:
