@@ -12,6 +12,7 @@ Columns: task agreement (the judge onnxdtype guesses for the output), 1-thread a
 --profile adds, per model, where the time goes at 1 thread: onnxruntime's own per-node profile (enable_profiling)
 summed by op type, fp32 beside the searched variant.
 Usage: python bench/static_speed.py [--models det,cls,rec,minilm,yolo] [--dtypes s8u8,u8u8] [--runs N] [--profile]
+       [--bias-correction]
 """
 
 from __future__ import annotations
@@ -174,7 +175,9 @@ def main() -> None:
     parser.add_argument("--dtypes", default="s8u8,u8u8")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="per-op-type time of fp32 and the searched variant")
+    parser.add_argument("--bias-correction", action="store_true", help="onnxdtype's rows with static.bias_correction")
     args = parser.parse_args()
+    options = {"static": {"bias_correction": True}} if args.bias_correction else None
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="onnxdtype-bench-") as scratch:
         work = Path(scratch)
@@ -187,7 +190,7 @@ def main() -> None:
                 for label, search in (("default", False), ("search", True)):
                     out = work / f"{name}-{dtype}-{label}"
                     result = quantize(model, dtype, out, calib=Calibration(calib), eval_data=eval_dir, search=search,
-                                      latency_runs=0, workers=1, keep_failed=True).results[0]
+                                      latency_runs=0, workers=1, keep_failed=True, options=options).results[0]
                     status = "" if result.status == "ok" else f"   ({result.status})"
                     print(row(label, model, out / result.file, eval_dir, args.runs) + status + placement(result))
                 if args.profile:
