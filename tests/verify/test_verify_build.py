@@ -100,6 +100,21 @@ def test_synthesized_inputs_are_reported_not_judged(tiny, tmp_path):
     assert result.latency["threads_1"]["runs"] == 2 and result.latency["threads_1"]["speedup"] > 0
 
 
+def test_a_model_with_external_data_is_re_verified_from_its_files(tmp_path):
+    """`onnxdtype verify` keeps the base's weights in their file (its sessions read the file) and synthesizes inputs
+    from a session on it, as the build does."""
+    from onnxdtype.verify.recheck import verify_folder
+
+    path = tmp_path / "model" / "outlier_matmul.onnx"
+    tinymodels.external(tinymodels.outlier_matmul(), path)
+    out = tmp_path / "out"
+    assert quantize(path, "q4", out, latency_runs=0).by("outlier_matmul", "q4").status == "ok"
+    again = verify_folder(out, latency_runs=0).by("outlier_matmul", "q4")
+    assert again.status == "ok" and again.verification["synthesized"]
+    assert again.verification["outputs"] == quantize(path, "q4", tmp_path / "again", latency_runs=0).by(
+        "outlier_matmul", "q4").verification["outputs"]  # the same figures as a fresh build's
+
+
 def test_planted_broken_variants_are_caught(tiny, tmp_path):
     """Scrambled weights and a swapped op: evaluate() must see both."""
     base = tinymodels.mlp()

@@ -55,8 +55,8 @@ def verify_folder(folder: str | Path, eval_data: EvalData | dict[str, EvalData] 
     for module, entry in manifest["modules"].items():
         base_path = confined_path(folder, entry["base"]["file"], f"{module}/base")
         base_problem = _integrity_problem(base_path, entry["base"])
-        base = load_model(base_path) if not base_problem else None
-        data = _module_data(module, entry, base, eval_data, len(manifest["modules"])) if base else None
+        base = load_model(base_path, lazy=True) if not base_problem else None  # the graph; sessions read the file
+        data = _module_data(module, entry, base, base_path, eval_data, len(manifest["modules"])) if base else None
         guessed = {name: dataclasses.asdict(spec) for name, spec in guess_tasks(base).items()} if base else {}
         states = recurrent_pairs(base) if base else {}
         for dtype_name, variant in entry.get("variants", {}).items():
@@ -90,8 +90,8 @@ def _integrity_problem(path: Path, entry: dict) -> str | None:
     return None
 
 
-def _module_data(module: str, entry: dict, base: onnx.ModelProto, given: EvalData | dict | str | Path | None,
-                 modules: int) -> EvalData:
+def _module_data(module: str, entry: dict, base: onnx.ModelProto, base_path: Path,
+                 given: EvalData | dict | str | Path | None, modules: int) -> EvalData:
     """The evaluation data for one module: given (EvalData, one per module, or a path), else what the build recorded
     (read again with the same image spec and held-out split), else synthesized."""
     if isinstance(given, dict):
@@ -103,7 +103,7 @@ def _module_data(module: str, entry: dict, base: onnx.ModelProto, given: EvalDat
         return read_eval_data(module_path(given, module, modules, "--eval"), base, recorded.get("image_spec"))
     if recorded.get("data") and Path(recorded["data"]).exists():
         return read_eval_data(Path(recorded["data"]), base, recorded.get("image_spec"), recorded.get("held_out"))
-    return synthesize(base)
+    return synthesize(base, path=base_path)
 
 
 def _measure(result: VariantResult, base_path: Path, path: Path, data: EvalData, tolerances: dict | None,
