@@ -41,7 +41,7 @@ def corrected_biases(model: onnx.ModelProto, quantized: onnx.ModelProto, calibra
     graph = out.graph
     inits = {t.name: t for t in graph.initializer}
     consumers = readers(graph)
-    added: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []  # (after this node, insert this Add)
+    added: list[onnx.NodeProto] = []  # Adds to insert, each after the MatMul whose output it reads
     corrected = 0
     for node in graph.node:
         stats = calibration.channels.get(node.input[0]) if node.input else None
@@ -62,16 +62,14 @@ def corrected_biases(model: onnx.ModelProto, quantized: onnx.ModelProto, calibra
     if not corrected:
         return model, calibration, 0
     ranges = dict(calibration.ranges)
-    for after, add in added:  # the MatMul's own output, before the shift: about the corrected one's range
+    for add in added:  # the MatMul's own output, before the shift: about the corrected one's range
         if add.output[0] in ranges:
             ranges[add.input[0]] = ranges[add.output[0]]
     if added:
+        after = {add.input[0]: add for add in added}
         ordered = []
-        inserted = {id(after): add for after, add in added}
         for node in graph.node:
-            ordered.append(node)
-            if id(node) in inserted:
-                ordered.append(inserted[id(node)])
+            ordered += [node] + [after[name] for name in node.output if name in after]
         del graph.node[:]
         graph.node.extend(ordered)
     return out, dataclasses.replace(calibration, ranges=ranges), corrected
@@ -104,7 +102,7 @@ def _add_conv_bias(graph: onnx.GraphProto, inits: dict, node: onnx.NodeProto, sh
 
 
 def _add_matmul_bias(graph: onnx.GraphProto, inits: dict, consumers: dict, node: onnx.NodeProto,
-                     shift: np.ndarray, added: list) -> None:
+                     shift: np.ndarray, added: list[onnx.NodeProto]) -> None:
     """Into the constant bias of the Add that alone reads the MatMul's output, or a new Add after the MatMul."""
     name = f"{node.name}/onnxdtype_corrected_bias"
     users = consumers.get(node.output[0], [])
@@ -121,8 +119,8 @@ def _add_matmul_bias(graph: onnx.GraphProto, inits: dict, consumers: dict, node:
     graph.initializer.append(numpy_helper.from_array(shift.astype(np.float32), name))
     original = node.output[0]
     node.output[0] = f"{original}/onnxdtype_uncorrected"
-    added.append((node, helper.make_node("Add", [node.output[0], name], [original],
-                                         name=f"{node.name}/onnxdtype_bias_correction")))
+    added.append(helper.make_node("Add", [node.output[0], name], [original],
+                                  name=f"{node.name}/onnxdtype_bias_correction"))
 
 
 def dequantized_weights(quantized: onnx.ModelProto) -> dict[str, np.ndarray]:
