@@ -23,3 +23,16 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+class CountingSamples:
+    """In-memory feeds for calibration, iterable more than once, counting the passes over them (how many times the
+    fp32 model ran over the data); `fingerprint` stands for their contents in the calibration cache key."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]], fingerprint: str | None = None) -> None:
+        self.feeds, self.passes = feeds, 0
+        self.fingerprint = fingerprint or f"feeds-{len(feeds)}"
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.feeds)

@@ -7,20 +7,10 @@ import json
 import numpy as np
 import pytest
 import tinymodels
+from numerics import CountingSamples
 
 from onnxdtype.calibration import calibrate, read_ranges
 from onnxdtype.errors import OnnxDtypeError
-
-
-class CountingSamples:
-    """Feeds in memory that count how many times they were iterated: one pass of the model over the data."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]], fingerprint: str = "feeds-v1") -> None:
-        self.feeds, self.fingerprint, self.passes = feeds, fingerprint, 0
-
-    def __iter__(self):
-        self.passes += 1
-        return iter(self.feeds)
 
 
 def encoder_feeds(lengths=(3, 9, 5, 2)) -> list[dict[str, np.ndarray]]:

@@ -8,21 +8,13 @@ import dataclasses
 import numpy as np
 import onnx
 import tinymodels
-from numerics import session
+from numerics import CountingSamples, session
 from onnx import numpy_helper
 
 from onnxdtype.calibration import calibrate
 from onnxdtype.normalize import normalize
 from onnxdtype.recipes import static
 from onnxdtype.recipes.bias_correction import corrected_biases, dequantized_weights
-
-
-class Feeds:
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self.feeds, self.fingerprint = feeds, f"feeds-{len(feeds)}-{float(feeds[0]['x'].sum()):.6f}"
-
-    def __iter__(self):
-        return iter(self.feeds)
 
 
 def positive(shape: tuple[int, ...], count: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -34,7 +26,7 @@ def positive(shape: tuple[int, ...], count: int, seed: int) -> list[dict[str, np
 def prepared(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], tmp_path):
     """The normalized model, its calibration, and its s8u8 QDQ variant built without correction."""
     model = normalize(model, static.PASSES)[0]
-    calibration = calibrate(model, Feeds(feeds), "minmax", tmp_path)
+    calibration = calibrate(model, CountingSamples(feeds), "minmax", tmp_path)
     options = static.options_for("s8u8", static.Options(ranges_file=str(calibration.path), float_tail=False,
                                                         equalize=False, bias_correction=False))
     return model, calibration, static.build(model, options).model

@@ -15,7 +15,7 @@ import onnx
 import pytest
 import realmodels
 import tinymodels
-from numerics import cosine, session
+from numerics import CountingSamples, cosine, session
 
 from onnxdtype.calibration import calibrate, load_samples
 from onnxdtype.errors import OnnxDtypeError
@@ -24,17 +24,6 @@ from onnxdtype.normalize import normalize
 from onnxdtype.recipes import NotApplicable, qdq, static
 
 DTYPES = ("s8s8", "s8u8", "u8u8")
-
-
-class CountingSamples:
-    """In-memory feeds that count the passes over them (how many times the fp32 model ran over the data)."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self.feeds, self.fingerprint, self.passes = feeds, f"feeds-{len(feeds)}", 0
-
-    def __iter__(self):
-        self.passes += 1
-        return iter(self.feeds)
 
 
 def images(count: int, seed: int) -> list[dict[str, np.ndarray]]:
