@@ -20,7 +20,7 @@ from onnxdtype.verify.judges import (
     required_agreement,
 )
 from onnxdtype.verify.judges.base import percent_below
-from onnxdtype.verify.judges.ctc import edit_distance, greedy_decode
+from onnxdtype.verify.judges.ctc import edit_distance, format_alike, greedy_decode, width_twins
 from onnxdtype.verify.judges.generic import cosine_for
 from onnxdtype.verify.judges.guess import RULES, Output
 from onnxdtype.verify.metrics import OutputStats
@@ -83,6 +83,30 @@ def test_ctc_space_at_either_end_of_a_line_is_margin_not_text():
     assert judged("ctc", [(ref, got)]).figures()["agreement"] == 0.0  # no space class named: every label is text
     inner = one_hot([[5, 0, 3, 0, 0, 0, 4, 0, 5]])  # reads ' 34 ': the space between words is text
     assert judged("ctc", [(ref, inner)], space=5).figures()["agreement"] == 0.0
+
+
+def test_ctc_width_twins_read_as_one_character_and_are_counted_apart():
+    """PP-OCRv4 rec: fp32 read 'markers np.zeros like（coins)', its 8-bit variants '...like（coins）' (')' vs '）')."""
+    ref = one_hot([[0, 3, 0, 4, 4, 0, 1]])  # reads [3, 4, 1]
+    got = one_hot([[0, 3, 0, 4, 5, 0, 2]])  # reads [3, 4, 5, 2]: class 5 is 4's width twin, 2 is 1's
+    f = judged("ctc", [(ref, got)], alike="5=4 2=1").figures()  # 4,5 in a row: one character, as CTC reads it
+    assert (f["agreement"], f["width_form_lines"], f["edits"]) == (1.0, 1, 0)
+    assert judged("ctc", [(ref, got)]).figures()["agreement"] == 0.0  # no twins named: the codes decide
+    other = one_hot([[0, 3, 0, 3, 4, 0, 1]])  # reads [3, 3, 4, 1]: a real misread stays one
+    f = judged("ctc", [(ref, other)], alike="5=4 2=1").figures()
+    assert (f["agreement"], f["width_form_lines"]) == (0.0, 0)
+    judge = judged("ctc", [(ref, got)], alike="5=4 2=1")
+    assert "1 only in characters' full/half-width forms" in judge.summary()
+
+
+def test_width_twins_pair_full_and_half_width_forms_only():
+    classes = ["", ")", "a", "）", "ａ", "②", "2", "\u3000", " ", "郎", "郎"]
+    twins = width_twins(classes)
+    assert twins[3] == 1 and twins[4] == 2  # full width -> ASCII
+    assert twins[8] == 7  # ' ' after the ideographic space: the first of the pair stands for both
+    assert twins[10] == 9  # a CJK compatibility ideograph is its canonical character (NFC)
+    assert 5 not in twins and 6 not in twins  # a circled 2 is not a 2 (NFKC would say it is)
+    assert format_alike({3: 1, 10: 9}) == "3=1 10=9"
 
 
 def test_ctc_reads_time_first_batch_of_one_and_a_last_blank():
@@ -293,7 +317,8 @@ def test_parse_task(text, task, params):
 @pytest.mark.parametrize("text, message", [
     ("nope", "unknown task 'nope' (valid: classify, ctc, dense, detect, embed, generic, state)"),
     ("ctc:blank", "expected key=value"),
-    ("ctc:beam=3", "unknown parameter 'beam' (valid: blank, layout, margin, space)"),
+    ("ctc:beam=3", "unknown parameter 'beam' (valid: blank, layout, margin, space, alike)"),
+    ("ctc:alike=5:1", "alike expects 'class=class' pairs, got '5:1'"),
     ("ctc:blank=0,blank=1", "blank given twice"),
     ("detect:conf=high", "conf='high' should be float"),
     ("detect:layout=v9", "layout='v9' is not one of auto, yolo, v8, v5"),
@@ -309,7 +334,7 @@ def test_parse_task_errors_are_one_line(text, message):
 
 
 def test_every_guess_rule_makes_a_valid_judge():
-    recogniser = Output("y", (1, 10, 5), "Softmax", alphabet=3, labels=None, fed_back=None)
+    recogniser = Output("y", (1, 10, 6), "Softmax", characters=("a", "ａ", ")", "）"), labels=None, fed_back=None)
     for task, _, params, _ in RULES:
         make_judge(TaskSpec(task, params(recogniser) if callable(params) else params))
     assert {task for task, *_ in RULES} | {"generic"} == set(JUDGES)
@@ -339,6 +364,13 @@ def test_guess_ctc_from_the_alphabet_in_metadata():
     spec = guess_tasks(model)["y"]
     assert (spec.task, spec.params) == ("ctc", {"blank": 0, "space": 4}) and "3 characters" in spec.why
     assert "a space (trimmed at line ends)" in spec.why
+    model = tiny([node("Softmax", "x", "y", axis=-1)], [("x", ["b", "T", 5])], [("y", ["b", "T", 5])],
+                 {"character": "a\n）\n)\n\u3000"})  # ')' after its full-width twin, an ideographic space
+    spec = guess_tasks(model)["y"]
+    assert spec.params == {"blank": 0, "alike": "3=2"} and "1 full/half-width twins" in spec.why
+    model = tiny([node("Softmax", "x", "y", axis=-1)], [("x", ["b", "T", 6])], [("y", ["b", "T", 6])],
+                 {"character": "a\n）\n)\n\u3000"})  # and the space class PaddleOCR appends
+    assert guess_tasks(model)["y"].params == {"blank": 0, "space": 5, "alike": "3=2 4=5"}
     model = tiny([node("Softmax", "x", "y", axis=-1)], [("x", ["b", "T", 4])], [("y", ["b", "T", 4])],
                  {"character": "a\nb\nc"})  # 3 characters + blank: no space class
     assert guess_tasks(model)["y"].params == {"blank": 0}
@@ -397,4 +429,8 @@ def ocr_models() -> dict[str, Path]:
 def test_guess_on_pp_ocr():
     guesses = {kind: guess_tasks(onnx.load(path)) for kind, path in ocr_models().items()}
     tasks = {kind: [(s.task, s.params) for s in specs.values()] for kind, specs in guesses.items()}
+    alike = dict(pair.split("=") for pair in tasks["rec"][0][1].pop("alike").split())
     assert tasks == {"det": [("dense", {})], "cls": [("classify", {})], "rec": [("ctc", {"blank": 0, "space": 6624})]}
+    assert alike["5535"] == "965" and alike["5534"] == "721"  # '）' reads as ')', '（' as '('
+    assert alike["5710"] == "6624" and "6624" not in alike  # the ideographic space as the trimmed space class
+    assert len(alike) < 150  # width twins only: PP-OCR's 6623 characters are not folded wholesale

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import onnx
 
 from onnxdtype.verify.judges.base import TaskSpec
+from onnxdtype.verify.judges.ctc import format_alike, width_twins
 from onnxdtype.verify.judges.states import recurrent_pairs
 
 PASS_THROUGH = {"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten"}  # move values, change none
@@ -31,9 +32,13 @@ class Output:
     name: str
     shape: tuple[int | None, ...] | None  # None: rank unknown; a dim is None unless static
     op: str  # the op producing it, looking through PASS_THROUGH ops; "" for a graph input or initializer
-    alphabet: int | None  # characters in metadata 'character' (PP-OCR recognisers)
+    characters: tuple[str, ...] | None  # metadata 'character', one per line (PP-OCR recognisers)
     labels: int | None  # entries in the first of LABEL_KEYS in metadata
     fed_back: str | None  # the input it feeds on the next step (states.recurrent_pairs)
+
+    @property
+    def alphabet(self) -> int | None:
+        return None if self.characters is None else len(self.characters)
 
     @property
     def rank(self) -> int | None:
@@ -48,18 +53,28 @@ class Output:
 
 
 def _dictionary_ctc(o: Output) -> dict:
-    """PaddleOCR's recognisers: blank first, the dictionary, then (use_space_char) a space as the last class."""
-    return {"blank": 0, "space": o.alphabet + 1} if o.dim(2) == o.alphabet + 2 else {"blank": 0}
+    """PaddleOCR's recognisers: blank first, the dictionary, then (use_space_char) a space as the last class;
+    characters that differ only in width (')' and '）') read alike (ctc.py says why)."""
+    params = {"blank": 0, "space": o.alphabet + 1} if o.dim(2) == o.alphabet + 2 else {"blank": 0}
+    classes = ["", *o.characters, *([" "] if "space" in params else [])]
+    twins = width_twins(classes)
+    twins.pop(0, None)  # the blank is no character
+    space = params.get("space")
+    if space in twins:  # the space class stands for its twins (the ideographic space): edge spaces are trimmed by it
+        first = twins.pop(space)
+        twins = {a: space if b == first else b for a, b in twins.items()} | {first: space}
+    return params | ({"alike": format_alike(twins)} if twins else {})
 
 
 # (task, when, params, why): the first rule whose `when` holds decides, its params a dict or made from the output;
-# `why` is formatted with the output `o` and `space` (what the ctc params say of a space class).
+# `why` is formatted with the output `o`, `space` and `alike` (what the ctc params say of a space class and of
+# characters read alike).
 RULES: list[tuple[str, Callable[[Output], bool], dict | Callable[[Output], dict], str]] = [
     ("state", lambda o: o.fed_back is not None,
      {}, "fed back as input {o.fed_back}: judged through the task outputs"),
     ("ctc", lambda o: o.rank == 3 and o.alphabet is not None and o.dim(2) in (o.alphabet + 1, o.alphabet + 2),
      _dictionary_ctc, "per-step scores over the {o.alphabet} characters in metadata 'character' plus blank"
-     "{space}"),
+     "{space}{alike}"),
     ("detect", lambda o: o.rank == 3 and o.labels is not None and o.dim(1) == 4 + o.labels,
      {"layout": "yolo"}, "a YOLOv8 head [b, 4+nc, N] for the {o.labels} classes named in metadata"),
     ("detect", lambda o: o.rank == 3 and o.labels is not None and o.dim(2) == 5 + o.labels,
@@ -103,7 +118,9 @@ def _guess(output: Output) -> TaskSpec:
             if when(output):
                 chosen = params(output) if callable(params) else dict(params)
                 space = " and a space (trimmed at line ends)" if "space" in chosen else ""
-                return TaskSpec(task, chosen, f"{output.describe()}: {why.format(o=output, space=space)}")
+                twins = len(chosen.get("alike", "").split())
+                alike = f"; {twins} full/half-width twins read as one character" if twins else ""
+                return TaskSpec(task, chosen, f"{output.describe()}: {why.format(o=output, space=space, alike=alike)}")
     except Exception as exc:  # as above: a rule tripping on an odd output leaves it to the cosine judge
         return TaskSpec("generic", {}, f"{output.describe()}: no guess ({exc}): closeness to fp32")
     return TaskSpec("generic", {}, f"{output.describe()}: no task rule fits: closeness to fp32")
@@ -111,11 +128,11 @@ def _guess(output: Output) -> TaskSpec:
 
 def _outputs(model: onnx.ModelProto) -> list[Output]:
     meta = {p.key: p.value for p in model.metadata_props}
-    alphabet = len(meta["character"].splitlines()) if meta.get("character") else None  # as rapidocr reads it
+    characters = tuple(meta["character"].splitlines()) if meta.get("character") else None  # as rapidocr reads it
     labels = next((n for n in (_count(meta[k]) for k in LABEL_KEYS if meta.get(k)) if n), None)
     fed_back = recurrent_pairs(model)
     producers = {name: node for node in model.graph.node for name in node.output}
-    return [Output(o.name, shape, _producer(o.name, producers), alphabet, labels, fed_back.get(o.name))
+    return [Output(o.name, shape, _producer(o.name, producers), characters, labels, fed_back.get(o.name))
             for o, shape in zip(model.graph.output, _shapes(model))]
 
 
