@@ -103,8 +103,8 @@ def test_ocr_det_fp16_finds_the_same_text(ocr_build):
 @pytest.mark.parametrize("dtype", ["fp16", "q8", "q4", "q4f16", "bnb4"])
 def test_ocr_rec_judge_counts_the_lines_rapidocr_reads_alike(ocr_build, dtype):
     """The ctc judge's verdict is what rapidocr's own decoder shows, line by line, on the same evaluation data (the
-    lines fp32 reads differently under its input's own rounding counted apart); an ok variant reads every rendered
-    line right."""
+    lines fp32 reads differently under its input's own rounding, or only in a character's width, counted apart); an
+    ok variant reads every rendered line right."""
     out = ocr_build.out_dir
     path = out / f"rec_{dtype}.onnx"
     assert_really_converted(path, dtype)
@@ -120,7 +120,8 @@ def test_ocr_rec_judge_counts_the_lines_rapidocr_reads_alike(ocr_build, dtype):
     assert judged["units"] + judged["unstable_in_fp32"] == len(realmodels.text_line_images())
     assert judged["unstable_in_fp32"] >= 1  # scikit-image's photographed page: fp32 reads lines of it at 50/50
     unstable_alike = judged["unstable_in_fp32"] - judged["unstable_read_differently"]  # not judged, but counted
-    assert alike == round(judged["agreement"] * judged["units"]) - judged["undecided_lines"] + unstable_alike
+    counted_apart = judged["undecided_lines"] + judged["width_form_lines"]  # rapidocr's decoder reads codes exactly
+    assert alike == round(judged["agreement"] * judged["units"]) - counted_apart + unstable_alike
     if result.status == "ok":
         for text in realmodels.RENDERED_TEXTS:
             assert realmodels.ctc_decode(var.run(None, realmodels.ocr_rec_feed(realmodels.render_text_line(text))
