@@ -41,6 +41,8 @@ def test_recipe_options_reach_the_manifest(tiny, tmp_path):
     (["--dtype", "q4", "--q4-block-size", "30"], "q4 block_size must be a power of two >= 16, not 30"),
     (["--dtype", "bnb4", "--bnb4-type", "nf3"], "bnb4 quant_type 'nf3' is not valid; valid: fp4, nf4"),
     (["--dtype", "u8u8"], "u8u8: needs calibration data"),
+    (["--dtype", "q4", "--set", "q4.rounding=gptq"], "q4: needs calibration data"),
+    (["--dtype", "q4", "--set", "q4.rounding=best"], "q4 rounding 'best' is not valid; valid: nearest, gptq"),
 ])
 def test_user_mistakes_are_one_line_errors(tiny, tmp_path, args, message):
     result = invoke("quantize", tiny("mlp"), "--out", tmp_path / "out", *args)
@@ -94,3 +96,24 @@ def test_task_fix_input_and_set_mistakes_are_one_line_errors(tiny, tmp_path, arg
     assert result.exit_code == 2 and message in " ".join(result.output.split()) and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() or {p.name for p in (tmp_path / "out").iterdir()} <= {LOCK_NAME}
+
+
+def test_q4_gptq_rounding_uses_the_calibration_data_and_leaves_no_scratch(tiny, tmp_path):
+    import json
+
+    import numpy as np
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):  # 512 rows against the MatMuls' 64 input features: GPTQ rounds both
+        np.savez(calib / f"{i}.npz", x=(rng.standard_normal((128, 64)) @ rng.standard_normal((64, 64))).astype("f4"))
+    result = invoke("quantize", tiny("mlp"), "-d", "q4,q4f16", "-o", tmp_path / "out", "--workers", "1",
+                    "--calib", calib, "--set", "blockwise4.rounding=gptq")
+    assert result.exit_code == 0, result.output
+    variants = json.loads((tmp_path / "out" / "onnxdtype.json").read_text())["modules"]["mlp"]["variants"]
+    for dtype in ("q4", "q4f16"):
+        params = variants[dtype]["params"]["blockwise4"]
+        assert (params["rounding"], params["gptq_rounded"], params["gptq_left_nearest"]) == ("gptq", 2, [])
+        assert params["calibration_samples"] == 3  # one of the 4 held out to verify, as for the static dtypes
+    assert not list((tmp_path / "out").rglob("*.npz"))  # the Gram matrices stayed in the build's scratch folder

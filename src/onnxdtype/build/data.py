@@ -6,14 +6,15 @@ from pathlib import Path
 
 import onnx
 
-from onnxdtype.build.plan import Calibration, Module, ModulePlan
+from onnxdtype.build.plan import Calibration, Module, ModulePlan, wants_grams
 from onnxdtype.build.task import VerifySpec
 from onnxdtype.calibration.data import check_feed, load_samples, model_inputs, module_path
+from onnxdtype.calibration.grams import input_grams, matmul_inputs, write_grams
 from onnxdtype.calibration.run import calibrate_path
 from onnxdtype.dtype import INFO, DType
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.manifest import update_manifest
-from onnxdtype.recipes import RECIPES
+from onnxdtype.recipes import RECIPES, blockwise
 from onnxdtype.verify.evaluate import (
     DEFAULT_ATOL,
     EvalData,
@@ -62,6 +63,22 @@ def calibrate_module(plan: ModulePlan, modules: int, calib: Calibration | None, 
         plan.held_out_entry = evaluation_entry(path, calib.image_spec, calib.eval_fraction)
     return EvalData(list(held_out), f"held-out {len(held_out)} of the calibration samples ({done.samples.source})",
                     False) if len(held_out) else None
+
+
+def gram_module(plan: ModulePlan, modules: int, calib: Calibration | None, wanted: list[DType], overrides: dict,
+                scratch: Path) -> None:
+    """The MatMul inputs' Gram matrices for GPTQ rounding, computed once per module on the calibration part of the
+    data (the held-out part still only verifies) when a wanted dtype asks for it (`--set q4.rounding=gptq`); the
+    file, in the build's scratch folder, goes into the 4-bit recipe's options."""
+    asking = [d for d in wanted if wants_grams(d, overrides)]
+    if calib is None or not asking:
+        return
+    model = plan.for_dtype(asking[0]).model
+    path = module_path(calib.data, plan.module.name, modules, "--calib")
+    samples, _ = load_samples(path, model, calib.image_spec).split(calib.eval_fraction)
+    file = scratch / f"{plan.module.name}-grams.npz"
+    write_grams(file, input_grams(model, samples, matmul_inputs(model), scratch))
+    plan.calibrated[blockwise.NAME] = {"grams_file": str(file)}
 
 
 def module_eval_data(plan: ModulePlan, modules: int, eval_data: EvalData | dict | str | Path | None,

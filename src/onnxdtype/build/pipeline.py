@@ -27,6 +27,7 @@ from onnxdtype.build.plan import (
     find_modules,
     known_outcome,
     module_tasks,
+    needs_calibration,
     normalize_once,
     options_for,
     refuse_clobber,
@@ -162,7 +163,7 @@ class Request:
     @property
     def uncalibrated(self) -> list[DType]:
         """The wanted dtypes that need calibration data none was given for."""
-        return [d for d in self.wanted if INFO[d].needs_calibration and self.calib is None]
+        return [d for d in self.wanted if needs_calibration(d, self.overrides) and self.calib is None]
 
 
 @dataclass
@@ -237,6 +238,7 @@ def _prepare(request: Request, plan: ModulePlan, given: EvalData | None, manifes
     m, out = plan.module, request.out
     base_entry = place_base(m, plan.base, out, request.force, plan.single_file)
     held_out = module_data.calibrate_module(plan, len(request.modules), request.calib, request.wanted, out)
+    module_data.gram_module(plan, len(request.modules), request.calib, request.wanted, request.overrides, tmp)
     plan.latency_data = given or held_out
     recorded = plan.evaluation or (plan.held_out_entry if given is None else None)
     module_data.record_evaluation(out, m.name, recorded or {"data": None, "image_spec": None, "held_out": None})

@@ -19,7 +19,7 @@ from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import TEMP_PREFIX, load_model, model_sha256, remove_model
 from onnxdtype.naming import is_variant_stem, variant_filename
 from onnxdtype.normalize import keep_metadata, normalize
-from onnxdtype.recipes import RECIPES
+from onnxdtype.recipes import RECIPES, blockwise
 from onnxdtype.results import Status, VariantResult
 from onnxdtype.specialize import parse_fixed_inputs, specialize
 from onnxdtype.verify.evaluate import EvalData
@@ -232,6 +232,16 @@ def options_for(dtype: DType, overrides: dict[str, dict[str, Any]], extra: dict[
     return resolved
 
 
+def wants_grams(dtype: DType, overrides: dict[str, dict[str, Any]]) -> bool:
+    """The dtype's 4-bit step rounds by GPTQ (`--set q4.rounding=gptq`): it needs the calibration's Gram matrices."""
+    return blockwise.NAME in INFO[dtype].steps and options_for(dtype, overrides)[blockwise.NAME].rounding == "gptq"
+
+
+def needs_calibration(dtype: DType, overrides: dict[str, dict[str, Any]]) -> bool:
+    """A static dtype, or one whose options ask for calibration data."""
+    return INFO[dtype].needs_calibration or wants_grams(dtype, overrides)
+
+
 def _listed(fields: dict[str, Any], steps: list[str]) -> dict[str, Any]:
     """A single name given for a list option (`--set q8.nodes_to_exclude=conv1`) is a list of one."""
     lists = {f.name for step in steps for f in dataclasses.fields(RECIPES[step].Options) if f.default_factory is list}
@@ -274,7 +284,7 @@ def known_outcome(plan: ModulePlan, dtype: DType, out: Path, manifest: dict, for
                   calibrated: bool) -> VariantResult | None:
     """Results decided without building: needs calibration, vouched existing file, does not apply."""
     name, info = plan.module.name, INFO[dtype]
-    if info.needs_calibration and not calibrated:
+    if needs_calibration(dtype, overrides) and not calibrated:
         return VariantResult(name, dtype.value, Status.SKIPPED, NEEDS_CALIBRATION)
     target = out / variant_filename(name, dtype)
     if not force and target.exists() and vouched(out, manifest, name, dtype):
