@@ -116,4 +116,5 @@ def test_q4_gptq_rounding_uses_the_calibration_data_and_leaves_no_scratch(tiny, 
         params = variants[dtype]["params"]["blockwise4"]
         assert (params["rounding"], params["gptq_rounded"], params["gptq_left_nearest"]) == ("gptq", 2, [])
         assert params["calibration_samples"] == 3  # one of the 4 held out to verify, as for the static dtypes
+        assert variants[dtype]["verification"]["data"].startswith("held-out 1 of the calibration samples")
     assert not list((tmp_path / "out").rglob("*.npz"))  # the Gram matrices stayed in the build's scratch folder

@@ -58,27 +58,33 @@ def calibrate_module(plan: ModulePlan, modules: int, calib: Calibration | None, 
     update_manifest(out, lambda data: data["modules"][plan.module.name].__setitem__("calibration", entry))
     calibrated = {"ranges_file": str(done.result.path), "method": done.result.method}
     plan.calibrated = {step: calibrated for d in static for step in INFO[d].steps if RECIPES[step].NEEDS_CALIBRATION}
-    held_out = done.held_out
-    if len(held_out) and plan.evaluation is None:  # what verifies the variants unless other data was given
+    return _held_out_data(plan, path, calib, done.held_out, done.samples.source)
+
+
+def _held_out_data(plan: ModulePlan, path: Path, calib: Calibration, held_out, source: str) -> EvalData | None:
+    """The calibration samples left out of calibrating, as the data that verifies unless other data was given."""
+    if len(held_out) and plan.evaluation is None:
         plan.held_out_entry = evaluation_entry(path, calib.image_spec, calib.eval_fraction)
-    return EvalData(list(held_out), f"held-out {len(held_out)} of the calibration samples ({done.samples.source})",
+    return EvalData(list(held_out), f"held-out {len(held_out)} of the calibration samples ({source})",
                     False) if len(held_out) else None
 
 
 def gram_module(plan: ModulePlan, modules: int, calib: Calibration | None, wanted: list[DType], overrides: dict,
-                scratch: Path) -> None:
+                scratch: Path) -> EvalData | None:
     """The MatMul inputs' Gram matrices for GPTQ rounding, computed once per module on the calibration part of the
-    data (the held-out part still only verifies) when a wanted dtype asks for it (`--set q4.rounding=gptq`); the
-    file, in the build's scratch folder, goes into the 4-bit recipe's options."""
+    data when a wanted dtype asks for it (`--set q4.rounding=gptq`); the file, in the build's scratch folder, goes
+    into the 4-bit recipe's options. Returns the held-out samples, as calibrate_module does."""
     asking = [d for d in wanted if wants_grams(d, overrides)]
     if calib is None or not asking:
-        return
+        return None
     model = plan.for_dtype(asking[0]).model
     path = module_path(calib.data, plan.module.name, modules, "--calib")
-    samples, _ = load_samples(path, model, calib.image_spec).split(calib.eval_fraction)
+    samples = load_samples(path, model, calib.image_spec)
+    part, held_out = samples.split(calib.eval_fraction)
     file = scratch / f"{plan.module.name}-grams.npz"
-    write_grams(file, input_grams(model, samples, matmul_inputs(model), scratch))
+    write_grams(file, input_grams(model, part, matmul_inputs(model), scratch))
     plan.calibrated[blockwise.NAME] = {"grams_file": str(file)}
+    return _held_out_data(plan, path, calib, held_out, samples.source)
 
 
 def module_eval_data(plan: ModulePlan, modules: int, eval_data: EvalData | dict | str | Path | None,

@@ -238,7 +238,9 @@ def _prepare(request: Request, plan: ModulePlan, given: EvalData | None, manifes
     m, out = plan.module, request.out
     base_entry = place_base(m, plan.base, out, request.force, plan.single_file)
     held_out = module_data.calibrate_module(plan, len(request.modules), request.calib, request.wanted, out)
-    module_data.gram_module(plan, len(request.modules), request.calib, request.wanted, request.overrides, tmp)
+    gram_held_out = module_data.gram_module(plan, len(request.modules), request.calib, request.wanted,
+                                            request.overrides, tmp)
+    held_out = held_out or gram_held_out  # the same split of the same samples when both ran
     plan.latency_data = given or held_out
     recorded = plan.evaluation or (plan.held_out_entry if given is None else None)
     module_data.record_evaluation(out, m.name, recorded or {"data": None, "image_spec": None, "held_out": None})
