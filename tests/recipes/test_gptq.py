@@ -49,7 +49,7 @@ def test_q4_gptq_variant_holds_exactly_the_rounded_levels_and_is_closer_on_held_
     grams = input_grams(model, samples, ["x", "r"], tmp_path)
     assert grams.samples == 4 and grams.rows == {"x": 512, "r": 512}
     x = np.concatenate([s["x"] for s in samples]).astype(np.float64)
-    assert np.allclose(grams.matrices["x"], x.T @ x)
+    assert np.allclose(grams.matrices["x"], x.T @ x, rtol=1e-4, atol=1e-3)
     write_grams(tmp_path / "grams.npz", grams)
     stored = read_grams(tmp_path / "grams.npz")
     assert stored.rows == grams.rows and np.allclose(stored.matrices["r"], grams.matrices["r"], rtol=1e-6)

@@ -1,8 +1,8 @@
 """The input Gram matrices X^T X of a model's MatMuls on the calibration data: what GPTQ rounding weighs errors by.
 
 One run of an augmented copy of the model per sample (the MatMul inputs as extra outputs), each sample's rows folded
-in at once, so memory holds one sample's activations and one K x K matrix per input. The result goes to an .npz
-file in the build's scratch folder, where the recipe's worker reads it (recipes take file paths, not data).
+in at once, so memory holds one sample's activations and one K x K matrix per input (float32). The result goes to
+an .npz file in the build's scratch folder, where the recipe's worker reads it (recipes take paths, not data).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ class Grams:
 
 def input_grams(model: onnx.ModelProto, samples: Iterable[dict[str, np.ndarray]], tensors: list[str],
                 scratch: Path) -> Grams:
-    """X^T X (float64) of each tensor in `tensors` over every row of every sample (rows: all but the last axis)."""
+    """X^T X of each tensor in `tensors` over every row of every sample (rows: all but the last axis), summed in
+    float32: one K x K matrix per input is what this costs in memory (a 4096-wide input: 64 MiB)."""
     import onnxruntime as ort
 
     augmented = onnx.ModelProto()
@@ -58,7 +59,7 @@ def input_grams(model: onnx.ModelProto, samples: Iterable[dict[str, np.ndarray]]
                 raise OnnxDtypeError(f"calibration sample {used - 1}: onnxruntime failed "
                                      f"({str(exc).strip().splitlines()[0][:200]})") from None
             for name, value in zip(tensors, values):
-                rows = np.asarray(value, np.float64).reshape(-1, value.shape[-1])
+                rows = np.asarray(value, np.float32).reshape(-1, value.shape[-1])
                 grams[name] = grams.get(name, 0) + rows.T @ rows
                 rows_seen[name] += len(rows)
         del session
