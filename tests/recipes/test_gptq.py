@@ -43,6 +43,15 @@ def test_rounded_weight_is_on_the_blocks_levels_and_beats_nearest_on_its_data():
     assert gptq_error < 0.7 * nearest_error
 
 
+def test_a_feature_never_seen_in_calibration_keeps_its_nearest_rounding():
+    x = rows(512, 2).astype(np.float64)
+    x[:, 5] = 0.0  # input feature 5 is always zero on the calibration data, not necessarily later
+    weight = (RNG.standard_normal((64, 8)) * 0.1).astype(np.float32)
+    rounded = rounded_weight(weight, x.T @ x, 16)
+    scales, _ = _block_scales(weight, 16)
+    assert np.allclose(rounded[5], np.clip(np.round(weight[5] / scales[:, 0]), -8, 7) * scales[:, 0])
+
+
 def test_q4_gptq_variant_holds_exactly_the_rounded_levels_and_is_closer_on_held_out_rows(tmp_path):
     model = normalize(tinymodels.mlp(), blockwise.PASSES)[0]
     samples = [{"x": rows(128, seed)} for seed in range(4)]

@@ -39,9 +39,8 @@ def rounded_weight(weight: np.ndarray, gram: np.ndarray, block_size: int) -> np.
     n, k = w.shape
     scales, pivots = _block_scales(weight.astype(np.float32), block_size)
     h = gram.astype(np.float64).copy()
-    dead = np.diag(h) <= 0  # an input feature that is always zero: its weights do not matter
+    dead = np.diag(h) <= 0  # a feature always zero on the calibration data: decoupled, its weights rounded to nearest
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
     h[np.diag_indices(k)] += DAMP * np.mean(np.diag(h))
     inverse = np.linalg.cholesky(np.linalg.inv(h)).T  # upper factor of H^-1
     rounded = np.zeros_like(w)
