@@ -84,6 +84,14 @@ def test_too_few_calibration_rows_leave_a_matmul_to_nearest_rounding():
     assert rounded == {} and nearest == ["mm1", "mm2"]  # mm2's input has no Gram matrix at all
 
 
+def test_matmuls_inside_if_branches_stay_nearest(tmp_path):
+    model = normalize(tinymodels.if_subgraph(), blockwise.PASSES)[0]
+    grams = input_grams(model, [{"x": rows(4, 0)}], [], tmp_path)  # nothing in the main graph to ask for
+    write_grams(tmp_path / "grams.npz", grams)
+    variant = blockwise.build(model, blockwise.Options(rounding="gptq", grams_file=str(tmp_path / "grams.npz")))
+    assert variant.params["gptq_rounded"] == 0 and len(variant.params["gptq_left_nearest"]) == 2
+
+
 def test_gptq_needs_calibration_and_symmetric_4bit_blocks():
     model = normalize(tinymodels.mlp(), blockwise.PASSES)[0]
     assert blockwise.check(model, blockwise.Options(rounding="gptq")) == blockwise.NEEDS_CALIBRATION

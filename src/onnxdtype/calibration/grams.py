@@ -39,6 +39,8 @@ def input_grams(model: onnx.ModelProto, samples: Iterable[dict[str, np.ndarray]]
     float32: one K x K matrix per input is what this costs in memory (a 4096-wide input: 64 MiB)."""
     import onnxruntime as ort
 
+    if not tensors:  # no MatMul in the main graph (a subgraph's inputs are not graph outputs to ask for)
+        return Grams({}, {}, 0)
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
     del augmented.graph.output[:]

@@ -84,8 +84,9 @@ def round_weights(model: onnx.ModelProto, grams: Grams, nodes: list[str], block_
                   ) -> tuple[onnx.ModelProto, dict[str, np.ndarray], list[str]]:
     """A copy of `model` whose MatMuls named in `nodes` (constant 2-D weights) hold GPTQ-rounded weights, those
     weights by node output (what `differing_levels` compares against), and the nodes left to nearest rounding: no
-    Gram matrix for their input, or fewer calibration rows than input features (an under-determined fit: MiniLM-L6
-    on 209 token rows against 384 and 1536 features kept 6 of 8 held-out neighbours where nearest rounding kept 7)."""
+    Gram matrix for their input (a subgraph's MatMuls too), or fewer calibration rows than input features (an
+    under-determined fit: MiniLM-L6 on 209 token rows against 384 and 1536 features kept 6 of 8 held-out neighbours
+    where nearest rounding kept 7)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inits = {t.name: t for t in out.graph.initializer}
@@ -108,7 +109,8 @@ def round_weights(model: onnx.ModelProto, grams: Grams, nodes: list[str], block_
             out.graph.initializer.append(numpy_helper.from_array(new, name))
             node.input[1] = name
         rounded[node.output[0]] = new
-    return out, rounded, nearest
+    main = {node.name for node in out.graph.node}
+    return out, rounded, nearest + [name for name in nodes if name not in main]  # subgraphs' MatMuls: no Gram
 
 
 def differing_levels(quantized: onnx.ModelProto, rounded: dict[str, np.ndarray]) -> list[str]:
