@@ -60,6 +60,7 @@ def test_q4_gptq_variant_holds_exactly_the_rounded_levels_and_is_closer_on_held_
 
     _, rounded, _ = round_weights(model, stored, ["mm1", "mm2"], 16)
     assert set(rounded) == {"h", "y"}
+    assert differing_levels(model, rounded) == ["h", "y"]  # still float MatMuls: not what GPTQ rounded for
     options = blockwise.Options(block_size=16, rounding="gptq", grams_file=str(tmp_path / "grams.npz"))
     gptq = blockwise.build(fresh_mlp(), options)  # a fresh model each: onnxruntime's quantizer edits its input
     nearest = blockwise.build(fresh_mlp(), blockwise.Options(block_size=16))

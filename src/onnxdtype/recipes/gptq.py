@@ -114,9 +114,11 @@ def round_weights(model: onnx.ModelProto, grams: Grams, nodes: list[str], block_
 
 
 def differing_levels(quantized: onnx.ModelProto, rounded: dict[str, np.ndarray]) -> list[str]:
-    """Outputs of the MatMulNBits whose 4-bit weights, dequantized, differ from the GPTQ-rounded ones."""
+    """Outputs of the GPTQ-rounded MatMuls whose 4-bit weights, dequantized, differ from the rounded ones (or that
+    did not become a MatMulNBits)."""
     inits = {t.name: t for t in quantized.graph.initializer}
-    differ = []
+    differ = [name for name in rounded
+              if not any(n.op_type == "MatMulNBits" and n.output[0] == name for n in quantized.graph.node)]
     for node in quantized.graph.node:
         if node.op_type != "MatMulNBits" or node.output[0] not in rounded:
             continue
