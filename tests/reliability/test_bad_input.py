@@ -214,6 +214,16 @@ def test_bad_eval_or_calibration_folder_writes_nothing(tiny, tmp_path, option, c
     assert kit.names(out) == set()
 
 
+@pytest.mark.parametrize("case", ["wrong-shape", "nan", "corrupt-file"])
+def test_bad_calibration_for_q4_gptq_is_one_line_and_writes_nothing(tiny, tmp_path, case):
+    """GPTQ rounding reads the calibration data too: checked before anything is written, as for the static dtypes."""
+    data = _data_folder(tmp_path / "data", case)
+    out = tmp_path / "out"
+    kit.assert_one_line_error(quantize_cli(tiny("mlp"), out, "-d", "q4", "--set", "q4.rounding=gptq", "--calib",
+                                           data), 2, *DATA_CASES[case])
+    assert kit.names(out) == set()
+
+
 def test_calibration_folder_with_good_and_bad_files_names_the_bad_one(tmp_path):
     from onnxdtype.calibration.data import load_samples
 

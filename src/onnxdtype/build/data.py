@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 
-from onnxdtype.build.plan import Calibration, Module, ModulePlan, wants_grams
+from onnxdtype.build.plan import Calibration, Module, ModulePlan, needs_calibration, wants_grams
 from onnxdtype.build.task import VerifySpec
 from onnxdtype.calibration.data import check_feed, load_samples, model_inputs, module_path
 from onnxdtype.calibration.grams import input_grams, matmul_inputs, write_grams
@@ -32,13 +32,14 @@ def calibrated_dtypes(wanted: list[DType]) -> list[DType]:
     return [d for d in wanted if INFO[d].needs_calibration]
 
 
-def check_calibration_data(plan: ModulePlan, modules: int, calib: Calibration | None, wanted: list[DType]) -> None:
+def check_calibration_data(plan: ModulePlan, modules: int, calib: Calibration | None, wanted: list[DType],
+                           overrides: dict) -> None:
     """Read every calibration sample once (each is checked as it is read) before anything is written."""
-    static = calibrated_dtypes(wanted)
-    if calib is None or not static:
+    using = [d for d in wanted if needs_calibration(d, overrides)]
+    if calib is None or not using:
         return
     path = module_path(calib.data, plan.module.name, modules, "--calib")
-    for _ in load_samples(path, plan.for_dtype(static[0]).model, calib.image_spec):
+    for _ in load_samples(path, plan.for_dtype(using[0]).model, calib.image_spec):
         pass
 
 

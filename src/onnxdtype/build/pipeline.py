@@ -227,7 +227,7 @@ def _plan(request: Request, m: Module, base: onnx.ModelProto, tmp: Path) -> tupl
     refuse_not_applicable(plan, request.wanted, request.overrides, request.explicit)
     modules = len(request.modules)
     given = module_data.module_eval_data(plan, modules, request.eval_data, request.calib)
-    module_data.check_calibration_data(plan, modules, request.calib, request.wanted)
+    module_data.check_calibration_data(plan, modules, request.calib, request.wanted, request.overrides)
     return plan, given
 
 
