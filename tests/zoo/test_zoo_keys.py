@@ -42,3 +42,19 @@ def test_an_option_keys_only_its_dtype_and_the_base_keys_all(tmp_path):
     assert edited["q8"] != before["q8"] and edited["fp16"] == before["fp16"] and edited["s8u8"] == before["s8u8"]
     tinymodels.save(tinymodels.mlp(hidden=48), tmp_path / "models" / "mlp.onnx")
     assert not set(_keys(spec).values()) & set(edited.values())
+
+
+def test_q4_keys_on_the_calibration_data_only_when_gptq_rounds_it(tmp_path):
+    spec = zookit.tiny_zoo(tmp_path)
+    with_eval = 'dtypes = ["q4"]\ncalib = "calib"\neval = "eval"'
+    (tmp_path / "eval").mkdir()
+    np.savez(tmp_path / "eval" / "0.npz", x=np.zeros((4, 64), np.float32))
+    keys = {}
+    for rounding in ("nearest", "gptq"):
+        text = with_eval + f'\noptions = {{q4 = {{rounding = "{rounding}"}}}}'
+        spec.write_text(zookit.TINY_SPEC.replace('dtypes = ["fp16", "q8", "s8u8"]\ncalib = "calib"', text))
+        before = _keys(spec)["q4"]
+        np.savez(tmp_path / "calib" / "0.npz", x=np.full((4, 64), 3 if rounding == "gptq" else 2, np.float32))
+        keys[rounding] = (before, _keys(spec)["q4"])
+    assert keys["nearest"][0] == keys["nearest"][1]  # nearest rounding never reads the calibration data
+    assert keys["gptq"][0] != keys["gptq"][1]  # GPTQ rounds against it

@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from onnxdtype.build.plan import Module
+from onnxdtype.build.plan import Module, needs_calibration
 from onnxdtype.build.publish import versions
 from onnxdtype.calibration.data import module_path
 from onnxdtype.dtype import INFO
@@ -45,8 +45,8 @@ def module_keys(model: ZooModel, module: Module, cache: dict[Path, str]) -> dict
     for dtype in model.dtypes:
         steps = INFO[dtype].steps
         options = {k: v for k, v in model.options.items() if k in steps or k == dtype.value}
-        # the held-out calibration samples verify every dtype when no evaluation data is given
-        uses_calib = INFO[dtype].needs_calibration or model.eval is None
+        # the held-out calibration samples verify every dtype when no evaluation data is given; q4's GPTQ reads them
+        uses_calib = needs_calibration(dtype, model.options) or model.eval is None
         keys[dtype.value] = _digest({**common, "dtype": dtype.value, "recipe": list(steps), "options": options,
                                      "calib": calib if uses_calib else None})
     return keys
