@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tinymodels
+from numerics import CountingSamples, cosine
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxdtype.calibration import calibrate
@@ -41,21 +42,6 @@ def run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> np.ndarray:
 def images(count: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal((1, 3, 8, 8)).astype(np.float32) for _ in range(count)]
-
-
-class Samples:
-    """In-memory feeds with a fingerprint, as calibrate() reads them."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self.feeds, self.fingerprint = feeds, f"specialize-{len(feeds)}"
-
-    def __iter__(self):
-        return iter(self.feeds)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 @pytest.mark.parametrize("mode", ["bool", "int64"])
@@ -140,7 +126,7 @@ def test_branch_outputs_that_are_outer_tensors_or_branch_initializers_become_ide
 def test_specialized_model_goes_through_calibration_and_static_s8u8(tmp_path):
     fp32 = normalize(specialize(tinymodels.streaming_model("int64"), {"mode": np.array([1])}).model, static.PASSES)[0]
     feeds = [{"x": x, "mode": np.array([1])} for x in images(8, seed=3)]
-    calibration = calibrate(fp32, Samples(feeds), "minmax", tmp_path)
+    calibration = calibrate(fp32, CountingSamples(feeds, f"specialize-{len(feeds)}"), "minmax", tmp_path)
     options = static.options_for("s8u8", static.Options(ranges_file=str(calibration.path)))
     unspecialized = normalize(tinymodels.streaming_model("int64"), static.PASSES)[0]
     assert static.check(unspecialized, options).startswith("3 Conv/MatMul inside If branches; static calibration "

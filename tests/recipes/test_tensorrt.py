@@ -20,7 +20,7 @@ import onnxruntime as ort
 import pytest
 import realmodels
 import tinymodels
-from numerics import cosine, session
+from numerics import CountingSamples, cosine, session
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxdtype.calibration import calibrate, load_samples, read_ranges
@@ -31,20 +31,6 @@ from onnxdtype.ops import DATA_MOVEMENT_OPS
 from onnxdtype.recipes import NotApplicable, Variant, static, tensorrt
 
 HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
-
-
-class Samples:
-    """In-memory feeds with a fingerprint, as calibrate() reads them."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]], tag: str) -> None:
-        self.feeds, self.fingerprint = feeds, f"{tag}-{len(feeds)}"
-
-    def __iter__(self):
-        return iter(self.feeds)
-
-
-
-
 
 
 def copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -126,7 +112,7 @@ def tiny_feeds(name: str, count: int, seed: int) -> list[dict[str, np.ndarray]]:
 
 def calibrated(model: onnx.ModelProto, feeds, tmp_path, method: str = "minmax"):
     model = normalize(model, tensorrt.PASSES)[0]
-    return model, calibrate(model, Samples(feeds, model.graph.name), method, tmp_path)
+    return model, calibrate(model, CountingSamples(feeds, f"{model.graph.name}-{len(feeds)}"), method, tmp_path)
 
 
 def build(model: onnx.ModelProto, calibration, **options) -> Variant:
