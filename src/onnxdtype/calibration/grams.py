@@ -15,13 +15,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxdtype.errors import OnnxDtypeError
-from onnxdtype.model import constant_2d_matmuls, temp_dir_in, write_model
+from onnxdtype.calibration.ranges import exact_session, run_sample
+from onnxdtype.model import constant_2d_matmuls, temp_dir_in
 
 
-def matmul_inputs(model: onnx.ModelProto, exclude: list[str] | None = None) -> list[str]:
+def matmul_inputs(model: onnx.ModelProto) -> list[str]:
     """The first inputs of the MatMuls a 4-bit recipe would quantize (constant 2-D weights), once each."""
-    names = set(constant_2d_matmuls(model, exclude or []))
+    names = set(constant_2d_matmuls(model, []))
     return list(dict.fromkeys(n.input[0] for n in model.graph.node if n.name in names))
 
 
@@ -37,8 +37,6 @@ def input_grams(model: onnx.ModelProto, samples: Iterable[dict[str, np.ndarray]]
                 scratch: Path) -> Grams:
     """X^T X of each tensor in `tensors` over every row of every sample (rows: all but the last axis), summed in
     float32: one K x K matrix per input is what this costs in memory (a 4096-wide input: 64 MiB)."""
-    import onnxruntime as ort
-
     if not tensors:  # no MatMul in the main graph (a subgraph's inputs are not graph outputs to ask for)
         return Grams({}, {}, 0)
     augmented = onnx.ModelProto()
@@ -50,17 +48,9 @@ def input_grams(model: onnx.ModelProto, samples: Iterable[dict[str, np.ndarray]]
     rows_seen = dict.fromkeys(tensors, 0)
     used = 0
     with temp_dir_in(scratch) as tmp:
-        write_model(augmented, tmp / "grams.onnx")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # exact fp32 values
-        session = ort.InferenceSession(str(tmp / "grams.onnx"), options, providers=["CPUExecutionProvider"])
+        session = exact_session(augmented, tmp / "grams.onnx")
         for used, feed in enumerate(samples, start=1):
-            try:
-                values = session.run(tensors, feed)
-            except Exception as exc:  # onnxruntime raises its own exception types per failure
-                raise OnnxDtypeError(f"calibration sample {used - 1}: onnxruntime failed "
-                                     f"({str(exc).strip().splitlines()[0][:200]})") from None
-            for name, value in zip(tensors, values):
+            for name, value in zip(tensors, run_sample(session, tensors, feed, used - 1)):
                 rows = np.asarray(value, np.float32).reshape(-1, value.shape[-1])
                 grams[name] = grams.get(name, 0) + rows.T @ rows
                 rows_seen[name] += len(rows)

@@ -210,6 +210,25 @@ def float_tensors(model: onnx.ModelProto, tmp: Path) -> tuple[list[str], dict[st
     return floats, ranks
 
 
+def exact_session(model: onnx.ModelProto, path: Path):
+    """An onnxruntime session on `model` (written to `path`) with graph optimizations off: exact fp32 values."""
+    import onnxruntime as ort
+
+    write_model(model, path)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_sample(session, outputs: list[str], feed: dict[str, np.ndarray], index: int) -> list[np.ndarray]:
+    """`outputs` for one calibration sample; onnxruntime's failure as one line naming the sample."""
+    try:
+        return session.run(outputs, feed)
+    except Exception as exc:  # onnxruntime raises its own exception types per failure
+        raise OnnxDtypeError(f"calibration sample {index}: onnxruntime failed "
+                             f"({str(exc).strip().splitlines()[0][:200]})") from None
+
+
 class _Pass:
     """One run of an augmented copy of the model over the samples, folding each sample into running stats."""
 
@@ -230,12 +249,7 @@ class _Pass:
         self.outputs = self.augment(augmented)
         for name in self.outputs:
             augmented.graph.output.append(helper.make_empty_tensor_value_info(name))
-        write_model(augmented, tmp / "calibration.onnx")
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # exact fp32 values
-        self.session = ort.InferenceSession(str(tmp / "calibration.onnx"), options, providers=["CPUExecutionProvider"])
+        self.session = exact_session(augmented, tmp / "calibration.onnx")
 
     def augment(self, model: onnx.ModelProto) -> list[str]:
         raise NotImplementedError
@@ -251,11 +265,7 @@ class _Pass:
             ) -> tuple[dict[str, tuple[float, float]], dict[str, ChannelRange], int]:
         used = 0
         for used, feed in enumerate(samples, start=1):
-            try:
-                values = self.session.run(self.outputs, feed)
-            except Exception as exc:  # onnxruntime raises its own exception types per failure
-                raise OnnxDtypeError(f"calibration sample {used - 1}: onnxruntime failed "
-                                     f"({str(exc).strip().splitlines()[0][:200]})") from None
+            values = run_sample(self.session, self.outputs, feed, used - 1)
             self.fold(feed, dict(zip(self.outputs, values)))
             for name in self.axes.keys() & feed.keys():  # graph inputs feeding weighted ops
                 self.fold_channels(name, feed[name])

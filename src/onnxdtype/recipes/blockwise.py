@@ -84,7 +84,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     if options.rounding == "gptq":
         grams = read_grams(options.grams_file)
         samples = grams.samples
-        four_bit = [n for n in constant_2d_matmuls(model, []) if n not in four_bit_exclude]
+        four_bit = constant_2d_matmuls(model, four_bit_exclude)
         model, rounded, nearest = round_weights(model, grams, four_bit, options.block_size)
         notes.append(f"GPTQ rounding: {len(rounded)} MatMuls' 4-bit weights rounded against their inputs on "
                      f"{samples} calibration samples" + (f"; {len(nearest)} to nearest (fewer calibration rows "

@@ -117,15 +117,12 @@ def differing_levels(quantized: onnx.ModelProto, rounded: dict[str, np.ndarray])
     """Outputs of the GPTQ-rounded MatMuls whose 4-bit weights, dequantized, differ from the rounded ones (or that
     did not become a MatMulNBits)."""
     inits = {t.name: t for t in quantized.graph.initializer}
-    differ = [name for name in rounded
-              if not any(n.op_type == "MatMulNBits" and n.output[0] == name for n in quantized.graph.node)]
-    for node in quantized.graph.node:
-        if node.op_type != "MatMulNBits" or node.output[0] not in rounded:
-            continue
-        expected = rounded[node.output[0]]
-        got = _dequantized(node, inits)
+    stored = {n.output[0]: n for n in quantized.graph.node if n.op_type == "MatMulNBits"}
+    differ = []
+    for name, expected in rounded.items():
+        got = _dequantized(stored[name], inits) if name in stored else None
         if got is None or got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-6, atol=0):
-            differ.append(node.output[0])
+            differ.append(name)
     return differ
 
 

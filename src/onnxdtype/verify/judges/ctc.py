@@ -14,10 +14,11 @@ one on up to 3 of them, whose text is otherwise identical.
 Classes `alike` names read as one character: PaddleOCR's dictionary holds ASCII twice, as itself and in
 full width (')' and '）', '2' and '２'), and guess.py pairs every character with its width twin (Unicode's <wide>
 and <narrow> forms, after NFC) from metadata 'character'. The glyphs are the same; which of the two a recogniser
-emits on Latin text is close to a coin toss. Measured: the one stable held-out line every 8-bit variant of
-PP-OCRv4 rec had missed, a photographed 'markers np.zeros like（coins)', differed in nothing else — fp32 read its
-last character as ')' and the variants as '）'. Such lines are counted alike and reported apart
-(`width_form_lines`); `alike=""` compares the codes exactly.
+emits on Latin text is close to a coin toss. Measured: on the one stable held-out line every static 8-bit variant
+of PP-OCRv4 rec misses, a photographed 'markers np.zeros like（coins)', a kernel-input variant with 7-bit weights
+(BatchNorm folded before calibrating) differed in nothing but the last character, ')' against '）' (the variants
+the search keeps misread it for real as well: 'marker8', dropped spaces). Such lines are counted alike and
+reported apart (`width_form_lines`); `alike=""` compares the codes exactly.
 
 Lines fp32 itself reads differently when its input is redrawn within its rounding (verify.rounding) are not
 judged; they are counted apart (`unstable_in_fp32`).
