@@ -18,7 +18,8 @@ import realmodels
 from onnxdtype.build import quantize
 from onnxdtype.dtype import INFO, DType
 from onnxdtype.model import op_counts
-from onnxdtype.verify.evaluate import EvalData
+from onnxdtype.verify.evaluate import Criteria, EvalData, Reference
+from onnxdtype.verify.evaluate import session as rt_session
 
 pytestmark = pytest.mark.real
 
@@ -68,17 +69,20 @@ def test_ocr_build_statuses(ocr_build):
         ("det", "q4f16"): "not_applicable", ("det", "bnb4"): "not_applicable",
         ("cls", "fp16"): "ok", ("cls", "q8"): "ok", ("cls", "q4"): "ok", ("cls", "q4f16"): "ok", ("cls", "bnb4"): "ok",
         ("rec", "fp16"): "ok",
-        # 8-bit and 4-bit weights change how 3 of the 11 lines read, and keeping enough weights in fp32 to read them
-        # as fp32 does exceeds the repair budget: honestly failed, files kept
-        ("rec", "q8"): "failed", ("rec", "q4"): "failed", ("rec", "q4f16"): "failed", ("rec", "bnb4"): "failed",
+        # q8 misreads only lines fp32 itself reads differently under its input's rounding or weight noise (not
+        # judged, counted); 4-bit weights change how more of the 11 lines read, and keeping enough weights in fp32
+        # to read them as fp32 does exceeds the repair budget: honestly failed, files kept
+        ("rec", "q8"): "ok", ("rec", "q4"): "failed", ("rec", "q4f16"): "failed", ("rec", "bnb4"): "failed",
     }
+    rec_q8 = ocr_build.by("rec", "q8").verification
+    assert rec_q8["weight_noise"]["moved"]["softmax_11.tmp_0"] >= 1
     assert ocr_build.by("det", "q8").op_changes["ConvInteger"] > 0  # q8 on a pure Conv net, as the seed has it
     assert ocr_build.by("det", "fp16").kept_in_float  # the BatchNormalization with 1e7 variances stays fp32
     tasks = {r.module: {o: t["task"] for o, t in r.verification["tasks"].items()}
              for r in ocr_build.results if r.verification and r.verification.get("tasks")}
     assert tasks == {"det": {"sigmoid_0.tmp_0": "dense"}, "cls": {"save_infer_model/scale_0.tmp_1": "classify"},
                      "rec": {"softmax_11.tmp_0": "ctc"}}
-    for dtype in ("q8", "q4", "q4f16", "bnb4"):
+    for dtype in ("q4", "q4f16", "bnb4"):
         assert ocr_build.by("rec", dtype).reason.startswith("verification: output softmax_11.tmp_0: ctc: ")
         assert "repair budget" in ocr_build.by("rec", dtype).reason
     for r in ocr_build.results:
@@ -126,6 +130,18 @@ def test_ocr_rec_judge_counts_the_lines_rapidocr_reads_alike(ocr_build, dtype):
         for text in realmodels.RENDERED_TEXTS:
             assert realmodels.ctc_decode(var.run(None, realmodels.ocr_rec_feed(realmodels.render_text_line(text))
                                                  )[0])[0].strip() == text
+
+
+def test_ocr_rec_weight_noise_moves_the_photographed_line_no_rendered_one(ocr_dir):
+    """fp32's noise floor under weight noise (verify.weight_noise): the page line every 8-bit variant misreads,
+    'markers np.zeros like（coins)', is one fp32 itself misreads with its weights moved by a quarter of an 8-bit
+    step; the rendered lines hold."""
+    lines = [realmodels.render_text_line(t) for t in realmodels.RENDERED_TEXTS] + realmodels.page_line_images()[-1:]
+    data = EvalData([realmodels.ocr_rec_feed(line) for line in lines], "text lines", False)
+    criteria = Criteria(0.99, tasks={"softmax_11.tmp_0": {"task": "ctc"}}, rounding_draws=0)
+    path = ocr_dir / "rec.onnx"
+    moved = [m["softmax_11.tmp_0"][0] for m in Reference(rt_session(path), data, criteria, path).unstable]
+    assert moved == [False] * len(realmodels.RENDERED_TEXTS) + [True]
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "q8", "q4", "q4f16", "bnb4"])

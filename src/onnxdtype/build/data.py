@@ -19,9 +19,9 @@ from onnxdtype.verify.evaluate import (
     DEFAULT_ATOL,
     EvalData,
     agreement_for,
+    floor_draws,
     min_cosine_for,
     read_eval_data,
-    rounding_draws_for,
     synthesize,
 )
 from onnxdtype.verify.judges import recurrent_pairs
@@ -163,7 +163,7 @@ def verify_spec(plan: ModulePlan, data: EvalData | None, tmp: Path, wanted: list
                       {d.value: min_cosine_for(d, tolerances) for d in wanted},
                       {d.value: agreement_for(d, tolerances) for d in wanted}, plan.tasks, recurrent_pairs(plan.base),
                       (tolerances or {}).get("atol", DEFAULT_ATOL), metric, repair, budget or RepairBudget(),
-                      rounding_draws_for(tolerances))
+                      *floor_draws(tolerances))
 
 
 def latency_feed(data: EvalData | None, base: onnx.ModelProto, path: Path) -> dict | None:

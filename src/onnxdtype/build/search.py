@@ -73,7 +73,7 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     float, judged on the task against the fp32 outputs the search already holds): the fastest that ran faster than
     every passing one (keeping nodes in float only slows it), or, when none passed, the one closest to passing. When
     nothing passes, the result is that repaired candidate, failed with its figures and repair trail."""
-    base = Reference(session(source_path), data, criteria)  # fp32 runs once for every candidate
+    base = Reference(session(source_path), data, criteria, source)  # fp32 runs once for every candidate
     base_timed = session(source_path, threads=1)
     trail: list[dict[str, Any]] = []
     tried: list[_Tried] = []

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from onnxdtype.verify.repair import RepairBudget
 from onnxdtype.verify.rounding import ROUNDING_DRAWS
+from onnxdtype.verify.weight_noise import WEIGHT_DRAWS
 
 
 @dataclass
@@ -24,6 +25,7 @@ class VerifySpec:
     repair: bool
     budget: RepairBudget = field(default_factory=RepairBudget)
     rounding_draws: int = ROUNDING_DRAWS  # fp32's own noise floor (verify.rounding); 0: none
+    weight_draws: int = WEIGHT_DRAWS  # and its weights' (verify.weight_noise); 0: none
 
 
 @dataclass

@@ -123,7 +123,7 @@ def kept_options(steps: tuple[str, ...], options: dict, in_float: list[str], ran
 def _judging(spec: VerifySpec, dtype: str) -> tuple[EvalData, Criteria]:
     eval_data = EvalData.load(Path(spec.eval_dir), spec.source, spec.synthesized)
     return eval_data, Criteria(spec.min_cosine[dtype], spec.atol, spec.metric, spec.agreement[dtype], spec.tasks,
-                               spec.states, spec.rounding_draws)
+                               spec.states, spec.rounding_draws, spec.weight_draws)
 
 
 def _searched(source: onnx.ModelProto, task: VariantTask, steps: tuple[str, ...], options: dict,
@@ -160,7 +160,7 @@ def _verify_and_repair(source: onnx.ModelProto, source_path: Path, built: onnx.M
         result.verification = skipped(eval_data)
         return built
     # fp32 from its file, run once and released before the variant's session is made
-    base = base or Reference(accuracy_session(source_path), eval_data, criteria)
+    base = base or Reference(accuracy_session(source_path), eval_data, criteria, source)
     verification, figures, failure = verify_variant(base, accuracy_session(path), eval_data, criteria)
     if failure and spec.repair:
         trial = VariantResult(result.module, result.dtype, Status.OK)

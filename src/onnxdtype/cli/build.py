@@ -45,7 +45,7 @@ def quantize(
     fix_input: Annotated[Optional[list[str]], typer.Option("--fix-input", help="NAME=VALUE: build for this input value only (Ifs it chooses are inlined, so static calibration reaches their weights; the variant refuses other values) (repeatable)")] = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation data, same formats as --calib (default: held-out calibration data)")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Task metric module:function or file.py:function")] = None,
-    tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine (q8=0.98, default=0.99, atol=1e-4), task agreement (task=0.95, task.q4=0.9) or fp32 noise-floor redraws (rounding_draws=0: off) (repeatable)")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine (q8=0.98, default=0.99, atol=1e-4), task agreement (task=0.95, task.q4=0.9) or fp32 noise-floor draws (rounding_draws=0, weight_draws=0: off) (repeatable)")] = None,
     verify: Annotated[bool, typer.Option(help="Verify each variant against fp32 (--no-verify: only build and load-check)")] = True,
     repair: Annotated[bool, typer.Option(help="Repair variants that miss their tolerance")] = True,
     search: Annotated[bool, typer.Option(help="Static dtypes: try Q/DQ placements on the evaluation data and keep the fastest that passes")] = True,
@@ -135,7 +135,7 @@ def verify(
     folder: Annotated[Path, typer.Argument(help="A variants folder with onnxdtype.json")],
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation data (default: what the build recorded: its --eval data or the held-out calibration samples)")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Task metric module:function or file.py:function")] = None,
-    tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine (q8=0.98), task agreement (task.q8=0.95) or fp32 noise-floor redraws (rounding_draws=0: off) (repeatable)")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(help="Minimum cosine (q8=0.98), task agreement (task.q8=0.95) or fp32 noise-floor draws (rounding_draws=0, weight_draws=0: off) (repeatable)")] = None,
     latency_runs: Annotated[int, typer.Option(help="Timed runs per variant (0: no timing)")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,
 ) -> None:

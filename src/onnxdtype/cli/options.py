@@ -15,8 +15,8 @@ from onnxdtype.errors import OnnxDtypeError
 
 def tolerances(items: list[str] | None) -> dict[str, float]:
     """'q8=0.98' items -> {'q8': 0.98}; keys are dtype names, 'default' or 'atol' (cosines and the absolute floor),
-    'task' or 'task.<dtype>' (the share of task units that must agree), 'rounding_draws' (redraws for fp32's own
-    noise floor, verify.rounding; 0 turns it off)."""
+    'task' or 'task.<dtype>' (the share of task units that must agree), 'rounding_draws' and 'weight_draws' (draws
+    for fp32's own noise floor, verify.rounding and verify.weight_noise; 0 turns one off)."""
     parsed: dict[str, float] = {}
     for item in items or []:
         key, _, value = item.partition("=")
@@ -25,9 +25,9 @@ def tolerances(items: list[str] | None) -> dict[str, float]:
         except ValueError:
             raise OnnxDtypeError(f"--tolerance {item!r}: expected NAME=NUMBER, e.g. q8=0.98") from None
         name = key.strip().lower()
-        if name == "rounding_draws":
+        if name in ("rounding_draws", "weight_draws"):
             if not number.is_integer() or number < 0:
-                raise OnnxDtypeError(f"--tolerance {item!r}: rounding_draws is a whole number >= 0 (0: no noise floor)")
+                raise OnnxDtypeError(f"--tolerance {item!r}: {name} is a whole number >= 0 (0: no noise floor)")
             parsed[name] = int(number)
             continue
         if not math.isfinite(number) or number < 0 or (name != "atol" and number > 1):

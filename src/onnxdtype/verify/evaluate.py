@@ -26,6 +26,7 @@ from onnxdtype.verify.judges import Judge, TaskSpec, make_judge, required_agreem
 from onnxdtype.verify.metrics import OutputStats, judge
 from onnxdtype.verify.rounding import ROUNDING_DRAWS, ROUNDING_SEED, redrawn, rounding_steps
 from onnxdtype.verify.sequences import is_sequence_folder, paired_runs, read_sequences
+from onnxdtype.verify.weight_noise import WEIGHT_DRAWS, WEIGHT_NOISE_BITS, drawable, noisy_copies
 
 DEFAULT_MIN_COSINE = {"16": 0.9999, "8": 0.99, "4": 0.98, "4+16": 0.98}  # by DTypeInfo.bits, SPEC.md
 DEFAULT_ATOL = 1e-4  # an output whose largest error is below this passes whatever its cosine (near-zero maps)
@@ -46,9 +47,11 @@ def agreement_for(dtype: DType, overrides: dict[str, float] | None = None) -> fl
     return required_agreement(INFO[dtype].bits, None if chosen is None else {"default": chosen})
 
 
-def rounding_draws_for(overrides: dict[str, float] | None = None) -> int:
-    """How many redraws fp32's noise floor takes (verify.rounding): an override 'rounding_draws', 0 turning it off."""
-    return int((overrides or {}).get("rounding_draws", ROUNDING_DRAWS))
+def floor_draws(overrides: dict[str, float] | None = None) -> tuple[int, int]:
+    """How many draws fp32's noise floor takes: input redraws (verify.rounding, override 'rounding_draws') and
+    weight draws (verify.weight_noise, 'weight_draws'); 0 turns one off."""
+    overrides = overrides or {}
+    return int(overrides.get("rounding_draws", ROUNDING_DRAWS)), int(overrides.get("weight_draws", WEIGHT_DRAWS))
 
 
 @dataclass
@@ -193,10 +196,13 @@ class Reference:
     `evaluate` and `repair` take it where they take the fp32 session; it replays the outputs in the order the runs
     ask for them.
 
-    It also holds fp32's own noise floor (verify.rounding): per sample and judged output, the units whose fp32
-    decision moves when the input is redrawn within its rounding (`criteria.rounding_draws` redraws; 0: none)."""
+    It also holds fp32's own noise floor: per sample and judged output, the units whose fp32 decision moves when the
+    input is redrawn within its rounding (verify.rounding, `criteria.rounding_draws` redraws) or when its weights
+    carry a quarter of an 8-bit step of noise (verify.weight_noise, `criteria.weight_draws` draws of `model`, the
+    fp32 model `base` runs; none without it); 0 draws: none. `floor` says what was drawn and how many units moved."""
 
-    def __init__(self, base: ort.InferenceSession, data: EvalData, criteria: Criteria) -> None:
+    def __init__(self, base: ort.InferenceSession, data: EvalData, criteria: Criteria,
+                 model: str | Path | onnx.ModelProto | None = None) -> None:
         self.inputs = [Port(i.name, i.type, i.shape) for i in base.get_inputs()]
         self.outputs = [Port(o.name, o.type, o.shape) for o in base.get_outputs()]
         names = [o.name for o in self.outputs]
@@ -207,19 +213,42 @@ class Reference:
         self.runs = [refs for refs, _ in paired_runs(base, None, names, data.feeds, data.sequences, criteria.states,
                                                      fp32_only)]
         self.unstable: list[dict[str, np.ndarray]] = []
-        self.redrawn_inputs: list[str] = []
+        self.floor: dict[str, dict] = {}
         judges = {name: judge for name, judge in _judges(criteria, names).items() if judge.has_decisions()}
-        stepwise = data.sequences and criteria.states  # a state fed back is not a sample to redraw alone
-        steps = rounding_steps(data.feeds) if judges and criteria.rounding_draws and not stepwise else {}
-        if not steps:
+        if not judges or (data.sequences and criteria.states):  # a state fed back is not a sample to redraw alone
             return
-        self.redrawn_inputs = sorted(steps)
-        rng = np.random.default_rng(ROUNDING_SEED)
         wanted = list(judges)
-        for feed, refs in zip(data.feeds, self.runs):
-            redraws = [run(base, redrawn(feed, steps, rng), wanted) for _ in range(criteria.rounding_draws)]
-            self.unstable.append({name: judges[name].unstable_units(refs[names.index(name)], [r[k] for r in redraws])
-                                  for k, name in enumerate(wanted)})
+        refs = [[sample[names.index(name)] for name in wanted] for sample in self.runs]
+        moved = [[np.zeros(len(judges[name].decisions(ref, ref)), bool) for name, ref in zip(wanted, sample)]
+                 for sample in refs]
+
+        def note(source: str, per_sample: Iterable[list[list[np.ndarray]]]) -> None:
+            """OR into `moved` where fp32's decisions on other runs of each sample (a list of runs, each its
+            `wanted` outputs) differ from its own; count the units this source moved first under `source`."""
+            counts = self.floor[source]["moved"]
+            for sample, masks, runs in zip(refs, moved, per_sample):
+                for k, name in enumerate(wanted):
+                    units = judges[name].unstable_units(sample[k], [r[k] for r in runs])
+                    counts[name] = counts.get(name, 0) + int((units & ~masks[k]).sum())
+                    masks[k] |= units
+
+        steps = rounding_steps(data.feeds) if criteria.rounding_draws else {}
+        if steps:
+            self.floor["rounding"] = {"inputs": sorted(steps), "draws": criteria.rounding_draws, "moved": {}}
+            rng = np.random.default_rng(ROUNDING_SEED)
+            note("rounding", ([run(base, redrawn(feed, steps, rng), wanted) for _ in range(criteria.rounding_draws)]
+                              for feed in data.feeds))
+        drawn, why_not = drawable(model) if model is not None and criteria.weight_draws else (None, None)
+        if why_not:
+            self.floor["weight_noise"] = {"skipped": why_not}
+        elif drawn is not None:
+            self.floor["weight_noise"] = {"bits": WEIGHT_NOISE_BITS, "draws": criteria.weight_draws, "moved": {}}
+            for copy in noisy_copies(drawn, criteria.weight_draws):
+                noisy = session(copy)
+                note("weight_noise", ([run(noisy, feed, wanted)] for feed in data.feeds))
+                del noisy
+        if self.floor:
+            self.unstable = [dict(zip(wanted, masks)) for masks in moved]
 
     def replay(self) -> _Replay:
         return _Replay(self)
@@ -263,6 +292,7 @@ class Criteria:
     tasks: dict[str, dict] | None = None  # output -> TaskSpec fields; absent outputs and "generic" use the cosines
     states: dict[str, str] | None = None  # recurrent output -> the input it feeds: sequences run step by step
     rounding_draws: int = ROUNDING_DRAWS  # redraws of each sample for fp32's own noise floor (verify.rounding)
+    weight_draws: int = WEIGHT_DRAWS  # draws of fp32's weights for its noise floor (verify.weight_noise)
 
 
 def load_metric(spec: str) -> Callable[[list[dict], list[dict]], dict]:
@@ -330,9 +360,7 @@ def evaluate(base: ort.InferenceSession | Reference, variant: ort.InferenceSessi
         failure = next((f"output {name}: {f}" for name, f in zip(judges, failures) if f), None) or \
             next(filter(None, (_generic_failure(name, figures, criteria) for name, figures in outputs.items()
                                if name not in judges)), None)
-    rounding = {"rounding": {"inputs": base.redrawn_inputs, "draws": criteria.rounding_draws}} \
-        if base.redrawn_inputs else {}
-    return {"outputs": outputs, "task": task, **rounding}, failure
+    return {"outputs": outputs, "task": task, **base.floor}, failure
 
 
 def _judges(criteria: Criteria, names: list[str]) -> dict[str, Judge]:

@@ -26,10 +26,10 @@ from onnxdtype.verify.evaluate import (
     EvalData,
     Reference,
     agreement_for,
+    floor_draws,
     load_metric,
     min_cosine_for,
     read_eval_data,
-    rounding_draws_for,
     session,
     synthesize,
 )
@@ -111,11 +111,11 @@ def _measure(result: VariantResult, base_path: Path, path: Path, data: EvalData,
     dtype = parse_dtype(result.dtype)
     criteria = Criteria(min_cosine_for(dtype, tolerances), (tolerances or {}).get("atol", DEFAULT_ATOL), metric,
                         agreement_for(dtype, tolerances), tasks, states,
-                        rounding_draws_for(tolerances))
+                        *floor_draws(tolerances))
     if not data.feeds:
         result.verification = skipped(data)
         return
-    result.verification, _, failure = verify_variant(Reference(session(base_path), data, criteria), session(path),
+    result.verification, _, failure = verify_variant(Reference(session(base_path), data, criteria, base_path), session(path),
                                                      data, criteria)
     result.status, result.reason = (Status.FAILED, f"verification: {failure}") if failure else (Status.OK, None)
     if latency_runs > 0:

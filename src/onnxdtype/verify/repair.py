@@ -57,7 +57,7 @@ def repair(source: onnx.ModelProto, plan: RepairPlan, eval_data: EvalData, crite
     `eval_data` (whose fp32 outputs `reference` holds when the caller has them)."""
     budget = budget or RepairBudget()
     start = time.perf_counter()
-    base = reference or Reference(session(source), eval_data, criteria)
+    base = reference or Reference(session(source), eval_data, criteria, source)
     shares = weight_shares(source)
     kept: list[str] = []
     attempts: list[dict] = []

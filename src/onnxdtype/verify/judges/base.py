@@ -170,8 +170,8 @@ class TaskJudge:
     implements `_add`, `agreement`, `compared` (how many units), `summary` (counts in words) and `details`.
 
     A judge whose units are discrete decisions (a line's text, a label) also implements `decisions`: then fp32's own
-    noise floor applies (verify.rounding) — `unstable` marks the units whose fp32 decision moved when the input was
-    redrawn within its rounding; `_add` gets it, leaves those units out of the verdict and counts them in
+    noise floor applies (verify.rounding, verify.weight_noise) — `unstable` marks the units whose fp32 decision moved
+    when the input was redrawn within its rounding or its weights carried noise; `_add` gets it, leaves those units out of the verdict and counts them in
     `unstable` (and in `unstable_differ` the ones the variant reads differently).
     """
     name: ClassVar[str]
@@ -183,7 +183,7 @@ class TaskJudge:
         self.samples = 0
         self.nonfinite = 0
         self.nonfinite_fp32 = 0
-        self.unstable = 0  # units left out: fp32's own decision moved under its input's rounding
+        self.unstable = 0  # units left out: fp32's own decision moved under its input's rounding or weight noise
         self.unstable_differ = 0  # of those, the ones the variant decides differently from fp32
 
     def add(self, ref: np.ndarray, got: np.ndarray, unstable: np.ndarray | None = None) -> None:
@@ -229,7 +229,7 @@ class TaskJudge:
             return f"{self.name}: no samples compared"
         if self.compared() == 0 and self.unstable:
             return (f"{self.name}: fp32 itself decides every one of its {self.unstable} {self.unit} differently "
-                    "when the input is redrawn within its rounding: the data cannot judge a variant")
+                    "under its input's rounding or its weights' noise: the data cannot judge a variant")
         if self.nonfinite > self.nonfinite_fp32:
             return f"{self.name}: {self.nonfinite} NaN/Inf values where fp32 has {self.nonfinite_fp32}"
         agreement = self.agreement()
@@ -238,7 +238,8 @@ class TaskJudge:
         units = self.compared()
         grain = f"; {units} {self.unit}: one is {100 / units:.1f} %" if units else ""
         if self.unstable:
-            grain += f"; {self.unstable} more that fp32 decides differently under its input's rounding not judged"
+            grain += (f"; {self.unstable} more that fp32 itself decides differently under its input's rounding or "
+                      "its weights' noise not judged")
         return f"{self.name}: {self.summary()} ({percent_below(agreement, required)}) < {required * 100:g} %{grain}"
 
     def _add(self, ref: np.ndarray, got: np.ndarray) -> None:

@@ -5,7 +5,8 @@ is one prediction. A single score per prediction (C == 1, a sigmoid head) is jud
 `threshold` (default: 0.5 for probabilities, 0 for logits). A flip to a class fp32 scored within `margin` of its
 own top-1 is a coin flip fp32 had not decided (base.undecided): counted as agreeing and reported apart. Top-5
 overlap is shown, not judged: it tells a near-tie flip from a wrecked head. Predictions fp32 itself makes
-differently when its input is redrawn within its rounding (verify.rounding) are not judged, but counted apart.
+differently when its input is redrawn within its rounding (verify.rounding) or its weights carry a quarter of an
+8-bit step of noise (verify.weight_noise) are not judged, but counted apart.
 """
 
 from __future__ import annotations

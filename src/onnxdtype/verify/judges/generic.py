@@ -48,7 +48,7 @@ class GenericJudge:
 
     @classmethod
     def has_decisions(cls) -> bool:
-        return False  # values, not decisions: no noise floor (verify.rounding)
+        return False  # values, not decisions: no noise floor (verify.rounding, verify.weight_noise)
 
     def figures(self) -> dict:
         """OutputStats's figures; no task agreement (None), units = values compared."""
