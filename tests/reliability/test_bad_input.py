@@ -265,6 +265,7 @@ def test_unknown_dtype_names(tiny, tmp_path, dtype, fragment):
     pytest.param(("-d", "fp16", "--tolerance", "q8=nan"), "--tolerance", id="tolerance-nan"),
     pytest.param(("-d", "fp16", "--tolerance", "atol=-1"), "--tolerance", id="atol-negative"),
     pytest.param(("-d", "fp16", "--tolerance", "rounding_draws=2.5"), "whole number", id="rounding-draws-fraction"),
+    pytest.param(("-d", "fp16", "--tolerance", "weight_draws=-1"), "whole number", id="weight-draws-negative"),
     pytest.param(("-d", "fp16", "--repair-max-weights", "1.5"), "--repair-max-weights", id="repair-share-above-1"),
     pytest.param(("-d", "fp16", "--workers", "-1"), "--workers", id="workers-negative"),
     pytest.param(("-d", "fp16", "--latency-runs", "-1"), "--latency-runs", id="latency-runs-negative"),
