@@ -11,8 +11,9 @@ Columns: task agreement (the judge onnxdtype guesses for the output), 1-thread a
 (medians of interleaved runs), size, and the integer kernels / Q-DQ conversions in onnxruntime's optimized graph.
 --profile adds, per model, where the time goes at 1 thread: onnxruntime's own per-node profile (enable_profiling)
 summed by op type, fp32 beside the searched variant.
+--swap-page-lines gives cls/rec the other split of scikit-image's photographed page (examples/ocr_models.py).
 Usage: python bench/static_speed.py [--models det,cls,rec,minilm,yolo] [--dtypes s8u8,u8u8] [--runs N] [--profile]
-       [--bias-correction]
+       [--bias-correction] [--swap-page-lines]
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ from onnxdtype.verify.kernels import kernels  # noqa: E402
 from onnxdtype.verify.latency import measure  # noqa: E402
 
 
-def ocr_case(kind: str, work: Path) -> tuple[Path, Path, Path]:
-    ocr_models.main(work / "ocr")
+def ocr_case(kind: str, work: Path, swap_page_lines: bool) -> tuple[Path, Path, Path]:
+    ocr_models.main(work / "ocr", swap_page_lines)
     return work / "ocr" / f"{kind}.onnx", work / "ocr-calib" / kind, work / "ocr-eval" / kind
 
 
@@ -176,6 +177,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="per-op-type time of fp32 and the searched variant")
     parser.add_argument("--bias-correction", action="store_true", help="onnxdtype's rows with static.bias_correction")
+    parser.add_argument("--swap-page-lines", action="store_true",
+                        help="cls/rec: calibrate on the page's last 3 lines, judge on its first 4 (ocr_models.py)")
     args = parser.parse_args()
     options = {"static": {"bias_correction": True}} if args.bias_correction else None
     logging.disable(logging.WARNING)
@@ -183,7 +186,7 @@ def main() -> None:
         work = Path(scratch)
         for name in args.models.split(","):
             cases = {"minilm": lambda: minilm_case(work / name), "yolo": lambda: yolo_case(work / name)}
-            model, calib, eval_dir = cases.get(name, lambda: ocr_case(name, work))()
+            model, calib, eval_dir = cases.get(name, lambda: ocr_case(name, work, args.swap_page_lines))()
             print(f"{name}: {'variant':16} {'task':>16} {'1 thread':>8} {'all':>8} {'size':>6} int/qdq")
             for dtype in args.dtypes.split(","):
                 print(f"  {dtype}: {row('plain', model, plain(model, calib, dtype, work), eval_dir, args.runs)[2:]}")
