@@ -39,7 +39,7 @@ import tinymodels  # noqa: E402
 from onnxdtype.build import Calibration, quantize  # noqa: E402
 from onnxdtype.calibration import load_samples  # noqa: E402
 from onnxdtype.recipes.static import DTYPE_TYPES  # noqa: E402
-from onnxdtype.verify.evaluate import Criteria, evaluate, session  # noqa: E402
+from onnxdtype.verify.evaluate import Criteria, EvalData, Reference, evaluate, session  # noqa: E402
 from onnxdtype.verify.judges import guess_tasks  # noqa: E402
 from onnxdtype.verify.kernels import kernels  # noqa: E402
 from onnxdtype.verify.latency import measure  # noqa: E402
@@ -134,7 +134,9 @@ def task_text(fp32: Path, variant: Path, feeds: list[dict]) -> str:
     """The worst task agreement over the outputs, by the judges onnxdtype guesses ('ctc 72.7%'), or the worst
     cosine when no output has a task judge."""
     tasks = {name: dataclasses.asdict(spec) for name, spec in guess_tasks(onnx.load(str(fp32))).items()}
-    figures, _ = evaluate(session(fp32), session(variant), feeds, Criteria(0.99, tasks=tasks))
+    criteria = Criteria(0.99, tasks=tasks)  # fp32's noise floor as the build judges it: inputs and weights
+    figures, _ = evaluate(Reference(session(fp32), EvalData(feeds, "eval", False), criteria, fp32), session(variant),
+                          feeds, criteria)
     judged = [f["judge"] for f in figures["outputs"].values() if f.get("judge")]
     task = min(judged, key=lambda j: j["agreement"]) if judged else None
     worst_cosine = min(f["cosine"] for f in figures["outputs"].values())
