@@ -115,8 +115,8 @@ def _measure(result: VariantResult, base_path: Path, path: Path, data: EvalData,
     if not data.feeds:
         result.verification = skipped(data)
         return
-    result.verification, _, failure = verify_variant(Reference(session(base_path), data, criteria, base_path), session(path),
-                                                     data, criteria)
+    reference = Reference(session(base_path), data, criteria, base_path)
+    result.verification, _, failure = verify_variant(reference, session(path), data, criteria)
     result.status, result.reason = (Status.FAILED, f"verification: {failure}") if failure else (Status.OK, None)
     if latency_runs > 0:
         result.latency = measure(base_path, path, data.feeds[0], latency_runs)

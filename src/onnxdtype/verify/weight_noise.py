@@ -4,16 +4,17 @@ far less than any integer variant rounds them.
 verify.rounding redraws the input; a reading can also sit on an edge in weight space. Each draw moves every float
 weight (an initializer of rank >= 2, Constant-node weights included) uniformly within half a step of a symmetric
 WEIGHT_NOISE_BITS-bit grid per output channel — a quarter of the step of the 8-bit per-channel grid, the finest
-onnxdtype's integer dtypes round to. A decision that moves under that is not one the variant can be held to.
+grid onnxdtype's integer dtypes round to. A decision that moves under that is not one the variant can be held to.
 
 Measured (PP-OCRv4 rec, the demo's 11 held-out lines, 12 draws per level; tests/test_real_models.py checks the
-line below moves at 10 bits and no rendered line does): the photographed page line 'markers np.zeros like（coins)', which every static 8-bit variant misreads and
-which fp32 reads alike under 8 redraws of its input's rounding, moved in 5 of 12 draws at 10 bits, 8 at 9 bits,
-11 at 8 bits, with its weights rounded to bfloat16, and in 2 of 12 under relative Gaussian noise of 0.1 %; the two
-other page lines moved too (they already move under the input's rounding); none of the 8 rendered lines moved at
-any level down to 8 bits. PP-OCR cls's 11 labels: none moved at 10 bits (two at 0.47/0.53 moved at 8 bits), so
-the labels its int8 variant changes are still judged. Not drawn: weights inside If/Loop bodies, and models with
-more than DRAW_LIMIT of weights (a copy per draw of a model that large is what its build avoids holding).
+line below moves at 10 bits and no rendered line does): the photographed page line 'markers np.zeros like（coins)',
+which every static 8-bit variant misreads and which fp32 reads alike under 8 redraws of its input's rounding, moved
+in 5 of 12 draws at 10 bits, 8 at 9 bits, 11 at 8 bits, with its weights rounded to bfloat16, and in 2 of 12 under
+relative Gaussian noise of 0.1 %; the two other page lines moved too (they already move under the input's
+rounding); none of the 8 rendered lines moved at any level down to 8 bits. PP-OCR cls's 11 labels: none moved at
+10 bits (two at 0.47/0.53 moved at 8 bits), so the labels its int8 variant changes are still judged. Not drawn:
+weights inside If/Loop bodies, and models with more than DRAW_LIMIT of weights (a copy per draw of a model that
+large is what its build avoids holding).
 """
 
 from __future__ import annotations

@@ -171,8 +171,9 @@ class TaskJudge:
 
     A judge whose units are discrete decisions (a line's text, a label) also implements `decisions`: then fp32's own
     noise floor applies (verify.rounding, verify.weight_noise) — `unstable` marks the units whose fp32 decision moved
-    when the input was redrawn within its rounding or its weights carried noise; `_add` gets it, leaves those units out of the verdict and counts them in
-    `unstable` (and in `unstable_differ` the ones the variant reads differently).
+    when the input was redrawn within its rounding or its weights carried noise; `_add` gets it, leaves those units
+    out of the verdict and counts them in `unstable` (and in `unstable_differ` the ones the variant reads
+    differently).
     """
     name: ClassVar[str]
     unit: ClassVar[str]
