@@ -10,7 +10,7 @@ import pytest
 
 from onnxdtype.build import find_modules, quantize
 from onnxdtype.errors import OnnxDtypeError
-from onnxdtype.manifest import LOCK_NAME, MANIFEST_NAME
+from onnxdtype.manifest import LOCK_NAME, MANIFEST_NAME, read_manifest
 from onnxdtype.model import sha256_file
 
 
@@ -358,13 +358,42 @@ def test_static_search_retries_failing_int8_weight_placements_with_seven_bit_wei
     data = random_samples(tmp_path / "calib", (8, 64))
     result = quantize(tiny("outlier_matmul"), "s8u8", tmp_path / "out", calib=Calibration(data), latency_runs=0,
                       workers=1).by("outlier_matmul", "s8u8")
-    candidates = [c for c in result.params["search"]["candidates"] if "repaired" not in c]
+    candidates = [c for c in result.params["search"]["candidates"] if "repaired" not in c
+                  and "method" not in c["options"]["static"]]  # the retries on other ranges: the next test
     placements = [c for c in candidates if "reduce_range" not in c["options"]["static"]]
     retries = [c for c in candidates if c["options"]["static"].get("reduce_range")]
     assert [c["options"]["static"] for c in placements] == [dict(c) for c in CANDIDATES]
     fastest_passing = max((c["speedup_1thread"] for c in placements if c["failure"] is None), default=0.0)
     retried = [c["options"]["static"] for c in placements if c["failure"] and c["speedup_1thread"] > fastest_passing]
     assert retried and [{**r, "reduce_range": True} for r in retried] == [c["options"]["static"] for c in retries]
+
+
+def test_static_search_retries_failing_placements_on_mse_clipped_ranges(tiny, tmp_path):
+    """After the 7-bit retries, each failing placement faster than every passing one is built again on MSE-clipped
+    ranges of the same calibration samples (a second pass, its file beside the first and named in the manifest);
+    a method the user chose (--calib-method) is searched alone."""
+    from onnxdtype.build import Calibration
+
+    data = random_samples(tmp_path / "calib", (8, 64))
+    out = tmp_path / "out"
+    result = quantize(tiny("outlier_matmul"), "s8u8", out, calib=Calibration(data), latency_runs=0,
+                      workers=1).by("outlier_matmul", "s8u8")
+    candidates = [c for c in result.params["search"]["candidates"] if "repaired" not in c]
+    first = [c for c in candidates if "method" not in c["options"]["static"]]
+    on_mse = [c for c in candidates if c["options"]["static"].get("method") == "mse"]
+    fastest_passing = max((c["speedup_1thread"] for c in first if c["failure"] is None), default=0.0)
+    failing = [c["options"]["static"] for c in first if c["failure"] and c["speedup_1thread"] > fastest_passing]
+    calibration = read_manifest(out)["modules"]["outlier_matmul"]["calibration"]
+    mse_file = calibration["search_ranges"]["mse"]["ranges_file"]
+    assert failing and [{**f, "method": "mse", "ranges_file": mse_file} for f in failing] == \
+        [c["options"]["static"] for c in on_mse]
+    assert (out / mse_file).exists() and mse_file != calibration["ranges_file"]
+    assert json.loads((out / mse_file).read_text())["onnxdtype"]["method"] == "mse"
+    chosen = Calibration(data, method="percentile")
+    again = quantize(tiny("outlier_matmul"), "s8u8", tmp_path / "percentile", calib=chosen, latency_runs=0,
+                     workers=1).by("outlier_matmul", "s8u8")
+    assert not any("method" in c["options"]["static"] for c in again.params["search"]["candidates"])
+    assert "search_ranges" not in read_manifest(tmp_path / "percentile")["modules"]["outlier_matmul"]["calibration"]
 
 
 def test_yolo_like_detector_gets_a_verified_q8_with_conv_quantized(tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 import onnx
 
 from onnxdtype.build.plan import Calibration, Module, ModulePlan, needs_calibration, wants_grams
+from onnxdtype.build.search import SEARCH_RANGES
 from onnxdtype.build.task import VerifySpec
 from onnxdtype.calibration.data import check_feed, load_samples, model_inputs, module_path
 from onnxdtype.calibration.grams import input_grams, matmul_inputs, write_grams
@@ -43,19 +44,26 @@ def check_calibration_data(plan: ModulePlan, modules: int, calib: Calibration | 
         pass
 
 
-def calibrate_module(plan: ModulePlan, modules: int, calib: Calibration | None, wanted: list[DType], out: Path
-                     ) -> EvalData | None:
+def calibrate_module(plan: ModulePlan, modules: int, calib: Calibration | None, wanted: list[DType], out: Path,
+                     searched: bool = False) -> EvalData | None:
     """One calibration pass per module serves every static dtype and int8: records it in the manifest, sets the
-    ranges file in `plan.calibrated`, and returns the held-out samples for verification."""
+    ranges file in `plan.calibrated`, and returns the held-out samples for verification. When the search will run
+    on MinMax ranges (`searched`), a second pass gives it MSE-clipped ones to retry failing placements on
+    (build.search, `plan.search_ranges`)."""
     static = calibrated_dtypes(wanted)
     if calib is None or not static:
         return None
     path = module_path(calib.data, plan.module.name, modules, "--calib")
+    also = SEARCH_RANGES if searched and calib.method == "minmax" else ()
     done = calibrate_path(plan.for_dtype(static[0]).model, path, calib.image_spec, calib.method, out,
-                          calib.eval_fraction)
+                          calib.eval_fraction, also)
     entry = {**done.samples.describe(), "method": done.result.method, "ranges_file": done.result.path.name,
              "samples_used": done.result.samples_used, "seconds": done.result.seconds, "cached": done.result.cached,
              "held_out_for_eval": len(done.held_out)}
+    if done.others:
+        entry["search_ranges"] = {method: {"ranges_file": r.path.name, "seconds": r.seconds, "cached": r.cached}
+                                  for method, r in done.others.items()}
+    plan.search_ranges = {method: str(r.path) for method, r in done.others.items()}
     update_manifest(out, lambda data: data["modules"][plan.module.name].__setitem__("calibration", entry))
     calibrated = {"ranges_file": str(done.result.path), "method": done.result.method}
     plan.calibrated = {step: calibrated for d in static for step in INFO[d].steps if RECIPES[step].NEEDS_CALIBRATION}

@@ -165,6 +165,12 @@ class Request:
         """The wanted dtypes that need calibration data none was given for."""
         return [d for d in self.wanted if needs_calibration(d, self.overrides) and self.calib is None]
 
+    def candidates(self, dtype: DType) -> list[dict[str, dict]]:
+        """The placements the search tries for `dtype` (build.search); none with the search off, or for an option
+        the user set."""
+        given = {f for key in (*INFO[dtype].steps, dtype.value) for f in self.overrides.get(key, {})}
+        return candidates_for(INFO[dtype].steps, given) if self.search else []
+
 
 @dataclass
 class Prepared:
@@ -237,7 +243,8 @@ def _prepare(request: Request, plan: ModulePlan, given: EvalData | None, manifes
     results decided without building (kept, skipped, not applicable)."""
     m, out = plan.module, request.out
     base_entry = place_base(m, plan.base, out, request.force, plan.single_file)
-    held_out = module_data.calibrate_module(plan, len(request.modules), request.calib, request.wanted, out)
+    held_out = module_data.calibrate_module(plan, len(request.modules), request.calib, request.wanted, out,
+                                            any(request.candidates(d) for d in request.wanted))
     gram_held_out = module_data.gram_module(plan, len(request.modules), request.calib, request.wanted,
                                             request.overrides, tmp)
     held_out = held_out or gram_held_out  # the same split of the same samples when both ran
@@ -260,11 +267,10 @@ def _prepare(request: Request, plan: ModulePlan, given: EvalData | None, manifes
             continue
         norm = plan.for_dtype(dtype)
         step_options = options_for(dtype, request.overrides, plan.calibrated)
-        given_fields = {f for key in (*INFO[dtype].steps, dtype.value) for f in request.overrides.get(key, {})}
+        candidates = request.candidates(dtype)
         work.append(VariantTask(m.name, dtype.value, str(norm.path), norm.done,
                                 {step: asdict(o) for step, o in step_options.items()}, str(tmp), base_entry["bytes"],
-                                spec, plan.specialized,
-                                candidates_for(INFO[dtype].steps, given_fields) if request.search else [],
+                                spec, plan.specialized, candidates, plan.search_ranges if candidates else {},
                                 single_file=plan.single_file))
     return decided
 

@@ -72,6 +72,7 @@ class ModulePlan:
     held_out_entry: dict[str, Any] | None = None  # the held-out calibration samples' place, when they verify
     latency_data: EvalData | None = None  # what variants are verified and timed on (after calibration)
     fixed: dict[str, np.ndarray] = field(default_factory=dict)  # the fixed input values
+    search_ranges: dict[str, str] = field(default_factory=dict)  # method -> ranges file the search may retry on
 
     def for_dtype(self, dtype: DType) -> Normalized:
         return self.normalized[passes_for(dtype)]

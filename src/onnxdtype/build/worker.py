@@ -145,7 +145,7 @@ def _searched(source: onnx.ModelProto, task: VariantTask, steps: tuple[str, ...]
             remove_model(scratch)
 
     found = search(source, task.norm_path, steps, options, task.search, eval_data, criteria, result, run_steps,
-                   repair if task.verify.repair else None)
+                   repair if task.verify.repair else None, task.search_ranges)
     return found[0] if found else None
 
 
