@@ -28,7 +28,7 @@ from onnx import numpy_helper
 
 from onnxdtype.model import inline_bytes, load_model
 from onnxdtype.normalize import constants_to_initializers
-from onnxdtype.weights import load_all
+from onnxdtype.weights import has_lazy, load_all
 
 WEIGHT_DRAWS = 8  # the line above moved in 5 of 12 draws; 8 miss it with probability (7/12)^8, 1.3 %
 WEIGHT_NOISE_BITS = 10
@@ -38,12 +38,14 @@ _OUTPUT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": -1}  # where each op ke
 
 
 def drawable(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | None]:
-    """The model to draw from, its weights in memory (read from its file, or its lazy weights read in, as a copy),
-    or None and why not: more than DRAW_LIMIT of weights."""
+    """The model to draw from, its weights in memory (read from its file; lazy weights read into a copy, an
+    in-memory model as it is: noisy_copies copies it anyway), or None and why not: more than DRAW_LIMIT of weights."""
     if not isinstance(model, onnx.ModelProto):
         model = load_model(model, lazy=True)
     if inline_bytes(model) > DRAW_LIMIT:
         return None, f"weights over {DRAW_LIMIT >> 20} MiB: not copied per draw"
+    if not has_lazy(model):
+        return model, None
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     load_all(copy)
