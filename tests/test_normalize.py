@@ -57,3 +57,48 @@ def test_batchnorm_after_a_conv_folds_into_it_unless_the_conv_output_is_read_els
     x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
     for ref, got in zip(*(ort.InferenceSession(m.SerializeToString()).run(None, {"x": x}) for m in (model, out))):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_an_add_of_a_per_channel_constant_after_a_conv_folds_into_its_bias():
+    """paddle2onnx's form (Add of a Reshape of constants) and a plain initializer fold; an Add that varies over
+    space, or one after a Conv read elsewhere, stays."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxdtype.normalize import fold_conv_bias_adds
+
+    rng = np.random.default_rng(3)
+
+    def const(name, array):
+        return numpy_helper.from_array(np.asarray(array), name)
+
+    inits = [const("w1", rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+             const("w2", rng.standard_normal((4, 4, 1, 1)).astype(np.float32)),
+             const("b2", rng.standard_normal(4).astype(np.float32)),
+             const("w3", rng.standard_normal((4, 4, 1, 1)).astype(np.float32)),
+             const("offset", rng.standard_normal(4).astype(np.float32)),
+             const("shape", np.array([1, 4, 1, 1], np.int64)),
+             const("per_channel", rng.standard_normal((1, 4, 1, 1)).astype(np.float32)),
+             const("spatial", rng.standard_normal((1, 4, 6, 6)).astype(np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["offset", "shape"], ["offset4"], name="reshape"),
+             helper.make_node("Add", ["c1", "offset4"], ["a1"], name="add_reshaped"),
+             helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], name="conv2"),
+             helper.make_node("Add", ["per_channel", "c2"], ["a2"], name="add_initializer"),
+             helper.make_node("Conv", ["a2", "w3"], ["c3"], name="conv3"),
+             helper.make_node("Add", ["c3", "spatial"], ["a3"], name="add_spatial"),
+             helper.make_node("Conv", ["a3", "w3"], ["c4"], name="conv4"),
+             helper.make_node("Add", ["c4", "per_channel"], ["y"], name="add_after_shared_conv")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6]),
+                               helper.make_tensor_value_info("c4", TensorProto.FLOAT, [1, 4, 6, 6])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    assert fold_conv_bias_adds(folded) == 2
+    onnx.checker.check_model(folded)
+    assert {n.name for n in folded.graph.node} == {"conv1", "conv2", "conv3", "add_spatial", "conv4",
+                                                   "add_after_shared_conv"}
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    for ref, got in zip(*(ort.InferenceSession(m.SerializeToString()).run(None, {"x": x}) for m in (model, folded))):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

@@ -138,6 +138,75 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
     return len(dropped)
 
 
+def fold_conv_bias_adds(model: onnx.ModelProto) -> int:
+    """Fold each Add of a per-channel constant that alone reads a Conv's output into that Conv's bias.
+
+    paddle2onnx writes the bias of PP-OCR's squeeze-excite Convs as Add(Conv, Reshape(const, const)). In fp32
+    onnxruntime runs those Adds as separate ops; in a static chain each became a QLinearAdd after its QLinearConv
+    (18 of cls's 155 integer-graph nodes). The folded Conv writes the Add's output, whose range is cached."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers = readers(graph)
+    outputs = {o.name for o in graph.output}
+    producers = {o: n for n in graph.node for o in n.output}
+    dropped: set[int] = set()
+    folded = 0
+    for add in graph.node:
+        for conv_side in (0, 1) if add.op_type == "Add" and len(add.input) == 2 else ():
+            conv = producers.get(add.input[conv_side])
+            if conv is None or conv.op_type != "Conv" or len(consumers.get(conv.output[0], [])) != 1 \
+                    or conv.output[0] in outputs or any(name not in inits for name in conv.input[1:3]):
+                continue
+            weight = read_array(inits[conv.input[1]])
+            constant = add.input[1 - conv_side]
+            bias = _per_channel_constant(constant, inits, producers, weight.ndim, weight.shape[0])
+            if bias is None:
+                continue
+            old = read_array(inits[conv.input[2]]) if len(conv.input) > 2 else np.zeros(weight.shape[0], np.float32)
+            bias_name = f"{conv.name or conv.output[0]}/add_folded_bias"
+            graph.initializer.append(numpy_helper.from_array((old + bias).astype(np.float32), bias_name))
+            if len(conv.input) > 2:
+                conv.input[2] = bias_name
+            else:
+                conv.input.append(bias_name)
+            conv.output[0] = add.output[0]
+            dropped.add(id(add))
+            folded += 1
+            if len(consumers[constant]) == 1 and constant in producers:  # its Reshape now feeds nothing
+                dropped.add(id(producers[constant]))
+            break
+    if dropped:
+        kept = [n for n in graph.node if id(n) not in dropped]
+        del graph.node[:]
+        graph.node.extend(kept)
+        _drop_unused_initializers(graph)
+    return folded
+
+
+_SHAPE_ONLY = ("Reshape", "Unsqueeze", "Squeeze", "Identity", "Flatten")
+
+
+def _per_channel_constant(name: str, inits: dict, producers: dict, rank: int, channels: int) -> np.ndarray | None:
+    """The float32 values of tensor `name` as one bias per output channel of a rank-`rank` Conv, when it is an
+    initializer, or one reshaped by a node of constant inputs, that broadcasts along the channel axis only."""
+    if name in inits:
+        value = read_array(inits[name])
+    else:
+        node = producers.get(name)
+        if node is None or node.op_type not in _SHAPE_ONLY or len(node.output) != 1 \
+                or not all(i in inits for i in node.input if i):
+            return None
+        from onnx.reference import ReferenceEvaluator
+
+        value = ReferenceEvaluator(node).run(None, {i: read_array(inits[i]) for i in node.input if i})[0]
+    if value.dtype != np.float32 or value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + value.shape
+    if shape[0] != 1 or any(d != 1 for d in shape[2:]) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(value.reshape(-1), (channels,))
+
+
 def gemm_to_matmul(model: onnx.ModelProto) -> int:
     """Rewrite Gemm(A, const B, C) as MatMul(A, B') [+ Add(beta*C)] with alpha and transB folded into B'.
 

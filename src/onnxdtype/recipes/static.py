@@ -46,7 +46,7 @@ from pathlib import Path
 import onnx
 
 from onnxdtype.calibration.ranges import CALIBRATION_PASSES, ORT_METHODS, weighted_nodes
-from onnxdtype.normalize import fold_batchnorm
+from onnxdtype.normalize import fold_batchnorm, fold_conv_bias_adds
 from onnxdtype.ops import KERNEL_WEIGHT_INPUT
 from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, with_nodes
 from onnxdtype.recipes.bias_correction import corrected_biases
@@ -128,7 +128,8 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
 
     calibration = cached_ranges(model, options.ranges_file, options.method)
     model = named_copy(model)  # quantize_static edits its input; nodes_to_exclude needs names
-    folded = fold_batchnorm(model)  # the folded Conv writes the BatchNormalization's output, whose range is cached
+    biases = fold_conv_bias_adds(model)  # the folded Conv writes the Add's output, whose range is cached
+    folded = fold_batchnorm(model)  # likewise the BatchNormalization's
     spelled: dict[str, int] = {}
     if not options.kernel_ops_only:  # a chain placement: ops without an integer kernel would break it
         model, calibration, spelled = integer_spellings(model, calibration)
@@ -170,6 +171,8 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
                   if n.name in excluded and (op_types is None or n.op_type in op_types))
     if folded:
         notes.append(f"{folded} BatchNormalization folded into their Conv (onnxruntime cannot across a Q/DQ pair)")
+    if biases:
+        notes.append(f"{biases} Adds of a per-channel constant folded into their Conv's bias (likewise)")
     if spelled:
         notes.append("spelled with integer-kernel ops (Add/Mul/Clip): "
                      + ", ".join(f"{n} {op}" for op, n in spelled.items()))
