@@ -521,8 +521,8 @@ def test_verify_reuses_the_evaluation_data_the_build_used(tiny, tmp_path):
 
 
 def test_static_search_hands_its_repair_the_fp32_outputs_it_already_holds(tmp_path):
-    """The search runs fp32 over the evaluation data once (verify.Reference); the repair of its failing candidate
-    judges against those outputs instead of running fp32 over the data again."""
+    """The search judges against the fp32 outputs its caller ran once (verify.Reference); the repair of its failing
+    candidate judges against the same ones instead of running fp32 over the data again."""
     from tinymodels import outlier_matmul
 
     from onnxdtype.build import search as search_module
@@ -531,7 +531,7 @@ def test_static_search_hands_its_repair_the_fp32_outputs_it_already_holds(tmp_pa
     from onnxdtype.normalize import normalize
     from onnxdtype.recipes import static
     from onnxdtype.results import Status, VariantResult
-    from onnxdtype.verify.evaluate import Criteria, EvalData, Reference
+    from onnxdtype.verify.evaluate import Criteria, EvalData, Reference, session
 
     model = normalize(outlier_matmul(), static.PASSES)[0]
     path = tmp_path / "model.onnx"
@@ -547,7 +547,29 @@ def test_static_search_hands_its_repair_the_fp32_outputs_it_already_holds(tmp_pa
         trial.verification = {"failure": "not repaired in this test"}
         return built
 
+    data, criteria = EvalData(held_out, "eval", False), Criteria(0.999)
+    base = Reference(session(path), data, criteria, model)
     search_module.search(model, str(path), ("static",), options, search_module.candidates_for(("static",), set()),
-                         EvalData(held_out, "eval", False), Criteria(0.999), VariantResult("m", "u8u8", Status.OK),
-                         run_steps, repair)
-    assert len(handed) == 1 and isinstance(handed[0], Reference) and len(handed[0].runs) == len(held_out)
+                         data, criteria, base, VariantResult("m", "u8u8", Status.OK), run_steps, repair)
+    assert handed == [base]
+
+
+def test_a_worker_makes_fp32_s_reference_once_for_every_dtype_of_a_module(tmp_path):
+    """fp32's runs and noise floor depend on the module, its data, judges and draws, not on a dtype's thresholds:
+    the worker reuses them across dtypes and makes them again when any of those changes."""
+    import numpy as np
+    from tinymodels import mlp
+
+    from onnxdtype.build import worker
+    from onnxdtype.build.task import VerifySpec
+    from onnxdtype.verify.evaluate import Criteria, EvalData
+
+    model = mlp()
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    data = EvalData([{"x": x} for x in np.random.default_rng(0).standard_normal((3, 1, 64)).astype(np.float32)],
+                    "eval", False)
+    spec = VerifySpec("eval", "", False, {}, {}, {}, {}, 1e-4, None, True)
+    first = worker._reference(model, path, spec, data, Criteria(0.99))
+    assert worker._reference(model, path, spec, data, Criteria(0.9, agreement=0.5)) is first
+    assert worker._reference(model, path, spec, data, Criteria(0.99, weight_draws=0)) is not first

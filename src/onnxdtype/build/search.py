@@ -71,12 +71,14 @@ class _Tried:
 
 
 def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], options: dict,
-           candidates: list[dict[str, dict]], data: EvalData, criteria: Criteria, result: VariantResult,
+           candidates: list[dict[str, dict]], data: EvalData, criteria: Criteria, base: Reference,
+           result: VariantResult,
            run_steps: Callable[..., onnx.ModelProto | None],
            repair: Callable[[onnx.ModelProto, dict, VariantResult, Reference], onnx.ModelProto] | None,
            ranges: dict[str, str] | None = None) -> tuple[onnx.ModelProto, dict] | None:
     """The fastest candidate that passes `criteria` on `data` (its model and options), every candidate's figures in
-    result.params["search"]; None when no candidate could be built, or none passed and repair is off.
+    result.params["search"]; None when no candidate could be built, or none passed and repair is off. `base` is
+    fp32 on `data` (its runs and noise floor), judged against by every candidate.
 
     Every candidate is judged and timed; those failing and faster than every passing one are tried again with 7-bit
     weights (int8 weights only), then on each of `ranges` (method -> ranges file of the same calibration samples,
@@ -84,7 +86,6 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     float, judged on the task against the fp32 outputs the search already holds): the fastest that ran faster than
     every passing one (keeping nodes in float only slows it), or, when none passed, the one closest to passing. When
     nothing passes, the result is that repaired candidate, failed with its figures and repair trail."""
-    base = Reference(session(source_path), data, criteria, source)  # fp32 runs once for every candidate
     base_timed = session(source_path, threads=1)
     trail: list[dict[str, Any]] = []
     tried: list[_Tried] = []
