@@ -171,7 +171,7 @@ def verify_spec(plan: ModulePlan, data: EvalData | None, tmp: Path, wanted: list
                       {d.value: min_cosine_for(d, tolerances) for d in wanted},
                       {d.value: agreement_for(d, tolerances) for d in wanted}, plan.tasks, recurrent_pairs(plan.base),
                       (tolerances or {}).get("atol", DEFAULT_ATOL), metric, repair, budget or RepairBudget(),
-                      *floor_draws(tolerances))
+                      **floor_draws(tolerances))
 
 
 def latency_feed(data: EvalData | None, base: onnx.ModelProto, path: Path) -> dict | None:

@@ -47,11 +47,12 @@ def agreement_for(dtype: DType, overrides: dict[str, float] | None = None) -> fl
     return required_agreement(INFO[dtype].bits, None if chosen is None else {"default": chosen})
 
 
-def floor_draws(overrides: dict[str, float] | None = None) -> tuple[int, int]:
-    """How many draws fp32's noise floor takes: input redraws (verify.rounding, override 'rounding_draws') and
-    weight draws (verify.weight_noise, 'weight_draws'); 0 turns one off."""
+def floor_draws(overrides: dict[str, float] | None = None) -> dict[str, int]:
+    """How many draws fp32's noise floor takes, by Criteria/VerifySpec field: input redraws (verify.rounding,
+    override 'rounding_draws') and weight draws (verify.weight_noise, 'weight_draws'); 0 turns one off."""
     overrides = overrides or {}
-    return int(overrides.get("rounding_draws", ROUNDING_DRAWS)), int(overrides.get("weight_draws", WEIGHT_DRAWS))
+    return {"rounding_draws": int(overrides.get("rounding_draws", ROUNDING_DRAWS)),
+            "weight_draws": int(overrides.get("weight_draws", WEIGHT_DRAWS))}
 
 
 @dataclass

@@ -111,7 +111,7 @@ def _measure(result: VariantResult, base_path: Path, path: Path, data: EvalData,
     dtype = parse_dtype(result.dtype)
     criteria = Criteria(min_cosine_for(dtype, tolerances), (tolerances or {}).get("atol", DEFAULT_ATOL), metric,
                         agreement_for(dtype, tolerances), tasks, states,
-                        *floor_draws(tolerances))
+                        **floor_draws(tolerances))
     if not data.feeds:
         result.verification = skipped(data)
         return
