@@ -102,3 +102,7 @@ def test_an_add_of_a_per_channel_constant_after_a_conv_folds_into_its_bias():
     x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
     for ref, got in zip(*(ort.InferenceSession(m.SerializeToString()).run(None, {"x": x}) for m in (model, folded))):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    overridable = onnx.ModelProto()
+    overridable.CopyFrom(model)  # an initializer that is also an input may be fed another value: not folded
+    overridable.graph.input.append(helper.make_tensor_value_info("per_channel", TensorProto.FLOAT, [1, 4, 1, 1]))
+    assert fold_conv_bias_adds(overridable) == 1

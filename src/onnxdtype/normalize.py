@@ -143,9 +143,11 @@ def fold_conv_bias_adds(model: onnx.ModelProto) -> int:
 
     paddle2onnx writes the bias of PP-OCR's squeeze-excite Convs as Add(Conv, Reshape(const, const)). In fp32
     onnxruntime runs those Adds as separate ops; in a static chain each became a QLinearAdd after its QLinearConv
-    (18 of cls's 155 integer-graph nodes). The folded Conv writes the Add's output, whose range is cached."""
+    (18 of cls's 155 integer-graph nodes). The folded Conv writes the Add's output, whose range is cached.
+    Initializers that are also graph inputs may be fed other values at run time: those are left alone."""
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
+    fed = {i.name for i in graph.input}
+    inits = {t.name: t for t in graph.initializer if t.name not in fed}
     consumers = readers(graph)
     outputs = {o.name for o in graph.output}
     producers = {o: n for n in graph.node for o in n.output}
