@@ -124,17 +124,10 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
                                     weight_name),
             numpy_helper.from_array(((conv_bias - mean) * factor + bias).astype(np.float32), bias_name)])
         conv.input[1] = weight_name
-        if len(conv.input) > 2:
-            conv.input[2] = bias_name
-        else:
-            conv.input.append(bias_name)
+        _set_bias(conv, bias_name)
         conv.output[0] = bn.output[0]
         dropped.add(id(bn))
-    if dropped:
-        kept = [n for n in graph.node if id(n) not in dropped]
-        del graph.node[:]
-        graph.node.extend(kept)
-        _drop_unused_initializers(graph)
+    _drop_nodes(graph, dropped)
     return len(dropped)
 
 
@@ -167,22 +160,31 @@ def fold_conv_bias_adds(model: onnx.ModelProto) -> int:
             old = read_array(inits[conv.input[2]]) if len(conv.input) > 2 else np.zeros(weight.shape[0], np.float32)
             bias_name = f"{conv.name or conv.output[0]}/add_folded_bias"
             graph.initializer.append(numpy_helper.from_array((old + bias).astype(np.float32), bias_name))
-            if len(conv.input) > 2:
-                conv.input[2] = bias_name
-            else:
-                conv.input.append(bias_name)
+            _set_bias(conv, bias_name)
             conv.output[0] = add.output[0]
             dropped.add(id(add))
             folded += 1
             if len(consumers[constant]) == 1 and constant in producers:  # its Reshape now feeds nothing
                 dropped.add(id(producers[constant]))
             break
+    _drop_nodes(graph, dropped)
+    return folded
+
+
+def _set_bias(conv: onnx.NodeProto, name: str) -> None:
+    if len(conv.input) > 2:
+        conv.input[2] = name
+    else:
+        conv.input.append(name)
+
+
+def _drop_nodes(graph: onnx.GraphProto, dropped: set[int]) -> None:
+    """Remove the nodes whose id() is in `dropped`, then the initializers nothing reads any more."""
     if dropped:
         kept = [n for n in graph.node if id(n) not in dropped]
         del graph.node[:]
         graph.node.extend(kept)
         _drop_unused_initializers(graph)
-    return folded
 
 
 _SHAPE_ONLY = ("Reshape", "Unsqueeze", "Squeeze", "Identity", "Flatten")
