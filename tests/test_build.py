@@ -520,17 +520,14 @@ def test_verify_reuses_the_evaluation_data_the_build_used(tiny, tmp_path):
     assert verify_folder(out, latency_runs=0).by("mlp", "u8u8").verification["data"].startswith("held-out 2")
 
 
-def test_static_search_hands_its_repair_the_fp32_outputs_it_already_holds(tmp_path):
-    """The search judges against the fp32 outputs its caller ran once (verify.Reference); the repair of its failing
-    candidate judges against the same ones instead of running fp32 over the data again."""
+def _outlier_search(tmp_path: Path, dtype: str) -> tuple:
+    """What build.search takes for the outlier MLP (no placement passes): model, its path, options, data, criteria
+    and fp32's reference."""
     from tinymodels import outlier_matmul
 
-    from onnxdtype.build import search as search_module
-    from onnxdtype.build.worker import run_steps
     from onnxdtype.calibration import calibrate, load_samples
     from onnxdtype.normalize import normalize
     from onnxdtype.recipes import static
-    from onnxdtype.results import Status, VariantResult
     from onnxdtype.verify.evaluate import Criteria, EvalData, Reference, session
 
     model = normalize(outlier_matmul(), static.PASSES)[0]
@@ -538,8 +535,20 @@ def test_static_search_hands_its_repair_the_fp32_outputs_it_already_holds(tmp_pa
     path.write_bytes(model.SerializeToString())
     calibration = calibrate(model, load_samples(random_samples(tmp_path / "calib", (8, 64)), model), "minmax",
                             tmp_path / "cache")
-    options = {"static": static.options_for("u8u8", static.Options(ranges_file=str(calibration.path)))}
-    held_out = list(load_samples(random_samples(tmp_path / "eval", (4, 64)), model))
+    options = {"static": static.options_for(dtype, static.Options(ranges_file=str(calibration.path)))}
+    data = EvalData(list(load_samples(random_samples(tmp_path / "eval", (4, 64)), model)), "eval", False)
+    criteria = Criteria(0.999)
+    return model, path, options, data, criteria, Reference(session(path), data, criteria, model)
+
+
+def test_static_search_hands_its_repair_the_fp32_outputs_it_already_holds(tmp_path):
+    """The search judges against the fp32 outputs its caller ran once (verify.Reference); the repair of its failing
+    candidate judges against the same ones instead of running fp32 over the data again."""
+    from onnxdtype.build import search as search_module
+    from onnxdtype.build.worker import run_steps
+    from onnxdtype.results import Status, VariantResult
+
+    model, path, options, data, criteria, base = _outlier_search(tmp_path, "u8u8")
     handed = []
 
     def repair(built, trial_options, trial, base):
@@ -547,11 +556,33 @@ def test_static_search_hands_its_repair_the_fp32_outputs_it_already_holds(tmp_pa
         trial.verification = {"failure": "not repaired in this test"}
         return built
 
-    data, criteria = EvalData(held_out, "eval", False), Criteria(0.999)
-    base = Reference(session(path), data, criteria, model)
     search_module.search(model, str(path), ("static",), options, search_module.candidates_for(("static",), set()),
                          data, criteria, base, VariantResult("m", "u8u8", Status.OK), run_steps, repair)
     assert handed == [base]
+
+
+def test_static_search_skips_the_candidates_after_its_budget_of_seconds(tmp_path):
+    """The first candidate is always built; with the budget spent every later one, retries included, is recorded
+    as skipped and never built."""
+    from onnxdtype.build import search as search_module
+    from onnxdtype.build.worker import run_steps
+    from onnxdtype.results import Status, VariantResult
+
+    model, path, options, data, criteria, base = _outlier_search(tmp_path, "s8u8")
+    built = []
+
+    def counting_steps(*args):
+        built.append(args[2]["static"])
+        return run_steps(*args)
+
+    result = VariantResult("m", "s8u8", Status.OK)
+    candidates = search_module.candidates_for(("static",), set())
+    search_module.search(model, str(path), ("static",), options, candidates, data, criteria, base, result,
+                         counting_steps, None, seconds=0.0)
+    trail = result.params["search"]["candidates"]
+    assert len(built) == 1 and "task" in trail[0] and "skipped" not in trail[0]
+    assert len(trail) >= len(candidates) and all("budget of 0 s" in c["skipped"] for c in trail[1:])
+    assert [c["options"] for c in trail[:len(candidates)]] == candidates
 
 
 def test_a_worker_makes_fp32_s_reference_once_for_every_dtype_of_a_module(tmp_path):

@@ -1,7 +1,7 @@
 """Static 8-bit variants: try placements from the fastest onnxruntime can run to today's safe default, judge and time
 each, retry a failing int8-weight placement with 7-bit weights, then failing ones on MSE-clipped ranges, repair one
-that still fails (keeping its worst nodes in float), and keep the fastest that passes; the trail goes to the
-manifest.
+that still fails (keeping its worst nodes in float), and keep the fastest that passes, within SEARCH_SECONDS; the
+trail goes to the manifest.
 
 Why: where activations get Q/DQ decides both what onnxruntime runs in integers and how much accuracy survives, and
 neither is predictable from the graph alone. Measured on PP-OCR cls (this AVX2 CPU without VNNI): QLinearConv ran
@@ -13,6 +13,7 @@ build runs, and the variant says so (speed is the building machine's; other CPUs
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,10 @@ SEARCH_RANGES = ("mse",)
 SEARCHED_FIELDS = frozenset([*(field for candidate in CANDIDATES for field in candidate), *SATURATION_RETRY,
                              "method", "ranges_file"])
 TIMING_RUNS = 10
+# Seconds the search may spend building, judging and timing candidates (repair has its own budget). The first
+# candidate is always tried; once the budget is spent the rest are recorded as skipped. PP-OCRv4 rec s8u8, the
+# longest search measured here (4 placements, 7-bit and MSE-range retries): 3 min 29 s for the whole build.
+SEARCH_SECONDS = 900.0
 
 
 def candidates_for(steps: tuple[str, ...], fixed_fields: set[str]) -> list[dict[str, dict]]:
@@ -75,10 +80,12 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
            result: VariantResult,
            run_steps: Callable[..., onnx.ModelProto | None],
            repair: Callable[[onnx.ModelProto, dict, VariantResult, Reference], onnx.ModelProto] | None,
-           ranges: dict[str, str] | None = None) -> tuple[onnx.ModelProto, dict] | None:
+           ranges: dict[str, str] | None = None, seconds: float = SEARCH_SECONDS
+           ) -> tuple[onnx.ModelProto, dict] | None:
     """The fastest candidate that passes `criteria` on `data` (its model and options), every candidate's figures in
     result.params["search"]; None when no candidate could be built, or none passed and repair is off. `base` is
-    fp32 on `data` (its runs and noise floor), judged against by every candidate.
+    fp32 on `data` (its runs and noise floor), judged against by every candidate. Candidates after `seconds` are
+    recorded as skipped, not built.
 
     Every candidate is judged and timed; those failing and faster than every passing one are tried again with 7-bit
     weights (int8 weights only), then on each of `ranges` (method -> ranges file of the same calibration samples,
@@ -90,14 +97,19 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     trail: list[dict[str, Any]] = []
     tried: list[_Tried] = []
 
+    deadline = time.monotonic() + seconds
+
     def attempt(overrides: dict[str, dict]) -> None:
-        trial_options = {step: dataclasses.replace(opts, **overrides.get(step, {})) for step, opts in options.items()}
-        trial = VariantResult(result.module, result.dtype, Status.OK)
-        model = run_steps(source, steps, trial_options, trial)
         shown = {step: {k: Path(v).name if k == "ranges_file" else v for k, v in o.items()}
                  for step, o in overrides.items()}
         entry: dict[str, Any] = {"options": shown}
         trail.append(entry)
+        if trail[:-1] and time.monotonic() > deadline:
+            entry["skipped"] = f"the search's budget of {seconds:g} s was spent"
+            return
+        trial_options = {step: dataclasses.replace(opts, **overrides.get(step, {})) for step, opts in options.items()}
+        trial = VariantResult(result.module, result.dtype, Status.OK)
+        model = run_steps(source, steps, trial_options, trial)
         if model is None:
             entry["failure"] = trial.reason
             return
