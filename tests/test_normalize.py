@@ -106,3 +106,34 @@ def test_an_add_of_a_per_channel_constant_after_a_conv_folds_into_its_bias():
     overridable.CopyFrom(model)  # an initializer that is also an input may be fed another value: not folded
     overridable.graph.input.append(helper.make_tensor_value_info("per_channel", TensorProto.FLOAT, [1, 4, 1, 1]))
     assert fold_conv_bias_adds(overridable) == 1
+
+
+def test_an_ungrouped_conv_transpose_takes_its_bias_add_and_batchnorm_but_a_grouped_one_does_not():
+    """det's DB head: ConvTranspose -> Add(bias) -> BatchNormalization; output channels sit on the weight's axis 1."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxdtype.normalize import fold_batchnorm, fold_conv_bias_adds
+
+    rng = np.random.default_rng(5)
+
+    def head(group: int) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(rng.standard_normal((4, 6 // group, 2, 2)).astype(np.float32), "w"),
+                 numpy_helper.from_array(rng.standard_normal((1, 6, 1, 1)).astype(np.float32), "b")]
+        inits += [numpy_helper.from_array(value.astype(np.float32), name) for name, value in (
+            ("scale", rng.random(6) + 0.5), ("shift", rng.standard_normal(6)), ("mean", rng.standard_normal(6)),
+            ("var", rng.random(6) + 0.1))]
+        nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["t"], name="up", strides=[2, 2], group=group),
+                 helper.make_node("Add", ["t", "b"], ["a"], name="bias"),
+                 helper.make_node("BatchNormalization", ["a", "scale", "shift", "mean", "var"], ["y"], name="bn")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 10, 10])], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    x = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    for group, folds in ((1, (1, 1)), (2, (0, 0))):
+        model = head(group)
+        folded = onnx.ModelProto()
+        folded.CopyFrom(model)
+        assert (fold_conv_bias_adds(folded), fold_batchnorm(folded)) == folds
+        assert len(folded.graph.node) == 3 - sum(folds)
+        np.testing.assert_allclose(run(folded, x), run(model, x), rtol=1e-4, atol=1e-5)

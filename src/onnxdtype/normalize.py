@@ -95,7 +95,8 @@ def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> int:
-    """Fold each BatchNormalization that alone reads a Conv's output into that Conv's weights and bias.
+    """Fold each BatchNormalization that alone reads a Conv's (or ungrouped ConvTranspose's) output into that op's
+    weights and bias.
 
     onnxruntime folds them itself when it loads a float model, but not across the Q/DQ pair a static variant puts
     after the Conv: PP-OCR cls's 35 BatchNormalizations then ran as separate float ops (10 % of its s8u8 time). Not a
@@ -108,7 +109,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
     dropped: set[int] = set()
     for bn in graph.node:
         conv = producers.get(bn.input[0]) if bn.op_type == "BatchNormalization" else None
-        if conv is None or conv.op_type != "Conv" or len(consumers.get(conv.output[0], [])) != 1 \
+        if conv is None or _output_axis(conv) is None or len(consumers.get(conv.output[0], [])) != 1 \
                 or conv.output[0] in outputs or len(bn.output) != 1 \
                 or any(name not in inits for name in [*conv.input[1:3], *bn.input[1:5]]):
             continue
@@ -116,12 +117,13 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
         epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         factor = scale / np.sqrt(var + epsilon)
         weight = read_array(inits[conv.input[1]]).astype(np.float64)
+        axis = _output_axis(conv)
         conv_bias = read_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 \
-            else np.zeros(weight.shape[0])
+            else np.zeros(weight.shape[axis])
         weight_name, bias_name = f"{conv.input[1]}/bn_folded/{bn.name}", f"{conv.name}/bn_folded_bias"
+        per_channel = factor.reshape([-1 if d == axis else 1 for d in range(weight.ndim)])
         graph.initializer.extend([
-            numpy_helper.from_array((weight * factor.reshape(-1, *[1] * (weight.ndim - 1))).astype(np.float32),
-                                    weight_name),
+            numpy_helper.from_array((weight * per_channel).astype(np.float32), weight_name),
             numpy_helper.from_array(((conv_bias - mean) * factor + bias).astype(np.float32), bias_name)])
         conv.input[1] = weight_name
         _set_bias(conv, bias_name)
@@ -131,12 +133,22 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
     return len(dropped)
 
 
-def fold_conv_bias_adds(model: onnx.ModelProto) -> int:
-    """Fold each Add of a per-channel constant that alone reads a Conv's output into that Conv's bias.
+def _output_axis(node: onnx.NodeProto) -> int | None:
+    """The weight axis of a Conv's output channels (0), or of an ungrouped ConvTranspose's (1); None for others."""
+    if node.op_type == "Conv":
+        return 0
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return 1 if node.op_type == "ConvTranspose" and group == 1 else None
 
-    paddle2onnx writes the bias of PP-OCR's squeeze-excite Convs as Add(Conv, Reshape(const, const)). In fp32
-    onnxruntime runs those Adds as separate ops; in a static chain each became a QLinearAdd after its QLinearConv
-    (18 of cls's 155 integer-graph nodes). The folded Conv writes the Add's output, whose range is cached.
+
+def fold_conv_bias_adds(model: onnx.ModelProto) -> int:
+    """Fold each Add of a per-channel constant that alone reads a Conv's (or ungrouped ConvTranspose's) output into
+    that op's bias.
+
+    paddle2onnx writes the bias of PP-OCR's squeeze-excite Convs as Add(Conv, Reshape(const, const)), and of det's
+    ConvTransposes as Add(ConvTranspose, const). In fp32 onnxruntime runs those Adds as separate ops; in a static
+    chain each became a QLinearAdd after its QLinearConv (18 of cls's 155 integer-graph nodes), and det's kept a
+    BatchNormalization apart from its ConvTranspose. The folded op writes the Add's output, whose range is cached.
     Initializers that are also graph inputs may be fed other values at run time: those are left alone."""
     graph = model.graph
     fed = {i.name for i in graph.input}
@@ -149,15 +161,16 @@ def fold_conv_bias_adds(model: onnx.ModelProto) -> int:
     for add in graph.node:
         for conv_side in (0, 1) if add.op_type == "Add" and len(add.input) == 2 else ():
             conv = producers.get(add.input[conv_side])
-            if conv is None or conv.op_type != "Conv" or len(consumers.get(conv.output[0], [])) != 1 \
+            if conv is None or _output_axis(conv) is None or len(consumers.get(conv.output[0], [])) != 1 \
                     or conv.output[0] in outputs or any(name not in inits for name in conv.input[1:3]):
                 continue
             weight = read_array(inits[conv.input[1]])
+            channels = weight.shape[_output_axis(conv)]
             constant = add.input[1 - conv_side]
-            bias = _per_channel_constant(constant, inits, producers, weight.ndim, weight.shape[0])
+            bias = _per_channel_constant(constant, inits, producers, weight.ndim, channels)
             if bias is None:
                 continue
-            old = read_array(inits[conv.input[2]]) if len(conv.input) > 2 else np.zeros(weight.shape[0], np.float32)
+            old = read_array(inits[conv.input[2]]) if len(conv.input) > 2 else np.zeros(channels, np.float32)
             bias_name = f"{conv.name or conv.output[0]}/add_folded_bias"
             graph.initializer.append(numpy_helper.from_array((old + bias).astype(np.float32), bias_name))
             _set_bias(conv, bias_name)
