@@ -166,7 +166,8 @@ def placement(result) -> str:
     chosen = trail["candidates"][trail["chosen"]]
     options = chosen["options"]["static"]
     words = ["kernel inputs" if options["kernel_ops_only"] else "chain"] + ["equalized"] * options["equalize"] \
-        + ["7-bit weights"] * bool(options.get("reduce_range")) + [f"{options.get('method')} ranges"] * ("method" in options)
+        + ["7-bit weights"] * bool(options.get("reduce_range")) \
+        + [f"{options.get('method')} ranges"] * ("method" in options)
     if "repaired" in chosen:
         words.append(f"{len(chosen['repaired']['kept'])} nodes float")
     return "   [" + ", ".join(words) + "]"

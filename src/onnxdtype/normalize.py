@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper, version_converter
 
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import iter_graphs, opset_version, readers
+from onnxdtype.ops import CONV_OUTPUT_AXIS
 from onnxdtype.weights import has_lazy, load_all, read_array
 
 PASSES = ("constants", "gemm", "opset13", "batchnorm")
@@ -134,11 +135,10 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
 
 
 def _output_axis(node: onnx.NodeProto) -> int | None:
-    """The weight axis of a Conv's output channels (0), or of an ungrouped ConvTranspose's (1); None for others."""
-    if node.op_type == "Conv":
-        return 0
+    """The weight axis of a Conv's output channels, or of an ungrouped ConvTranspose's (a grouped one's axis holds
+    only one group's); None for others."""
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    return 1 if node.op_type == "ConvTranspose" and group == 1 else None
+    return CONV_OUTPUT_AXIS.get(node.op_type) if node.op_type == "Conv" or group == 1 else None
 
 
 def fold_conv_bias_adds(model: onnx.ModelProto) -> int:

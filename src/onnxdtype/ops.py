@@ -14,6 +14,10 @@ FP16_MAX = 65504.0  # largest finite float16
 # what static calibration measures and static/TensorRT Q/DQ quantizes.
 KERNEL_WEIGHT_INPUT: dict[str, int] = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}
 
+# The weight axis holding each convolution's output channels (ConvTranspose's weight is [in, out/group, k...]):
+# per-channel weight quantization, folds into a convolution's weights, weight noise per channel.
+CONV_OUTPUT_AXIS: dict[str, int] = {"Conv": 0, "ConvTranspose": 1}
+
 # What onnxruntime's quantize_dynamic replaces, by the index of the input that must be constant (q8).
 DYNAMIC_WEIGHT_INPUT: dict[str, int] = {"MatMul": 1, "Gather": 0, "Attention": 1, "LSTM": 1, "Conv": 1}
 

@@ -61,7 +61,7 @@ import onnx
 
 from onnxdtype.calibration.ranges import ORT_METHODS, CalibrationResult, weighted_nodes
 from onnxdtype.model import needs_external_data, opset_version, write_model
-from onnxdtype.ops import KERNEL_WEIGHT_INPUT
+from onnxdtype.ops import CONV_OUTPUT_AXIS, KERNEL_WEIGHT_INPUT
 from onnxdtype.recipes import float16, static
 from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, with_nodes
 from onnxdtype.recipes.qdq import (
@@ -233,7 +233,7 @@ def _onnxruntime(model: onnx.ModelProto, options: Options, calibration: Calibrat
         "QuantizeBias": False,  # TensorRT wants float biases
         "QDQKeepRemovableActivations": True,  # Relu/Clip stay in the graph for TensorRT to fuse
         "QDQDisableWeightAdjustForInt32Bias": True,  # no int32 bias, so no weight scale adjustment for it
-        "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "ConvTranspose": 1},  # output channels
+        "QDQOpTypePerChannelSupportToAxis": dict(CONV_OUTPUT_AXIS),  # output channels
         "MatMulConstBOnly": not options.activation_matmuls,
     }
     return quantize_with_ranges(

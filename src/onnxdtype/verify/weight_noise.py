@@ -28,13 +28,14 @@ from onnx import numpy_helper
 
 from onnxdtype.model import inline_bytes, load_model
 from onnxdtype.normalize import constants_to_initializers
+from onnxdtype.ops import CONV_OUTPUT_AXIS
 from onnxdtype.weights import has_lazy, load_all
 
 WEIGHT_DRAWS = 8  # the line above moved in 5 of 12 draws; 8 miss it with probability (7/12)^8, 1.3 %
 WEIGHT_NOISE_BITS = 10
 WEIGHT_SEED = 0  # fixed: the same model gives the same floor in every build
 DRAW_LIMIT = 256 << 20  # bytes of weights: a larger model is not copied per draw (its build streams its weights)
-_OUTPUT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": -1}  # where each op keeps its output channels
+_OUTPUT_AXIS = {**CONV_OUTPUT_AXIS, "MatMul": -1}  # where each op keeps its output channels
 
 
 def drawable(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | None]:
