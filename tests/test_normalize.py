@@ -137,3 +137,41 @@ def test_an_ungrouped_conv_transpose_takes_its_bias_add_and_batchnorm_but_a_grou
         assert (fold_conv_bias_adds(folded), fold_batchnorm(folded)) == folds
         assert len(folded.graph.node) == 3 - sum(folds)
         np.testing.assert_allclose(run(folded, x), run(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_an_add_of_a_constant_before_unpadded_convs_folds_into_their_biases():
+    """PP-OCRv4's affine blocks: Add(x, scalar) -> 1x1 Conv, and a per-channel Add before a depthwise and a strided
+    Conv, fold; before a padded Conv (its border would read c), or when something else reads the sum, they stay."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxdtype.normalize import fold_adds_into_unpadded_convs
+
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(value.astype(np.float32), name) for name, value in (
+        ("scalar", rng.standard_normal(1)), ("per_channel", rng.standard_normal((4, 1, 1))),
+        ("pointwise", rng.standard_normal((4, 4, 1, 1))), ("bias", rng.standard_normal(4)),
+        ("depthwise", rng.standard_normal((4, 1, 3, 3))), ("dense", rng.standard_normal((4, 4, 3, 3))))]
+    nodes = [helper.make_node("Add", ["x", "scalar"], ["a1"], name="add_scalar"),
+             helper.make_node("Conv", ["a1", "pointwise", "bias"], ["c1"], name="pointwise_conv"),
+             helper.make_node("Add", ["per_channel", "c1"], ["a2"], name="add_per_channel"),
+             helper.make_node("Conv", ["a2", "depthwise"], ["c2"], name="depthwise_conv", group=4),
+             helper.make_node("Conv", ["a2", "dense"], ["c3"], name="strided_conv", strides=[2, 2]),
+             helper.make_node("Add", ["c2", "scalar"], ["a3"], name="add_before_padded"),
+             helper.make_node("Conv", ["a3", "dense"], ["c4"], name="padded_conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c4", "scalar"], ["a4"], name="add_read_twice"),
+             helper.make_node("Conv", ["a4", "pointwise"], ["c5"], name="last_conv"),
+             helper.make_node("Relu", ["a4"], ["r"], name="relu")]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+               for name, shape in (("c3", [1, 4, 4, 4]), ("c5", [1, 4, 7, 7]), ("r", [1, 4, 7, 7]))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    assert fold_adds_into_unpadded_convs(folded) == 2
+    onnx.checker.check_model(folded)
+    assert {"add_scalar", "add_per_channel"}.isdisjoint(n.name for n in folded.graph.node)
+    assert {"add_before_padded", "add_read_twice"} <= {n.name for n in folded.graph.node}
+    x = rng.standard_normal((1, 4, 9, 9)).astype(np.float32)
+    for ref, got in zip(*(ort.InferenceSession(m.SerializeToString()).run(None, {"x": x}) for m in (model, folded))):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)

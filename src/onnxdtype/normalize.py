@@ -137,8 +137,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
 def _output_axis(node: onnx.NodeProto) -> int | None:
     """The weight axis of a Conv's output channels, or of an ungrouped ConvTranspose's (a grouped one's axis holds
     only one group's); None for others."""
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    return CONV_OUTPUT_AXIS.get(node.op_type) if node.op_type == "Conv" or group == 1 else None
+    return CONV_OUTPUT_AXIS.get(node.op_type) if node.op_type == "Conv" or _group(node) == 1 else None
 
 
 def fold_conv_bias_adds(model: onnx.ModelProto) -> int:
@@ -182,6 +181,63 @@ def fold_conv_bias_adds(model: onnx.ModelProto) -> int:
             break
     _drop_nodes(graph, dropped)
     return folded
+
+
+def fold_adds_into_unpadded_convs(model: onnx.ModelProto) -> int:
+    """Fold each Add of a per-channel (or scalar) constant whose output only unpadded Convs read into their biases.
+
+    Conv(x + c) = Conv(x) + the sum of each output channel's weights times c, exactly, when no padding reads the
+    border (padded zeros would stand where c should). PP-OCRv4 det's learnable affine blocks end in such an Add
+    before 13 pointwise Convs; in a static chain each ran as a QLinearAdd of its own. The Convs then read the Add's
+    input, whose range is cached like every other tensor's."""
+    graph = model.graph
+    fed = {i.name for i in graph.input}
+    inits = {t.name: t for t in graph.initializer if t.name not in fed}
+    consumers = readers(graph)
+    outputs = {o.name for o in graph.output}
+    producers = {o: n for n in graph.node for o in n.output}
+    dropped: set[int] = set()
+    folded = 0
+    for add in graph.node:
+        convs = consumers.get(add.output[0], []) if add.op_type == "Add" and len(add.input) == 2 else []
+        if not convs or add.output[0] in outputs or not all(_unpadded_conv(c, add.output[0], inits) for c in convs):
+            continue
+        for constant_side in (0, 1):
+            constant, data = add.input[constant_side], add.input[1 - constant_side]
+            weights = [read_array(inits[c.input[1]]) for c in convs]
+            values = [_per_channel_constant(constant, inits, producers, w.ndim, w.shape[1] * _group(c))
+                      for c, w in zip(convs, weights)]
+            if data in inits or any(v is None for v in values):
+                continue
+            for conv, weight, value in zip(convs, weights, values):
+                group = _group(conv)
+                per_output = np.repeat(value.reshape(group, -1), weight.shape[0] // group, axis=0)
+                shift = (weight.astype(np.float64).sum(axis=tuple(range(2, weight.ndim))) * per_output).sum(axis=1)
+                old = read_array(inits[conv.input[2]]) if len(conv.input) > 2 else np.zeros(weight.shape[0])
+                bias_name = f"{conv.name or conv.output[0]}/input_add_folded_bias"
+                graph.initializer.append(numpy_helper.from_array((old + shift).astype(np.float32), bias_name))
+                _set_bias(conv, bias_name)
+                conv.input[0] = data
+            dropped.add(id(add))
+            folded += 1
+            if len(consumers[constant]) == 1 and constant in producers:  # its Reshape now feeds nothing
+                dropped.add(id(producers[constant]))
+            break
+    _drop_nodes(graph, dropped)
+    return folded
+
+
+def _group(conv: onnx.NodeProto) -> int:
+    return next((a.i for a in conv.attribute if a.name == "group"), 1)
+
+
+def _unpadded_conv(node: onnx.NodeProto, tensor: str, inits: dict) -> bool:
+    """Whether `node` is a Conv that reads `tensor` as its data input only, with constant weights and no padding."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    return node.op_type == "Conv" and node.input[0] == tensor and tensor not in node.input[1:] \
+        and all(name in inits for name in node.input[1:3] if name) and not any(attrs.get("pads", [])) \
+        and auto_pad in (b"NOTSET", b"VALID")
 
 
 def _set_bias(conv: onnx.NodeProto, name: str) -> None:

@@ -46,7 +46,7 @@ from pathlib import Path
 import onnx
 
 from onnxdtype.calibration.ranges import CALIBRATION_PASSES, ORT_METHODS, weighted_nodes
-from onnxdtype.normalize import fold_batchnorm, fold_conv_bias_adds
+from onnxdtype.normalize import fold_adds_into_unpadded_convs, fold_batchnorm, fold_conv_bias_adds
 from onnxdtype.ops import KERNEL_WEIGHT_INPUT
 from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, with_nodes
 from onnxdtype.recipes.bias_correction import corrected_biases
@@ -130,6 +130,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     model = named_copy(model)  # quantize_static edits its input; nodes_to_exclude needs names
     biases = fold_conv_bias_adds(model)  # the folded Conv writes the Add's output, whose range is cached
     folded = fold_batchnorm(model)  # likewise the BatchNormalization's
+    input_adds = fold_adds_into_unpadded_convs(model)  # the Convs read the Add's input, whose range is cached
     spelled: dict[str, int] = {}
     if not options.kernel_ops_only:  # a chain placement: ops without an integer kernel would break it
         model, calibration, spelled = integer_spellings(model, calibration)
@@ -173,6 +174,8 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
         notes.append(f"{folded} BatchNormalization folded into their Conv (onnxruntime cannot across a Q/DQ pair)")
     if biases:
         notes.append(f"{biases} Adds of a per-channel constant folded into their Conv's bias (likewise)")
+    if input_adds:
+        notes.append(f"{input_adds} Adds of a per-channel constant before unpadded Convs folded into their biases")
     if spelled:
         notes.append("spelled with integer-kernel ops (Add/Mul/Clip): "
                      + ", ".join(f"{n} {op}" for op, n in spelled.items()))
