@@ -10,7 +10,7 @@ three scikit-image photos for calibration and three others for evaluation):
 Columns: task agreement (the judge onnxdtype guesses for the output), 1-thread and all-thread speedup against fp32
 (medians of interleaved runs), size, and the integer kernels / Q-DQ conversions in onnxruntime's optimized graph.
 --profile adds, per model, where the time goes at 1 thread: onnxruntime's own per-node profile (enable_profiling)
-summed by op type, fp32 beside the searched variant.
+summed by op type (convolutions by kind), fp32 beside the searched variant, with node counts.
 --swap-page-lines gives cls/rec the other split of scikit-image's photographed page (examples/ocr_models.py).
 Usage: python bench/static_speed.py [--models det,cls,rec,minilm,yolo] [--dtypes s8u8,u8u8] [--runs N] [--profile]
        [--bias-correction] [--swap-page-lines]
@@ -77,39 +77,75 @@ def yolo_case(work: Path) -> tuple[Path, Path, Path]:
     return model, work / "calib", work / "eval"
 
 
-def op_profile(path: Path, feed: dict, runs: int) -> dict[str, float]:
-    """Milliseconds per run spent in each op type at 1 thread, from onnxruntime's profiler (after a warm-up)."""
+def op_profile(path: Path, feed: dict, runs: int) -> dict[str, tuple[float, int]]:
+    """Milliseconds per run and node count of each op type at 1 thread, from onnxruntime's profiler (after a
+    warm-up); convolutions apart by kind (depthwise 5x5, 1x1, 3x3), whose integer kernels differ in speed."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.log_severity_level = 1, 4
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        session.run(None, feed)
     options.enable_profiling = True
     options.profile_file_prefix = str(path.parent / "profile")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(runs):
+    warm_up = max(10, runs)
+    for _ in range(warm_up + runs):
         session.run(None, feed)
     trace = session.end_profiling()
     with open(trace) as handle:
         events = json.load(handle)
     os.remove(trace)
-    times: dict[str, float] = {}
+    starts = sorted(event["ts"] for event in events if event.get("name") == "model_run")
+    events = [event for event in events if event.get("ts", 0) >= starts[warm_up]]  # the warm-up's runs left out
+    kinds = conv_kinds(onnx.load(str(path), load_external_data=False))
+    times: dict[str, tuple[float, int]] = {}
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             op = event["args"]["op_name"]
-            times[op] = times.get(op, 0.0) + event["dur"] / 1000 / runs
-    return times
+            if "Conv" in op and "Transpose" not in op:
+                node = event["name"][: -len("_kernel_time")].split("_token_")[0]
+                op += " " + kinds.get(node, _kind_from_shapes(event["args"].get("input_type_shape", [])))
+            ms, count = times.get(op, (0.0, 0))
+            times[op] = (ms + event["dur"] / 1000 / runs, count + 1)
+    return {op: (ms, count // runs) for op, (ms, count) in times.items()}
 
 
-def profile_rows(fp32: Path, variant: Path, feed: dict, runs: int, top: int = 8) -> list[str]:
+def _kind(dims: list[int], group: int) -> str:
+    spatial = "x".join(str(d) for d in dims[2:])
+    if group > 1 and dims[1] == 1:
+        return f"depthwise {spatial}"
+    return spatial + (" grouped" if group > 1 else "")
+
+
+def conv_kinds(model: onnx.ModelProto) -> dict[str, str]:
+    """Each Conv's kind by node name, from its weight initializer (through a DequantizeLinear in a QDQ model)."""
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    kinds = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and len(node.input) > 1:
+            weight = node.input[1]
+            if weight in producers and producers[weight].op_type == "DequantizeLinear":
+                weight = producers[weight].input[0]
+            if weight in inits:
+                group = next((a.i for a in node.attribute if a.name == "group"), 1)
+                kinds[node.name] = _kind(inits[weight], group)
+    return kinds
+
+
+def _kind_from_shapes(shapes: list[dict]) -> str:
+    """onnxruntime renames fp32 Convs it moves to its blocked layout; their weight shape is in the profile (one input
+    channel per group: depthwise, as no other Conv of these models has)."""
+    dims = list(shapes[1].values())[0] if len(shapes) > 1 and shapes[1] else []
+    return _kind(dims, 2 if len(dims) == 4 and dims[1] == 1 and dims[0] > 1 else 1) if len(dims) == 4 else "?"
+
+
+def profile_rows(fp32: Path, variant: Path, feed: dict, runs: int, top: int = 10) -> list[str]:
     sides = {"fp32": op_profile(fp32, feed, runs), "variant": op_profile(variant, feed, runs)}
     lines = []
     for side, times in sides.items():
-        total = sum(times.values())
-        ranked = sorted(times.items(), key=lambda item: -item[1])[:top]
-        lines.append(f"    {side:8} {total:7.2f} ms: " + ", ".join(f"{op} {ms:.2f}" for op, ms in ranked))
+        total = sum(ms for ms, _ in times.values())
+        ranked = sorted(times.items(), key=lambda item: -item[1][0])[:top]
+        lines.append(f"    {side:8} {total:7.2f} ms: " + ", ".join(f"{op} {ms:.2f} ({n})" for op, (ms, n) in ranked))
     return lines
 
 
