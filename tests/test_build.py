@@ -585,6 +585,21 @@ def test_static_search_skips_the_candidates_after_its_budget_of_seconds(tmp_path
     assert [c["options"] for c in trail[:len(candidates)]] == candidates
 
 
+def test_quantize_hands_its_search_budget_to_the_search_and_refuses_one_not_above_zero(tiny, tmp_path):
+    """quantize(search_seconds=...) (the CLI's --search-seconds) reaches every variant's search; 0 is refused."""
+    from onnxdtype.build import Calibration
+
+    data = random_samples(tmp_path / "calib", (8, 64))
+    result = quantize(tiny("outlier_matmul"), "s8u8", tmp_path / "out", calib=Calibration(data), latency_runs=0,
+                      workers=1, search_seconds=1e-6).by("outlier_matmul", "s8u8")
+    trail = result.params["search"]["candidates"]
+    later = [c for c in trail[1:] if "repaired" not in c]  # the repair has its own budget (RepairBudget)
+    assert "skipped" not in trail[0] and later and all("budget of 1e-06 s" in c["skipped"] for c in later)
+    with pytest.raises(OnnxDtypeError, match="search_seconds must be > 0"):
+        quantize(tiny("outlier_matmul"), "s8u8", tmp_path / "out2", calib=Calibration(data), search_seconds=0)
+    assert not (tmp_path / "out2").exists()
+
+
 def test_a_worker_makes_fp32_s_reference_once_for_every_dtype_of_a_module(tmp_path):
     """fp32's runs and noise floor depend on the module, its data, judges and draws, not on a dtype's thresholds:
     the worker reuses them across dtypes and makes them again when any of those changes."""

@@ -269,6 +269,7 @@ def test_unknown_dtype_names(tiny, tmp_path, dtype, fragment):
     pytest.param(("-d", "fp16", "--repair-max-weights", "1.5"), "--repair-max-weights", id="repair-share-above-1"),
     pytest.param(("-d", "fp16", "--workers", "-1"), "--workers", id="workers-negative"),
     pytest.param(("-d", "fp16", "--latency-runs", "-1"), "--latency-runs", id="latency-runs-negative"),
+    pytest.param(("-d", "fp16", "--search-seconds", "0"), "search_seconds must be > 0", id="search-seconds-zero"),
     pytest.param(("-d", "q4", "--q4-block-size", "48"), "power of two", id="block-size"),
     pytest.param(("-d", "bnb4", "--bnb4-type", "fp8"), "bnb4 quant_type 'fp8' is not valid; valid: fp4, nf4", id="bnb4-type"),
     pytest.param(("-d", "fp16", "--metric", "no_such_module:f"), "cannot import no_such_module", id="metric-import"),

@@ -80,12 +80,12 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
            result: VariantResult,
            run_steps: Callable[..., onnx.ModelProto | None],
            repair: Callable[[onnx.ModelProto, dict, VariantResult, Reference], onnx.ModelProto] | None,
-           ranges: dict[str, str] | None = None, seconds: float = SEARCH_SECONDS
+           ranges: dict[str, str] | None = None, seconds: float | None = None
            ) -> tuple[onnx.ModelProto, dict] | None:
     """The fastest candidate that passes `criteria` on `data` (its model and options), every candidate's figures in
     result.params["search"]; None when no candidate could be built, or none passed and repair is off. `base` is
-    fp32 on `data` (its runs and noise floor), judged against by every candidate. Candidates after `seconds` are
-    recorded as skipped, not built.
+    fp32 on `data` (its runs and noise floor), judged against by every candidate. Candidates after `seconds`
+    (default SEARCH_SECONDS) are recorded as skipped, not built.
 
     Every candidate is judged and timed; those failing and faster than every passing one are tried again with 7-bit
     weights (int8 weights only), then on each of `ranges` (method -> ranges file of the same calibration samples,
@@ -97,6 +97,7 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     trail: list[dict[str, Any]] = []
     tried: list[_Tried] = []
 
+    seconds = SEARCH_SECONDS if seconds is None else seconds
     deadline = time.monotonic() + seconds
 
     def attempt(overrides: dict[str, dict]) -> None:

@@ -41,6 +41,7 @@ class VariantTask:
     specialized: dict | None = None  # what --fix-input did to the base before normalizing (plan.ModulePlan)
     search: list[dict] = field(default_factory=list)  # option overrides to try, fastest first (build.search)
     search_ranges: dict[str, str] = field(default_factory=dict)  # method -> ranges file to retry failing ones on
+    search_seconds: float | None = None  # the search's budget (None: build.search's SEARCH_SECONDS)
     single_file: bool = False  # the base is one .onnx file: so is the variant, below the protobuf limit
 
     def to_json(self) -> str:
