@@ -89,7 +89,7 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
 
     Every candidate is judged and timed; those failing and faster than every passing one are tried again with 7-bit
     weights (int8 weights only), then on each of `ranges` (method -> ranges file of the same calibration samples,
-    build.data; recorded by file name). One failing candidate is then repaired (`repair` keeps its worst nodes in
+    build.data; recorded by file name), fastest first: a retry that passes rules out the slower ones. One failing candidate is then repaired (`repair` keeps its worst nodes in
     float, judged on the task against the fp32 outputs the search already holds): the fastest that ran faster than
     every passing one (keeping nodes in float only slows it), or, when none passed, the one closest to passing. When
     nothing passes, the result is that repaired candidate, failed with its figures and repair trail."""
@@ -119,14 +119,20 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
                      speedup_1thread=_speedup(base_timed, model, data))
         tried.append(_Tried(entry, model, trial_options, trial))
 
+    def retry(eligible: Callable[[_Tried], bool], changes: dict) -> None:
+        """Each failing candidate `eligible` once more with `changes`, fastest first, while it still ran faster than
+        every passing one (a retry that passes rules out the slower ones)."""
+        for failed in sorted(filter(eligible, _faster_than_passing(tried)), key=lambda t: -t.entry["speedup_1thread"]):
+            if failed.entry["speedup_1thread"] > _fastest_passing(tried):
+                attempt({"static": {**failed.entry["options"]["static"], **changes}})
+
     for overrides in candidates:
         attempt(overrides)
-    for failed in [t for t in _faster_than_passing(tried)
-                   if t.options["static"].weight_type == "int8" and not t.options["static"].reduce_range]:
-        attempt({"static": {**failed.entry["options"]["static"], **SATURATION_RETRY}})
+    retry(lambda t: t.options["static"].weight_type == "int8" and not t.options["static"].reduce_range,
+          SATURATION_RETRY)
     for method, ranges_file in (ranges or {}).items():
-        for failed in [t for t in _faster_than_passing(tried) if t.options["static"].method != method]:
-            attempt({"static": {**failed.entry["options"]["static"], "method": method, "ranges_file": ranges_file}})
+        retry(lambda t, method=method: t.options["static"].method != method,
+              {"method": method, "ranges_file": ranges_file})
     if not tried:
         return None
     fixed = _repaired(tried, repair, base, base_timed, data, result) if repair else None
@@ -165,8 +171,12 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
 def _faster_than_passing(tried: list[_Tried]) -> list[_Tried]:
     """The failing candidates that ran faster than every passing one (all failing ones when none passed): the only
     ones worth another try, since keeping nodes in float only slows a candidate."""
-    fastest_passing = max((t.entry["speedup_1thread"] for t in tried if t.passed), default=0.0)
-    return [t for t in tried if not t.passed and t.entry["speedup_1thread"] > fastest_passing]
+    fastest = _fastest_passing(tried)
+    return [t for t in tried if not t.passed and t.entry["speedup_1thread"] > fastest]
+
+
+def _fastest_passing(tried: list[_Tried]) -> float:
+    return max((t.entry["speedup_1thread"] for t in tried if t.passed), default=0.0)
 
 
 def _repaired(tried: list[_Tried], repair: Callable, base: Reference, base_timed, data: EvalData,
