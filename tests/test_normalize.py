@@ -175,3 +175,29 @@ def test_an_add_of_a_constant_before_unpadded_convs_folds_into_their_biases():
     x = rng.standard_normal((1, 4, 9, 9)).astype(np.float32)
     for ref, got in zip(*(ort.InferenceSession(m.SerializeToString()).run(None, {"x": x}) for m in (model, folded))):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_reshape_feeding_the_constants_of_two_folded_adds_goes_with_them():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxdtype.normalize import fold_conv_bias_adds
+
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "offset"),
+             numpy_helper.from_array(np.array([1, 4, 1, 1], np.int64), "shape")]
+    nodes = [helper.make_node("Reshape", ["offset", "shape"], ["offset4"], name="reshape"),
+             helper.make_node("Conv", ["x", "w"], ["c1"], name="conv1"),
+             helper.make_node("Add", ["c1", "offset4"], ["a1"], name="add1"),
+             helper.make_node("Conv", ["a1", "w"], ["c2"], name="conv2"),
+             helper.make_node("Add", ["c2", "offset4"], ["y"], name="add2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    assert fold_conv_bias_adds(folded) == 2
+    assert [n.name for n in folded.graph.node] == ["conv1", "conv2"]
+    assert {t.name for t in folded.graph.initializer} & {"offset", "shape"} == set()
+    x = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(run(folded, x), run(model, x), rtol=1e-5, atol=1e-5)

@@ -176,8 +176,6 @@ def fold_conv_bias_adds(model: onnx.ModelProto) -> int:
             conv.output[0] = add.output[0]
             dropped.add(id(add))
             folded += 1
-            if len(consumers[constant]) == 1 and constant in producers:  # its Reshape now feeds nothing
-                dropped.add(id(producers[constant]))
             break
     _drop_nodes(graph, dropped)
     return folded
@@ -220,8 +218,6 @@ def fold_adds_into_unpadded_convs(model: onnx.ModelProto) -> int:
                 conv.input[0] = data
             dropped.add(id(add))
             folded += 1
-            if len(consumers[constant]) == 1 and constant in producers:  # its Reshape now feeds nothing
-                dropped.add(id(producers[constant]))
             break
     _drop_nodes(graph, dropped)
     return folded
@@ -248,12 +244,19 @@ def _set_bias(conv: onnx.NodeProto, name: str) -> None:
 
 
 def _drop_nodes(graph: onnx.GraphProto, dropped: set[int]) -> None:
-    """Remove the nodes whose id() is in `dropped`, then the initializers nothing reads any more."""
-    if dropped:
-        kept = [n for n in graph.node if id(n) not in dropped]
-        del graph.node[:]
-        graph.node.extend(kept)
-        _drop_unused_initializers(graph)
+    """Remove the nodes whose id() is in `dropped`, then the reshapes of constants and the initializers nothing
+    reads any more (a Reshape that fed the constants of two folded Adds included)."""
+    if not dropped:
+        return
+    kept = [n for n in graph.node if id(n) not in dropped]
+    inits = {t.name for t in graph.initializer}
+    used = {name for g in iter_graphs(graph) for n in g.node if id(n) not in dropped for name in n.input}
+    used |= {o.name for o in graph.output}
+    kept = [n for n in kept if not (n.op_type in _SHAPE_ONLY and all(i in inits for i in n.input if i)
+                                    and not any(o in used for o in n.output))]
+    del graph.node[:]
+    graph.node.extend(kept)
+    _drop_unused_initializers(graph)
 
 
 _SHAPE_ONLY = ("Reshape", "Unsqueeze", "Squeeze", "Identity", "Flatten")
