@@ -150,11 +150,7 @@ def fold_conv_bias_adds(model: onnx.ModelProto) -> int:
     BatchNormalization apart from its ConvTranspose. The folded op writes the Add's output, whose range is cached.
     Initializers that are also graph inputs may be fed other values at run time: those are left alone."""
     graph = model.graph
-    fed = {i.name for i in graph.input}
-    inits = {t.name: t for t in graph.initializer if t.name not in fed}
-    consumers = readers(graph)
-    outputs = {o.name for o in graph.output}
-    producers = {o: n for n in graph.node for o in n.output}
+    inits, consumers, outputs, producers = _lookups(graph)
     dropped: set[int] = set()
     folded = 0
     for add in graph.node:
@@ -169,10 +165,7 @@ def fold_conv_bias_adds(model: onnx.ModelProto) -> int:
             bias = _per_channel_constant(constant, inits, producers, weight.ndim, channels)
             if bias is None:
                 continue
-            old = read_array(inits[conv.input[2]]) if len(conv.input) > 2 else np.zeros(channels, np.float32)
-            bias_name = f"{conv.name or conv.output[0]}/add_folded_bias"
-            graph.initializer.append(numpy_helper.from_array((old + bias).astype(np.float32), bias_name))
-            _set_bias(conv, bias_name)
+            _add_to_bias(graph, conv, inits, bias, "add_folded_bias")
             conv.output[0] = add.output[0]
             dropped.add(id(add))
             folded += 1
@@ -189,11 +182,7 @@ def fold_adds_into_unpadded_convs(model: onnx.ModelProto) -> int:
     before 13 pointwise Convs; in a static chain each ran as a QLinearAdd of its own. The Convs then read the Add's
     input, whose range is cached like every other tensor's."""
     graph = model.graph
-    fed = {i.name for i in graph.input}
-    inits = {t.name: t for t in graph.initializer if t.name not in fed}
-    consumers = readers(graph)
-    outputs = {o.name for o in graph.output}
-    producers = {o: n for n in graph.node for o in n.output}
+    inits, consumers, outputs, producers = _lookups(graph)
     dropped: set[int] = set()
     folded = 0
     for add in graph.node:
@@ -211,10 +200,7 @@ def fold_adds_into_unpadded_convs(model: onnx.ModelProto) -> int:
                 group = _group(conv)
                 per_output = np.repeat(value.reshape(group, -1), weight.shape[0] // group, axis=0)
                 shift = (weight.astype(np.float64).sum(axis=tuple(range(2, weight.ndim))) * per_output).sum(axis=1)
-                old = read_array(inits[conv.input[2]]) if len(conv.input) > 2 else np.zeros(weight.shape[0])
-                bias_name = f"{conv.name or conv.output[0]}/input_add_folded_bias"
-                graph.initializer.append(numpy_helper.from_array((old + shift).astype(np.float32), bias_name))
-                _set_bias(conv, bias_name)
+                _add_to_bias(graph, conv, inits, shift, "input_add_folded_bias")
                 conv.input[0] = data
             dropped.add(id(add))
             folded += 1
@@ -234,6 +220,22 @@ def _unpadded_conv(node: onnx.NodeProto, tensor: str, inits: dict) -> bool:
     return node.op_type == "Conv" and node.input[0] == tensor and tensor not in node.input[1:] \
         and all(name in inits for name in node.input[1:3] if name) and not any(attrs.get("pads", [])) \
         and auto_pad in (b"NOTSET", b"VALID")
+
+
+def _lookups(graph: onnx.GraphProto) -> tuple[dict, dict, set[str], dict]:
+    """What the Add folds look up: the initializers (not those also graph inputs: they may be fed other values at run
+    time), each tensor's readers, the graph outputs, and each tensor's producer."""
+    fed = {i.name for i in graph.input}
+    inits = {t.name: t for t in graph.initializer if t.name not in fed}
+    return inits, readers(graph), {o.name for o in graph.output}, {o: n for n in graph.node for o in n.output}
+
+
+def _add_to_bias(graph: onnx.GraphProto, conv: onnx.NodeProto, inits: dict, shift: np.ndarray, suffix: str) -> None:
+    """Give `conv` a new bias initializer: its old bias (zeros without one) plus `shift`, one per output channel."""
+    old = read_array(inits[conv.input[2]]) if len(conv.input) > 2 and conv.input[2] else np.zeros(len(shift))
+    name = f"{conv.name or conv.output[0]}/{suffix}"
+    graph.initializer.append(numpy_helper.from_array((old + shift).astype(np.float32), name))
+    _set_bias(conv, name)
 
 
 def _set_bias(conv: onnx.NodeProto, name: str) -> None:
