@@ -591,26 +591,44 @@ def test_static_search_skips_the_candidates_after_its_budget_of_seconds(tmp_path
     result = VariantResult("m", "s8u8", Status.OK)
     candidates = search_module.candidates_for(("static",), set())
     search_module.search(model, str(path), ("static",), options, candidates, data, criteria, base, result,
-                         counting_steps, None, seconds=0.0)
+                         counting_steps, None, budget=search_module.SearchBudget(seconds=1e-9))
     trail = result.params["search"]["candidates"]
     assert len(built) == 1 and "task" in trail[0] and "skipped" not in trail[0]
-    assert len(trail) >= len(candidates) and all("budget of 0 s" in c["skipped"] for c in trail[1:])
+    assert len(trail) >= len(candidates) and all("budget of 1e-09 s" in c["skipped"] for c in trail[1:])
     assert [c["options"] for c in trail[:len(candidates)]] == candidates
 
 
-def test_quantize_hands_its_search_budget_to_the_search_and_refuses_one_not_above_zero(tiny, tmp_path):
-    """quantize(search_seconds=...) (the CLI's --search-seconds) reaches every variant's search; 0 is refused."""
+def test_quantize_hands_its_search_budget_to_the_search_and_refuses_a_bad_one(tiny, tmp_path):
+    """quantize(search_budget=...) (the CLI's --search-seconds) reaches every variant's search; 0 s is refused."""
     from onnxdtype.build import Calibration
+    from onnxdtype.build.search import SearchBudget
 
     data = random_samples(tmp_path / "calib", (8, 64))
     result = quantize(tiny("outlier_matmul"), "s8u8", tmp_path / "out", calib=Calibration(data), latency_runs=0,
-                      workers=1, search_seconds=1e-6).by("outlier_matmul", "s8u8")
+                      workers=1, search_budget=SearchBudget(seconds=1e-6)).by("outlier_matmul", "s8u8")
     trail = result.params["search"]["candidates"]
     later = [c for c in trail[1:] if "repaired" not in c]  # the repair has its own budget (RepairBudget)
     assert "skipped" not in trail[0] and later and all("budget of 1e-06 s" in c["skipped"] for c in later)
-    with pytest.raises(OnnxDtypeError, match="search_seconds must be > 0"):
-        quantize(tiny("outlier_matmul"), "s8u8", tmp_path / "out2", calib=Calibration(data), search_seconds=0)
-    assert not (tmp_path / "out2").exists()
+    assert result.params["search"]["budget"] == {"seconds": 1e-6, "min_speedup": 0.0}
+    for bad in ({"seconds": 0}, {"seconds": float("nan")}, {"min_speedup": -1.0}):
+        with pytest.raises(OnnxDtypeError, match="the search's"):
+            SearchBudget(**bad)
+
+
+def test_a_searched_variant_below_the_latency_budget_fails_and_is_not_repaired(tiny, tmp_path):
+    """--min-speedup: the fastest passing placement still slower than the budget fails the variant, said with its
+    speed; failing candidates below it are not repaired (keeping nodes in float only slows them)."""
+    from onnxdtype.build import Calibration
+    from onnxdtype.build.search import SearchBudget
+
+    data = random_samples(tmp_path / "calib", (8, 64))
+    result = quantize(tiny("mlp"), "u8u8", tmp_path / "out", calib=Calibration(data), latency_runs=0, workers=1,
+                      search_budget=SearchBudget(min_speedup=1000.0)).by("mlp", "u8u8")
+    trail = result.params["search"]["candidates"]
+    assert any(c.get("failure") is None and "speedup_1thread" in c for c in trail)  # one passed, but too slowly
+    assert result.status == "failed" and "1000x fp32 at 1 thread" in result.reason and "latency budget" in result.reason
+    assert not any("repaired" in c for c in trail)
+    assert not (tmp_path / "out" / "mlp_u8u8.onnx").exists()
 
 
 def test_a_worker_makes_fp32_s_reference_once_for_every_dtype_of_a_module(tmp_path):

@@ -38,7 +38,7 @@ from onnxdtype.build.plan import (
 )
 from onnxdtype.build.pool import WorkerPool, worker_count
 from onnxdtype.build.publish import place_base, publish_variant, record
-from onnxdtype.build.search import candidates_for
+from onnxdtype.build.search import SearchBudget, candidates_for
 from onnxdtype.build.task import VariantTask
 from onnxdtype.build.worker import load_error
 from onnxdtype.dtype import INFO, DType, parse_dtype_list
@@ -77,7 +77,7 @@ def quantize(
     fixed_inputs: dict[str, Any] | list[str] | None = None,
     tasks: dict[str, str] | None = None,
     search: bool = True,
-    search_seconds: float | None = None,
+    search_budget: SearchBudget | None = None,
 ) -> BuildResult:
     """Build the requested dtype variants of a model (or of every module in a folder) into `out_dir`,
     verify each against fp32, repair those that miss their tolerance, and time them.
@@ -92,13 +92,13 @@ def quantize(
     and record the values, and onnxdtype's runtime refuses others. `tasks` overrides the guessed task judge of a
     module's outputs ({"rec": "ctc"}, {"det/out": "dense:threshold=0.3"}, "*" for every module). `search` tries
     the static dtypes' placements on the evaluation data and keeps the fastest that passes (build.search), within
-    `search_seconds` per variant (default build.search.SEARCH_SECONDS; later candidates are recorded as skipped).
+    `search_budget` per variant (build.search.SearchBudget: seconds, and the speedup a kept variant must reach).
     """
     request = make_request(model, dtypes, out_dir, force=force, options=options, workers=workers, progress=progress,
                            eval_data=eval_data, verify=verify, repair=repair, tolerances=tolerances,
                            keep_failed=keep_failed, latency_runs=latency_runs, repair_budget=repair_budget,
                            metric=metric, calib=calib, fixed_inputs=fixed_inputs, tasks=tasks, search=search,
-                           search_seconds=search_seconds)
+                           search_budget=search_budget)
     out, modules = request.out, request.modules
     check_out_dir(out)
     buildable = len(modules) * sum(d not in request.uncalibrated for d in request.wanted)
@@ -124,8 +124,6 @@ def make_request(model: str | Path, dtypes: str | list[str] | list[DType] = "all
     overrides = resolve_options(settings.pop("options", None))
     request = Request(modules, parse_dtype_list(dtypes), explicit, out, overrides, **settings)
     check_task_keys(request.tasks, modules)
-    if request.search_seconds is not None and not request.search_seconds > 0:
-        raise OnnxDtypeError(f"search_seconds must be > 0, not {request.search_seconds}")
     if request.metric:
         load_metric(request.metric)  # a wrong --metric is a user error now, not a failure in every worker later
     if request.explicit and request.uncalibrated:
@@ -161,7 +159,7 @@ class Request:
     fixed_inputs: dict[str, Any] | list[str] | None = None
     tasks: dict[str, str] | None = None
     search: bool = True
-    search_seconds: float | None = None
+    search_budget: SearchBudget | None = None
     # (module, dtype) -> the content key a vouched variant must have been built under to be kept (the zoo's);
     # None: any vouched variant is kept
     keys: dict[tuple[str, str], str] | None = None
@@ -277,7 +275,7 @@ def _prepare(request: Request, plan: ModulePlan, given: EvalData | None, manifes
         work.append(VariantTask(m.name, dtype.value, str(norm.path), norm.done,
                                 {step: asdict(o) for step, o in step_options.items()}, str(tmp), base_entry["bytes"],
                                 spec, plan.specialized, candidates, plan.search_ranges if candidates else {},
-                                request.search_seconds, single_file=plan.single_file))
+                                request.search_budget or SearchBudget(), single_file=plan.single_file))
     return decided
 
 

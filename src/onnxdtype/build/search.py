@@ -1,7 +1,7 @@
 """Static 8-bit variants: try placements from the fastest onnxruntime can run to today's safe default, judge and time
 each, retry a failing int8-weight placement with 7-bit weights, then failing ones on MSE-clipped ranges, repair one
-that still fails (keeping its worst nodes in float), and keep the fastest that passes, within SEARCH_SECONDS; the
-trail goes to the manifest.
+that still fails (keeping its worst nodes in float), and keep the fastest that passes, within a SearchBudget
+(seconds, and the speedup a kept variant must reach); the trail goes to the manifest.
 
 Why: where activations get Q/DQ decides both what onnxruntime runs in integers and how much accuracy survives, and
 neither is predictable from the graph alone. Measured on PP-OCR cls (this AVX2 CPU without VNNI): QLinearConv ran
@@ -13,6 +13,7 @@ build runs, and the variant says so (speed is the building machine's; other CPUs
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import onnx
 
+from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.results import Status, VariantResult
 from onnxdtype.verify.evaluate import Criteria, EvalData, Reference, session
 from onnxdtype.verify.latency import speedups
@@ -49,10 +51,24 @@ SEARCH_RANGES = ("mse",)
 SEARCHED_FIELDS = frozenset([*(field for candidate in CANDIDATES for field in candidate), *SATURATION_RETRY,
                              "method", "ranges_file"])
 TIMING_RUNS = 10
-# Seconds the search may spend building, judging and timing candidates (repair has its own budget). The first
-# candidate is always tried; once the budget is spent the rest are recorded as skipped. PP-OCRv4 rec s8u8, the
-# longest search measured here (4 placements, 7-bit and MSE-range retries): 3 min 29 s for the whole build.
-SEARCH_SECONDS = 900.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchBudget:
+    """What the search may spend. `seconds` building, judging and timing candidates (the repair keeps its own
+    budget): the first candidate is always tried, once the budget is spent the rest are recorded as skipped
+    (PP-OCRv4 rec s8u8, the longest search measured here: 90 s to 3 min 29 s for the whole build). `min_speedup`,
+    the latency it may lose: a variant slower than this times fp32 at one thread fails (0: any speed passes, a slower
+    one says so in its notes), and a failing candidate already slower than it is not repaired (float only slows)."""
+    seconds: float = 900.0
+    min_speedup: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds) and self.seconds > 0):
+            raise OnnxDtypeError(f"the search's seconds must be a number > 0, not {self.seconds!r}")
+        if not (isinstance(self.min_speedup, (int, float)) and math.isfinite(self.min_speedup)
+                and self.min_speedup >= 0):
+            raise OnnxDtypeError(f"the search's min_speedup must be a number >= 0, not {self.min_speedup!r}")
 
 
 def candidates_for(steps: tuple[str, ...], fixed_fields: set[str]) -> list[dict[str, dict]]:
@@ -80,12 +96,12 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
            result: VariantResult,
            run_steps: Callable[..., onnx.ModelProto | None],
            repair: Callable[[onnx.ModelProto, dict, VariantResult, Reference], onnx.ModelProto] | None,
-           ranges: dict[str, str] | None = None, seconds: float | None = None
+           ranges: dict[str, str] | None = None, budget: SearchBudget | None = None
            ) -> tuple[onnx.ModelProto, dict] | None:
     """The fastest candidate that passes `criteria` on `data` (its model and options), every candidate's figures in
     result.params["search"]; None when no candidate could be built, or none passed and repair is off. `base` is
-    fp32 on `data` (its runs and noise floor), judged against by every candidate. Candidates after `seconds`
-    (default SEARCH_SECONDS) are recorded as skipped, not built.
+    fp32 on `data` (its runs and noise floor), judged against by every candidate. Candidates after `budget`'s
+    seconds are recorded as skipped, not built; a chosen one slower than its min_speedup fails.
 
     Every candidate is judged and timed; those failing and faster than every passing one are tried again with 7-bit
     weights (int8 weights only), then on each of `ranges` (method -> ranges file of the same calibration samples,
@@ -97,8 +113,8 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     trail: list[dict[str, Any]] = []
     tried: list[_Tried] = []
 
-    seconds = SEARCH_SECONDS if seconds is None else seconds
-    deadline = time.monotonic() + seconds
+    budget = budget or SearchBudget()
+    deadline = time.monotonic() + budget.seconds
 
     def attempt(overrides: dict[str, dict]) -> None:
         shown = {step: {k: Path(v).name if k == "ranges_file" else v for k, v in o.items()}
@@ -106,7 +122,7 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
         entry: dict[str, Any] = {"options": shown}
         trail.append(entry)
         if trail[:-1] and time.monotonic() > deadline:
-            entry["skipped"] = f"the search's budget of {seconds:g} s was spent"
+            entry["skipped"] = f"the search's budget of {budget.seconds:g} s was spent"
             return
         trial_options = {step: dataclasses.replace(opts, **overrides.get(step, {})) for step, opts in options.items()}
         trial = VariantResult(result.module, result.dtype, Status.OK)
@@ -135,7 +151,7 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
               {"method": method, "ranges_file": ranges_file})
     if not tried:
         return None
-    fixed = _repaired(tried, repair, base, base_timed, data, result) if repair else None
+    fixed = _repaired(tried, repair, base, base_timed, data, result, budget.min_speedup) if repair else None
     if fixed is not None:
         trail.append(fixed.entry)
         tried.append(fixed)
@@ -147,7 +163,7 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
         for contender, speedup in zip(contenders, timed):
             contender.entry["runoff_speedup_1thread"] = round(speedup, 3)
         best = max(contenders, key=lambda t: t.entry["runoff_speedup_1thread"])
-    result.params["search"] = {"candidates": trail,
+    result.params["search"] = {"candidates": trail, "budget": dataclasses.asdict(budget),
                                "chosen": next((i for i, e in enumerate(trail) if best and e is best.entry), None),
                                "timed_on": f"this machine, 1 thread, median of {TIMING_RUNS} interleaved runs; "
                                            f"passing candidates within {1 - RUNOFF_WITHIN:.0%} of the fastest timed "
@@ -161,7 +177,10 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
         result.fail(best.trial.reason or "no placement passes")
         return best.model, best.options
     speedup = best.entry.get("runoff_speedup_1thread", best.entry["speedup_1thread"])
-    if speedup < 1.0:  # said, never hidden: the user asked for 8-bit to be faster
+    if speedup < budget.min_speedup:
+        result.fail(f"no passing placement is {budget.min_speedup:g}x fp32 at 1 thread on this machine, the "
+                    f"latency budget (best {speedup:.2f}x; --min-speedup)")
+    elif speedup < 1.0:  # said, never hidden: the user asked for 8-bit to be faster
         result.notes.append(f"no passing placement is faster than fp32 on this machine (best {speedup:.2f}x at "
                             "1 thread): onnxruntime's integer kernels do not pay here (bench/static_speed.py "
                             "--profile shows where the time goes)")
@@ -180,9 +199,9 @@ def _fastest_passing(tried: list[_Tried]) -> float:
 
 
 def _repaired(tried: list[_Tried], repair: Callable, base: Reference, base_timed, data: EvalData,
-              result: VariantResult) -> _Tried | None:
+              result: VariantResult, min_speedup: float) -> _Tried | None:
     """The repair of the one failing candidate worth it (see search), as a new trail entry; None when none is."""
-    worth = _faster_than_passing(tried)
+    worth = [t for t in _faster_than_passing(tried) if t.entry["speedup_1thread"] >= min_speedup]
     if any(t.passed for t in tried):
         pick = max(worth, key=lambda t: t.entry["speedup_1thread"], default=None)
     else:

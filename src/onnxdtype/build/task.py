@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from onnxdtype.build.search import SearchBudget
 from onnxdtype.verify.repair import RepairBudget
 from onnxdtype.verify.rounding import ROUNDING_DRAWS
 from onnxdtype.verify.weight_noise import WEIGHT_DRAWS
@@ -41,7 +42,7 @@ class VariantTask:
     specialized: dict | None = None  # what --fix-input did to the base before normalizing (plan.ModulePlan)
     search: list[dict] = field(default_factory=list)  # option overrides to try, fastest first (build.search)
     search_ranges: dict[str, str] = field(default_factory=dict)  # method -> ranges file to retry failing ones on
-    search_seconds: float | None = None  # the search's budget (None: build.search's SEARCH_SECONDS)
+    search_budget: SearchBudget = field(default_factory=SearchBudget)
     single_file: bool = False  # the base is one .onnx file: so is the variant, below the protobuf limit
 
     def to_json(self) -> str:
@@ -53,4 +54,4 @@ class VariantTask:
         spec = data.pop("verify")
         if spec is not None:
             spec = VerifySpec(**{**spec, "budget": RepairBudget(**spec["budget"])})
-        return cls(**data, verify=spec)
+        return cls(**{**data, "search_budget": SearchBudget(**data["search_budget"])}, verify=spec)

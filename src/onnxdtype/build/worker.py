@@ -146,7 +146,7 @@ def _searched(source: onnx.ModelProto, task: VariantTask, steps: tuple[str, ...]
 
     base = _reference(source, source_path, task.verify, eval_data, criteria)
     found = search(source, task.norm_path, steps, options, task.search, eval_data, criteria, base, result, run_steps,
-                   repair if task.verify.repair else None, task.search_ranges, task.search_seconds)
+                   repair if task.verify.repair else None, task.search_ranges, task.search_budget)
     return found[0] if found else None
 
 

@@ -49,7 +49,8 @@ def quantize(
     verify: Annotated[bool, typer.Option(help="Verify each variant against fp32 (--no-verify: only build and load-check)")] = True,
     repair: Annotated[bool, typer.Option(help="Repair variants that miss their tolerance")] = True,
     search: Annotated[bool, typer.Option(help="Static dtypes: try Q/DQ placements on the evaluation data and keep the fastest that passes")] = True,
-    search_seconds: Annotated[Optional[float], typer.Option(help="Static dtypes: the search's budget per variant in seconds (default 900); later candidates are recorded as skipped")] = None,
+    search_seconds: Annotated[float, typer.Option(help="Static dtypes: the search's budget per variant in seconds; later candidates are recorded as skipped")] = 900.0,
+    min_speedup: Annotated[float, typer.Option(help="Static dtypes: a searched variant slower than this times fp32 at 1 thread fails (0: any speed)")] = 0.0,
     repair_max_weights: Annotated[float, typer.Option(help="Repair may keep at most this share of weights in fp32")] = 0.25,
     keep_failed: Annotated[bool, typer.Option("--keep-failed", help="Keep the files of failed variants")] = False,
     latency_runs: Annotated[int, typer.Option(help="Timed runs per variant (0: no timing)")] = 20,
@@ -62,6 +63,7 @@ def quantize(
         os.environ["ONNXDTYPE_VERBOSE"] = "1"
     from onnxdtype.build import Calibration
     from onnxdtype.build import quantize as build_quantize
+    from onnxdtype.build.search import SearchBudget
     from onnxdtype.verify.repair import RepairBudget
 
     if workers is not None and workers < 1:
@@ -99,7 +101,8 @@ def quantize(
                 tolerances=tolerance_values, repair=repair, keep_failed=keep_failed, latency_runs=latency_runs,
                 repair_budget=RepairBudget(max_weight_fraction=repair_max_weights), eval_data=eval_data,
                 calib=Calibration(calib, calib_spec, calib_method) if calib else None, fixed_inputs=fix_input,
-                tasks=task_settings, search=search, search_seconds=search_seconds, verify=verify)
+                tasks=task_settings, search=search,
+                search_budget=SearchBudget(search_seconds, min_speedup), verify=verify)
         except OnnxDtypeError as exc:
             progress.stop()
             hint = " (--dtype all skips what does not apply)" if "is not applicable" in str(exc) else ""
