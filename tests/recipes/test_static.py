@@ -221,3 +221,31 @@ def test_minilm_static_dtypes_on_held_out_sentences(minilm_path, tmp_path):
         got_batch = variant.run(["sentence_embedding"], batch)[0]
         assert min(cosines) >= 0.99, (dtype, cosines)
         assert np.mean(neighbours(got_batch) == neighbours(ref_batch)) >= 22 / 24, dtype
+
+
+def test_a_dead_weight_channel_takes_the_zero_point_of_the_others(detector, monkeypatch, tmp_path):
+    """onnxruntime's quantizer gives an all-zero channel zero point 0 beside the 128 of symmetric uint8 weights, and
+    its CPU QLinearConv needs one for all channels (qdq.even_weight_zero_points): u8u8 weights come out even, and
+    the variant computes exactly what the uneven one did."""
+    model, _, feeds = detector
+    dead = onnx.ModelProto()
+    dead.CopyFrom(model)
+    conv = next(n for n in dead.graph.node if n.op_type == "Conv")
+    weight = next(t for t in dead.graph.initializer if t.name == conv.input[1])
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values[0] = 0.0  # the first output channel is dead
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    calibration = calibrate(dead, CountingSamples(images(8, seed=1)), "minmax", tmp_path)
+    even = build(dead, calibration, "u8u8").model
+    monkeypatch.setattr(qdq, "even_weight_zero_points", lambda quantized: 0)
+    uneven = build(dead, calibration, "u8u8").model
+
+    def zero_points(variant):
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in variant.graph.initializer}
+        return [inits[n.input[2]] for n in variant.graph.node
+                if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+
+    assert any(np.unique(points).size > 1 for points in zero_points(uneven))  # what onnxruntime writes
+    assert all(np.unique(points).tolist() == [128] for points in zero_points(even))
+    for feed in feeds[:2]:
+        np.testing.assert_array_equal(session(even).run(None, feed)[0], session(uneven).run(None, feed)[0])
