@@ -183,6 +183,7 @@ def fold_adds_into_unpadded_convs(model: onnx.ModelProto) -> int:
     input, whose range is cached like every other tensor's."""
     graph = model.graph
     inits, consumers, outputs, producers = _lookups(graph)
+    outputs |= {name for sub in list(iter_graphs(graph))[1:] for n in sub.node for name in n.input}  # outer-scope reads
     dropped: set[int] = set()
     folded = 0
     for add in graph.node:

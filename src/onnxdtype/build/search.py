@@ -107,10 +107,11 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
 
     Every candidate is judged and timed; those failing and faster than every passing one are tried again with 7-bit
     weights (int8 weights only), then on each of `ranges` (method -> ranges file of the same calibration samples,
-    build.data; recorded by file name), fastest first: a retry that passes rules out the slower ones. One failing candidate is then repaired (`repair` keeps its worst nodes in
-    float, judged on the task against the fp32 outputs the search already holds): the fastest that ran faster than
-    every passing one (keeping nodes in float only slows it), or, when none passed, the one closest to passing. When
-    nothing passes, the result is that repaired candidate, failed with its figures and repair trail."""
+    build.data; recorded by file name), fastest first: a retry that passes rules out the slower ones. One failing
+    candidate is then repaired (`repair` keeps its worst nodes in float, judged on the task against the fp32 outputs
+    the search already holds): the fastest that ran faster than every passing one (keeping nodes in float only slows
+    it), or, when none passed, the one closest to passing. When nothing passes, the result is that repaired
+    candidate, failed with its figures and repair trail."""
     base_timed = session(source_path, threads=1)
     trail: list[dict[str, Any]] = []
     tried: list[_Tried] = []
