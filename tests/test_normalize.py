@@ -201,3 +201,25 @@ def test_a_reshape_feeding_the_constants_of_two_folded_adds_goes_with_them():
     assert {t.name for t in folded.graph.initializer} & {"offset", "shape"} == set()
     x = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
     np.testing.assert_allclose(run(folded, x), run(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_add_a_subgraph_reads_stays_before_its_unpadded_conv():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxdtype.normalize import fold_adds_into_unpadded_convs
+
+    rng = np.random.default_rng(13)
+    inits = [numpy_helper.from_array(rng.standard_normal(1).astype(np.float32), "c"),
+             numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w")]
+    branch = helper.make_graph([helper.make_node("Identity", ["a"], ["b"])], "branch", [],
+                               [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4, 3, 3])])
+    nodes = [helper.make_node("Add", ["x", "c"], ["a"], name="add"),
+             helper.make_node("Conv", ["a", "w"], ["y"], name="conv"),
+             helper.make_node("If", ["flag"], ["z"], name="if", then_branch=branch, else_branch=branch)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3]),
+                                           helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 3]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 3, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert fold_adds_into_unpadded_convs(model) == 0
+    onnx.checker.check_model(model)
