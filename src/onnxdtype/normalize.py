@@ -190,15 +190,15 @@ def fold_adds_into_unpadded_convs(model: onnx.ModelProto) -> int:
         convs = consumers.get(add.output[0], []) if add.op_type == "Add" and len(add.input) == 2 else []
         if not convs or add.output[0] in outputs or not all(_unpadded_conv(c, add.output[0], inits) for c in convs):
             continue
+        weights = [read_array(inits[c.input[1]]) for c in convs]
+        groups = [_group(c) for c in convs]
         for constant_side in (0, 1):
             constant, data = add.input[constant_side], add.input[1 - constant_side]
-            weights = [read_array(inits[c.input[1]]) for c in convs]
-            values = [_per_channel_constant(constant, inits, producers, w.ndim, w.shape[1] * _group(c))
-                      for c, w in zip(convs, weights)]
+            values = [_per_channel_constant(constant, inits, producers, w.ndim, w.shape[1] * g)
+                      for w, g in zip(weights, groups)]
             if data in inits or any(v is None for v in values):
                 continue
-            for conv, weight, value in zip(convs, weights, values):
-                group = _group(conv)
+            for conv, weight, group, value in zip(convs, weights, groups, values):
                 per_output = np.repeat(value.reshape(group, -1), weight.shape[0] // group, axis=0)
                 shift = (weight.astype(np.float64).sum(axis=tuple(range(2, weight.ndim))) * per_output).sum(axis=1)
                 _add_to_bias(graph, conv, inits, shift, "input_add_folded_bias")
