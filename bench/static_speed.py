@@ -203,7 +203,8 @@ def placement(result) -> str:
     options = chosen["options"]["static"]
     words = ["kernel inputs" if options["kernel_ops_only"] else "chain"] + ["equalized"] * options["equalize"] \
         + ["7-bit weights"] * bool(options.get("reduce_range")) \
-        + [f"{options.get('method')} ranges"] * ("method" in options)
+        + [f"{options.get('method')} ranges"] * ("method" in options) \
+        + [f"first {options.get('float_first')} weighted float"] * bool(options.get("float_first"))
     if "repaired" in chosen:
         words.append(f"{len(chosen['repaired']['kept'])} nodes float")
     return "   [" + ", ".join(words) + "]"

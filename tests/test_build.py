@@ -1,6 +1,7 @@
 """The build pipe on tiny models: files, manifest, applicability, and nothing lost on the way."""
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -535,9 +536,10 @@ def test_verify_reuses_the_evaluation_data_the_build_used(tiny, tmp_path):
     assert verify_folder(out, latency_runs=0).by("mlp", "u8u8").verification["data"].startswith("held-out 2")
 
 
-def _outlier_search(tmp_path: Path, dtype: str) -> tuple:
-    """What build.search takes for the outlier MLP (no placement passes): model, its path, options, data, criteria
-    and fp32's reference."""
+def _outlier_search(tmp_path: Path, dtype: str, model: onnx.ModelProto | None = None,
+                    shape: tuple[int, ...] = (8, 64), min_cosine: float = 0.999) -> tuple:
+    """What build.search takes for `model` (default: the outlier MLP, where no placement passes): model, its path,
+    options, data, criteria and fp32's reference."""
     from tinymodels import outlier_matmul
 
     from onnxdtype.calibration import calibrate, load_samples
@@ -545,14 +547,14 @@ def _outlier_search(tmp_path: Path, dtype: str) -> tuple:
     from onnxdtype.recipes import static
     from onnxdtype.verify.evaluate import Criteria, EvalData, Reference, session
 
-    model = normalize(outlier_matmul(), static.PASSES)[0]
+    model = normalize(model or outlier_matmul(), static.PASSES)[0]
     path = tmp_path / "model.onnx"
     path.write_bytes(model.SerializeToString())
-    calibration = calibrate(model, load_samples(random_samples(tmp_path / "calib", (8, 64)), model), "minmax",
+    calibration = calibrate(model, load_samples(random_samples(tmp_path / "calib", shape), model), "minmax",
                             tmp_path / "cache")
     options = {"static": static.options_for(dtype, static.Options(ranges_file=str(calibration.path)))}
-    data = EvalData(list(load_samples(random_samples(tmp_path / "eval", (4, 64)), model)), "eval", False)
-    criteria = Criteria(0.999)
+    data = EvalData(list(load_samples(random_samples(tmp_path / "eval", shape, 4), model)), "eval", False)
+    criteria = Criteria(min_cosine)
     return model, path, options, data, criteria, Reference(session(path), data, criteria, model)
 
 
@@ -574,6 +576,41 @@ def test_static_search_hands_its_repair_the_fp32_outputs_it_already_holds(tmp_pa
     search_module.search(model, str(path), ("static",), options, search_module.candidates_for(("static",), set()),
                          data, criteria, base, VariantResult("m", "u8u8", Status.OK), run_steps, repair)
     assert handed == [base]
+
+
+@pytest.mark.parametrize("keeps_up", [0.0, math.inf])
+def test_static_search_tries_the_fastest_passing_placement_with_its_first_weighted_ops_float(tmp_path, monkeypatch,
+                                                                                            keeps_up):
+    """Last, the fastest passing placement is built again with its first 1, 2, 4... weighted ops float, while they
+    hold at most FLOAT_FIRST_WEIGHTS of the weights and each keeps up (FLOAT_FIRST_KEEPS_UP of the fastest so far);
+    the runoff then chooses among them. The tiny detector's first conv holds 5.7 % of its weights: allowed here."""
+    from tinymodels import detector
+
+    from onnxdtype.build import search as search_module
+    from onnxdtype.build.worker import run_steps
+    from onnxdtype.results import Status, VariantResult
+
+    model, path, options, data, criteria, base = _outlier_search(tmp_path, "u8u8", detector(), (1, 3, 64, 64), 0.9)
+    assert search_module._float_first_counts(model) == []  # 5.7 % > FLOAT_FIRST_WEIGHTS
+    monkeypatch.setattr(search_module, "FLOAT_FIRST_WEIGHTS", 1.0)
+    monkeypatch.setattr(search_module, "FLOAT_FIRST_KEEPS_UP", keeps_up)
+    assert search_module._float_first_counts(model) == [1, 2]  # fewer than its 4 weighted ops
+    result = VariantResult("m", "u8u8", Status.OK)
+    candidates = search_module.candidates_for(("static",), set())
+    search_module.search(model, str(path), ("static",), options, candidates, data, criteria, base, result,
+                         run_steps, None)
+    trail = result.params["search"]["candidates"]
+    passing = [c for c in trail[:len(candidates)] if c["failure"] is None]
+    start = max(passing, key=lambda c: c["speedup_1thread"])
+    tried = [c for c in trail if "float_first" in c["options"]["static"]]
+    expected = [1, 2] if keeps_up == 0.0 else [1]  # math.inf: the first one never keeps up, so the second is not tried
+    assert [c["options"]["static"] for c in tried] == [{**start["options"]["static"], "float_first": first}
+                                                        for first in expected]
+    assert all(c["failure"] is None for c in tried)  # float layers only bring fp32 closer
+    chosen = trail[result.params["search"]["chosen"]]
+    runoff = [c for c in trail if "runoff_speedup_1thread" in c]
+    assert chosen in runoff and chosen["runoff_speedup_1thread"] == max(c["runoff_speedup_1thread"] for c in runoff)
+    assert result.params["static"]["float_first"] == chosen["options"]["static"].get("float_first", 0)
 
 
 def test_static_search_skips_the_candidates_after_its_budget_of_seconds(tmp_path):

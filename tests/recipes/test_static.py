@@ -112,6 +112,33 @@ def test_reduce_range_puts_int8_weights_in_seven_bits_and_keeps_the_detections(d
     assert (cosines > 0.995).all() and (relative < 0.02).all()
 
 
+def test_float_first_keeps_the_first_weighted_ops_and_what_feeds_them_float(detector):
+    """float_first=N: the first N weighted ops in graph order and every node they depend on stay float (their
+    weights unquantized, no Q/DQ between them), the rest is quantized as before; not a count: refused."""
+    model, calibration, held_out = detector
+
+    def float_weights(variant) -> set[str]:
+        weights = {t.name for t in variant.model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+        return weights & {"k0", "k1", "k2"}
+
+    def read_through_dq(variant) -> set[str]:  # node names whose inputs come from a DequantizeLinear
+        dq = {n.output[0] for n in variant.model.graph.node if n.op_type == "DequantizeLinear"}
+        return {n.name for n in variant.model.graph.node if set(n.input) & dq}
+
+    none, one = build(model, calibration), build(model, calibration, float_first=1)
+    two = build(model, calibration, kernel_ops_only=False, float_first=2)
+    assert float_weights(none) == set() and float_weights(one) == {"k0"} and float_weights(two) == {"k0", "k1"}
+    assert {"conv0", "relu0", "conv1"}.isdisjoint(read_through_dq(two)) and "conv2" in read_through_dq(two)
+    assert "conv0" in one.kept_in_float and {"conv0", "conv1"} <= set(two.kept_in_float)
+    assert two.params["float_first"] == 2 and any("first 2 weighted ops" in note for note in two.notes)
+    assert static.leading_nodes(model, 2) == ["conv0", "relu0", "conv1"] and static.leading_nodes(model, 0) == []
+    cosines, _, _ = channel_errors(model, two.model, held_out)
+    assert (cosines > 0.99).all()
+    for bad in (-1, True, 1.5):
+        with pytest.raises(OnnxDtypeError, match="float_first"):
+            static.Options(float_first=bad)
+
+
 def test_equalization_is_exact_in_float(detector, monkeypatch):
     model, calibration, held_out = detector
     monkeypatch.setattr(qdq, "EQUALIZE_SPREAD", 1.0)  # equalize every channel, however even

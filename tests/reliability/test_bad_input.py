@@ -273,6 +273,8 @@ def test_unknown_dtype_names(tiny, tmp_path, dtype, fragment):
                  id="search-seconds-zero"),
     pytest.param(("-d", "fp16", "--min-speedup", "-1"), "the search's min_speedup must be a number >= 0",
                  id="min-speedup-negative"),
+    pytest.param(("-d", "s8u8", "--set", "static.float_first=-2"), "static float_first must be a whole number",
+                 id="float-first-negative"),
     pytest.param(("-d", "q4", "--q4-block-size", "48"), "power of two", id="block-size"),
     pytest.param(("-d", "bnb4", "--bnb4-type", "fp8"), "bnb4 quant_type 'fp8' is not valid; valid: fp4, nf4", id="bnb4-type"),
     pytest.param(("-d", "fp16", "--metric", "no_such_module:f"), "cannot import no_such_module", id="metric-import"),

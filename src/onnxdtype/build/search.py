@@ -1,7 +1,8 @@
 """Static 8-bit variants: try placements from the fastest onnxruntime can run to today's safe default, judge and time
 each, retry a failing int8-weight placement with 7-bit weights, then failing ones on MSE-clipped ranges, repair one
-that still fails (keeping its worst nodes in float), and keep the fastest that passes, within a SearchBudget
-(seconds, and the speedup a kept variant must reach); the trail goes to the manifest.
+that still fails (keeping its worst nodes in float), try the fastest passing one with its first layers in float,
+and keep the fastest that passes, within a SearchBudget (seconds, and the speedup a kept variant must reach); the
+trail goes to the manifest.
 
 Why: where activations get Q/DQ decides both what onnxruntime runs in integers and how much accuracy survives, and
 neither is predictable from the graph alone. Measured on PP-OCR cls (this AVX2 CPU without VNNI): QLinearConv ran
@@ -21,7 +22,9 @@ from typing import Any
 
 import onnx
 
+from onnxdtype.calibration.ranges import weighted_nodes
 from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.ops import KERNEL_WEIGHT_INPUT
 from onnxdtype.results import Status, VariantResult
 from onnxdtype.verify.evaluate import Criteria, EvalData, Reference, session
 from onnxdtype.verify.latency import speedups
@@ -50,8 +53,16 @@ RUNOFF_WITHIN, RUNOFF_RUNS = 0.9, 20
 # the split judging 4 photographed lines (examples/ocr_models.py --swap-page-lines) its equalized 7-bit chain from
 # 66.7 % to 100 %; MSE is not the default, because before the chains it had bought no task (calibration.ranges).
 SEARCH_RANGES = ("mse",)
+# Last, the fastest passing placement is tried again with its first 1, 2, 4, 8 weighted ops and the nodes before
+# them in float (static.Options.float_first), while those hold at most FLOAT_FIRST_WEIGHTS of the weights and each
+# step runs at least FLOAT_FIRST_KEEPS_UP of the fastest so far: onnxruntime's CPU integer kernels lose on an image
+# model's first layers (static.py). Measured on PP-OCRv4 det's s8u8 chain (interleaved, one thread, two runs): 1.35x
+# fp32 with none float, 1.34-1.36x with 1, 1.40x with 2, 1.29-1.30x with 4; cls 0.91-0.92x -> 0.97x with 4,
+# 0.99-1.00x with 12 (1.5 % of its weights), never above fp32; rec 1.76x -> 1.79x with 1.
+FLOAT_FIRST = (1, 2, 4, 8)
+FLOAT_FIRST_WEIGHTS, FLOAT_FIRST_KEEPS_UP = 0.05, 0.98
 SEARCHED_FIELDS = frozenset([*(field for candidate in CANDIDATES for field in candidate), *SATURATION_RETRY,
-                             "method", "ranges_file"])
+                             "method", "ranges_file", "float_first"])
 TIMING_RUNS = 10
 
 
@@ -84,6 +95,7 @@ def candidates_for(steps: tuple[str, ...], fixed_fields: set[str]) -> list[dict[
 @dataclasses.dataclass
 class _Tried:
     entry: dict[str, Any]
+    overrides: dict[str, dict]
     model: onnx.ModelProto
     options: dict
     trial: VariantResult
@@ -110,8 +122,9 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     build.data; recorded by file name), fastest first: a retry that passes rules out the slower ones. One failing
     candidate is then repaired (`repair` keeps its worst nodes in float, judged on the task against the fp32 outputs
     the search already holds): the fastest that ran faster than every passing one (keeping nodes in float only slows
-    it), or, when none passed, the one closest to passing. When nothing passes, the result is that repaired
-    candidate, failed with its figures and repair trail."""
+    it), or, when none passed, the one closest to passing. The fastest passing one (unless repaired) is then tried
+    with its first FLOAT_FIRST weighted ops in float, more while they keep up. When nothing passes, the result is
+    that repaired candidate, failed with its figures and repair trail."""
     base_timed = session(source_path, threads=1)
     trail: list[dict[str, Any]] = []
     tried: list[_Tried] = []
@@ -119,31 +132,32 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     budget = budget or SearchBudget()
     deadline = time.monotonic() + budget.seconds
 
-    def attempt(overrides: dict[str, dict]) -> None:
+    def attempt(overrides: dict[str, dict]) -> _Tried | None:
         shown = {step: {k: Path(v).name if k == "ranges_file" else v for k, v in o.items()}
                  for step, o in overrides.items()}
         entry: dict[str, Any] = {"options": shown}
         trail.append(entry)
         if trail[:-1] and time.monotonic() > deadline:
             entry["skipped"] = f"the search's budget of {budget.seconds:g} s was spent"
-            return
+            return None
         trial_options = {step: dataclasses.replace(opts, **overrides.get(step, {})) for step, opts in options.items()}
         trial = VariantResult(result.module, result.dtype, Status.OK)
         model = run_steps(source, steps, trial_options, trial)
         if model is None:
             entry["failure"] = trial.reason
-            return
+            return None
         trial.verification, _, failure = verify_variant(base, session(model), data, criteria)
         entry.update(failure=failure, task=_worst_task(trial.verification),
                      speedup_1thread=_speedup(base_timed, model, data))
-        tried.append(_Tried(entry, model, trial_options, trial))
+        tried.append(_Tried(entry, overrides, model, trial_options, trial))
+        return tried[-1]
 
     def retry(eligible: Callable[[_Tried], bool], changes: dict) -> None:
         """Each failing candidate `eligible` once more with `changes`, fastest first, while it still ran faster than
         every passing one (a retry that passes rules out the slower ones)."""
         for failed in sorted(filter(eligible, _faster_than_passing(tried)), key=lambda t: -t.entry["speedup_1thread"]):
             if failed.entry["speedup_1thread"] > _fastest_passing(tried):
-                attempt({"static": {**failed.entry["options"]["static"], **changes}})
+                attempt({"static": {**failed.overrides["static"], **changes}})
 
     for overrides in candidates:
         attempt(overrides)
@@ -158,6 +172,14 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     if fixed is not None:
         trail.append(fixed.entry)
         tried.append(fixed)
+    start = max((t for t in tried if t.passed), key=lambda t: t.entry["speedup_1thread"], default=None)
+    if start is not None and start is not fixed:  # a repaired one stays as its repair left it
+        fastest = start.entry["speedup_1thread"]
+        for first in _float_first_counts(source):
+            trial = attempt({"static": {**start.overrides["static"], "float_first": first}})
+            if trial is None or not trial.passed or trial.entry["speedup_1thread"] < FLOAT_FIRST_KEEPS_UP * fastest:
+                break
+            fastest = max(fastest, trial.entry["speedup_1thread"])
     passing = [t for t in tried if t.passed]
     best = max(passing, key=lambda t: t.entry["speedup_1thread"], default=fixed)
     contenders = [t for t in passing if t.entry["speedup_1thread"] >= RUNOFF_WITHIN * best.entry["speedup_1thread"]]
@@ -189,6 +211,15 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
                             "1 thread): onnxruntime's integer kernels do not pay here (bench/static_speed.py "
                             "--profile shows where the time goes)")
     return best.model, best.options
+
+
+def _float_first_counts(source: onnx.ModelProto) -> list[int]:
+    """The FLOAT_FIRST counts whose weighted ops hold at most FLOAT_FIRST_WEIGHTS of `source`'s weights, fewer
+    than all of them."""
+    weights = {t.name: t for t in source.graph.initializer}
+    sizes = [math.prod(weights[n.input[KERNEL_WEIGHT_INPUT[n.op_type]]].dims) for n in weighted_nodes(source)]
+    return [first for first in FLOAT_FIRST
+            if first < len(sizes) and sum(sizes[:first]) <= FLOAT_FIRST_WEIGHTS * sum(sizes)]
 
 
 def _faster_than_passing(tried: list[_Tried]) -> list[_Tried]:
@@ -224,7 +255,7 @@ def _repaired(tried: list[_Tried], repair: Callable, base: Reference, base_timed
         "task": _worst_task(trial.verification)}
     if trial.status == Status.OK:
         entry["speedup_1thread"] = _speedup(base_timed, model, data)
-    return _Tried(entry, model, pick.options, trial)
+    return _Tried(entry, pick.overrides, model, pick.options, trial)
 
 
 def _speedup(base_timed, model: onnx.ModelProto, data: EvalData) -> float:

@@ -72,6 +72,11 @@ def power_of_two(what: str, value: Any, minimum: int = 16) -> None:
         raise OnnxDtypeError(f"{what} must be a power of two >= {minimum}, not {value!r}")
 
 
+def count(what: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise OnnxDtypeError(f"{what} must be a whole number >= 0, not {value!r}")
+
+
 def flag(what: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise OnnxDtypeError(f"{what} must be true or false, not {value!r}")

@@ -22,6 +22,11 @@ Measured, s8u8, worst held-out sample: onnxruntime defaults det 0.00 / MiniLM 0.
 float_tail 0.23 / 0.984; all three rules 0.947 / 0.995 (float_tail alone changes neither model: their last
 layers feed no heterogeneous Concat).
 
+float_first (0 by default; the search tries it): the first N weighted ops and every node they depend on stay
+float. onnxruntime's CPU integer kernels lose on an image model's first layers, few channels at high resolution:
+PP-OCRv4 det's 3-channel stem ran as a QLinearConv plus its input's QuantizeLinear and NHWC Transpose in 1.07 ms
+against fp32's 0.43 ms Conv, its first depthwise Conv 0.38 against 0.15 ms (one thread, this AVX2 CPU).
+
 reduce_range (off by default; the search tries it): weights in 7 bits. onnxruntime's U8S8 kernels on x86 without
 VNNI (AVX2, AVX-512) add pairs of uint8 x int8 products in int16 and saturate; 7-bit weights cannot. Measured on
 this AVX2 CPU, s8u8 chains, held-out data (bench/static_ablation.py): PP-OCRv4 rec 9 % -> 55 % of lines read as
@@ -48,7 +53,7 @@ import onnx
 from onnxdtype.calibration.ranges import CALIBRATION_PASSES, ORT_METHODS, weighted_nodes
 from onnxdtype.normalize import fold_adds_into_unpadded_convs, fold_batchnorm, fold_conv_bias_adds
 from onnxdtype.ops import KERNEL_WEIGHT_INPUT
-from onnxdtype.recipes.base import NotApplicable, Variant, choice, flag, names, with_nodes
+from onnxdtype.recipes.base import NotApplicable, Variant, choice, count, flag, names, with_nodes
 from onnxdtype.recipes.bias_correction import corrected_biases
 from onnxdtype.recipes.integer_ops import fold_constant_scales, integer_spellings
 from onnxdtype.recipes.qdq import (
@@ -85,6 +90,7 @@ class Options:
     equalize: bool = True
     reduce_range: bool = False  # weights in 7 bits (see above)
     bias_correction: bool = False  # weight rounding's mean shift given back in the biases (see above)
+    float_first: int = 0  # the first N weighted ops, and every node they depend on, stay float (see above)
     nodes_to_exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -93,6 +99,7 @@ class Options:
         choice("static method", self.method, ORT_METHODS)
         for name in ("per_channel", "kernel_ops_only", "float_tail", "equalize", "reduce_range", "bias_correction"):
             flag(f"static {name}", getattr(self, name))
+        count("static float_first", self.float_first)
         names("static nodes_to_exclude", self.nodes_to_exclude)
 
 
@@ -107,7 +114,8 @@ def keep(options: Options, nodes: list[str], precision: str) -> Options:
 
 
 def check(model: onnx.ModelProto, options: Options) -> str | None:
-    weighted = [n.name or n.output[0] for n in weighted_nodes(model) if n.name not in options.nodes_to_exclude]
+    excluded = set(options.nodes_to_exclude) | set(leading_nodes(model, options.float_first))
+    weighted = [n.name or n.output[0] for n in weighted_nodes(model) if n.name not in excluded]
     if not weighted:
         return no_weights_reason(model)
     if options.float_tail and not set(weighted) - set(float_tail(model)):
@@ -134,7 +142,8 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     spelled: dict[str, int] = {}
     if not options.kernel_ops_only:  # a chain placement: ops without an integer kernel would break it
         model, calibration, spelled = integer_spellings(model, calibration)
-    excluded = set(options.nodes_to_exclude) | (set(float_tail(model)) if options.float_tail else set())
+    excluded = set(options.nodes_to_exclude) | set(leading_nodes(model, options.float_first)) \
+        | (set(float_tail(model)) if options.float_tail else set())
     quantized = {n.name for n in weighted_nodes(model)} - excluded
     notes: list[str] = []
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -183,6 +192,8 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
         notes.append("float tail: nodes after the last weighted op on every path to an output stay float")
     if folded_scales:
         notes.append(f"{folded_scales} multiplications by a constant folded into their input's scale")
+    if options.float_first:
+        notes.append(f"the first {options.float_first} weighted ops and the nodes before them stay float")
     if options.reduce_range:
         notes.append("weights in 7 bits: onnxruntime's U8S8 kernels on x86 without VNNI saturate 8-bit ones")
     if options.kernel_ops_only:
@@ -193,9 +204,20 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
               "kernel_ops_only": options.kernel_ops_only, "float_tail": options.float_tail,
               "equalize": options.equalize, "reduce_range": options.reduce_range,
               "bias_correction": options.bias_correction, "corrected_biases": corrected,
+              "float_first": options.float_first,
               "integer_spellings": spelled, "folded_scales": folded_scales,
               "nodes_to_exclude": list(options.nodes_to_exclude),
               "quantizer": "onnxruntime.quantization.quantize_static (QDQ)"}
     return Variant(quantized_model, params, kept_in_float=kept, notes=notes)
 
 
+def leading_nodes(model: onnx.ModelProto, first: int) -> list[str]:
+    """Names of the first `first` weighted ops in graph order and of every node they depend on."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    pending, found = list(weighted_nodes(model)[:first]), set()
+    while pending:
+        node = pending.pop()
+        if node.name not in found:
+            found.add(node.name)
+            pending += [producers[name] for name in node.input if name in producers]
+    return [n.name for n in model.graph.node if n.name in found]
