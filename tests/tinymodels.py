@@ -402,3 +402,18 @@ def conv_stack() -> onnx.ModelProto:
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
              helper.make_node("Conv", ["r1", "k2", "b2"], ["y"], name="depthwise", pads=[1, 1, 1, 1], group=8)]
     return _model(nodes, [_io("x", 1, 8, 16, 16)], [_io("y", 1, 8, 16, 16)], inits, opset=13)
+
+
+def conv_transpose_stack() -> onnx.ModelProto:
+    """x[1,4,8,8] -> Conv 3x3 -> Relu -> ConvTranspose 2x2 stride 2 -> Relu -> Conv 3x3 -> y[1,4,16,16]: an upsampling
+    decoder's shape (PP-OCRv4 det's head upsamples with ConvTranspose)."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(_weight(rng, 8, 4, 3, 3, scale=0.3), "k1"),
+             numpy_helper.from_array(_weight(rng, 8, 8, 2, 2, scale=0.3), "kt"),
+             numpy_helper.from_array(_weight(rng, 4, 8, 3, 3, scale=0.3), "k2")]
+    nodes = [helper.make_node("Conv", ["x", "k1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("ConvTranspose", ["r1", "kt"], ["t"], name="up", strides=[2, 2]),
+             helper.make_node("Relu", ["t"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", "k2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    return _model(nodes, [_io("x", 1, 4, 8, 8)], [_io("y", 1, 4, 16, 16)], inits, opset=13)

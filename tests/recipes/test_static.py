@@ -139,6 +139,30 @@ def test_float_first_keeps_the_first_weighted_ops_and_what_feeds_them_float(dete
             static.Options(float_first=bad)
 
 
+def test_conv_transpose_stays_float_since_onnxruntime_has_no_integer_kernel_for_it(tmp_path):
+    """float_conv_transpose (default): the ConvTranspose keeps its float weight and no Q/DQ pair sits between it and
+    its float reader; the Convs are quantized as before. Off, onnxruntime runs it on weights dequantized every run."""
+    model = normalize(tinymodels.conv_transpose_stack(), static.PASSES)[0]
+    rng = np.random.default_rng(0)
+    calibration = calibrate(model, CountingSamples([{"x": rng.random((1, 4, 8, 8), np.float32)} for _ in range(8)]),
+                            "minmax", tmp_path)
+
+    def weight_of(variant, name: str) -> str:  # what feeds `name`'s weight: an initializer or a DequantizeLinear
+        producers = {o: n.op_type for n in variant.model.graph.node for o in n.output}
+        node = next(n for n in variant.model.graph.node if n.name == name)
+        return producers.get(node.input[1], "initializer")
+
+    for placement in ({}, {"kernel_ops_only": False}):
+        kept, quantized = build(model, calibration, **placement), \
+            build(model, calibration, float_conv_transpose=False, **placement)
+        assert weight_of(kept, "up") == "initializer" and weight_of(quantized, "up") == "DequantizeLinear"
+        assert weight_of(kept, "conv1") == "DequantizeLinear" and "up" in kept.kept_in_float
+        assert any("1 ConvTranspose stay float" in note for note in kept.notes)
+        assert kept.params["float_conv_transpose"] is True
+    x = {"x": rng.random((1, 4, 8, 8), np.float32)}
+    assert cosine(session(model).run(None, x)[0], session(kept.model).run(None, x)[0]) > 0.99
+
+
 def test_equalization_is_exact_in_float(detector, monkeypatch):
     model, calibration, held_out = detector
     monkeypatch.setattr(qdq, "EQUALIZE_SPREAD", 1.0)  # equalize every channel, however even

@@ -22,6 +22,11 @@ Measured, s8u8, worst held-out sample: onnxruntime defaults det 0.00 / MiniLM 0.
 float_tail 0.23 / 0.984; all three rules 0.947 / 0.995 (float_tail alone changes neither model: their last
 layers feed no heterogeneous Concat).
 
+float_conv_transpose (on by default): ConvTranspose stays float, weights and activations. onnxruntime's CPU EP has
+no integer ConvTranspose: quantized, it ran on weights dequantized on every run (no prepacking: PP-OCRv4 det's
+0.78 ms against fp32's 0.50) and between a QuantizeLinear and DequantizeLinear pair when its reader is float too
+(det's head); det's s8u8 chain 1.40-1.42x fp32 -> 1.43-1.45x without them (interleaved, one thread, three runs).
+
 float_first (0 by default; the search tries it): the first N weighted ops and every node they depend on stay
 float. onnxruntime's CPU integer kernels lose on an image model's first layers, few channels at high resolution:
 PP-OCRv4 det's 3-channel stem ran as a QLinearConv plus its input's QuantizeLinear and NHWC Transpose in 1.07 ms
@@ -91,13 +96,15 @@ class Options:
     reduce_range: bool = False  # weights in 7 bits (see above)
     bias_correction: bool = False  # weight rounding's mean shift given back in the biases (see above)
     float_first: int = 0  # the first N weighted ops, and every node they depend on, stay float (see above)
+    float_conv_transpose: bool = True  # see above
     nodes_to_exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         choice("static weight_type", self.weight_type, INTEGER_TYPES)
         choice("static activation_type", self.activation_type, INTEGER_TYPES)
         choice("static method", self.method, ORT_METHODS)
-        for name in ("per_channel", "kernel_ops_only", "float_tail", "equalize", "reduce_range", "bias_correction"):
+        for name in ("per_channel", "kernel_ops_only", "float_tail", "equalize", "reduce_range", "bias_correction",
+                     "float_conv_transpose"):
             flag(f"static {name}", getattr(self, name))
         count("static float_first", self.float_first)
         names("static nodes_to_exclude", self.nodes_to_exclude)
@@ -114,7 +121,7 @@ def keep(options: Options, nodes: list[str], precision: str) -> Options:
 
 
 def check(model: onnx.ModelProto, options: Options) -> str | None:
-    excluded = set(options.nodes_to_exclude) | set(leading_nodes(model, options.float_first))
+    excluded = kept_float(model, options)
     weighted = [n.name or n.output[0] for n in weighted_nodes(model) if n.name not in excluded]
     if not weighted:
         return no_weights_reason(model)
@@ -142,8 +149,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     spelled: dict[str, int] = {}
     if not options.kernel_ops_only:  # a chain placement: ops without an integer kernel would break it
         model, calibration, spelled = integer_spellings(model, calibration)
-    excluded = set(options.nodes_to_exclude) | set(leading_nodes(model, options.float_first)) \
-        | (set(float_tail(model)) if options.float_tail else set())
+    excluded = kept_float(model, options) | (set(float_tail(model)) if options.float_tail else set())
     quantized = {n.name for n in weighted_nodes(model)} - excluded
     notes: list[str] = []
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -179,6 +185,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
     folded_scales = fold_constant_scales(quantized_model, model)
     kept = sorted(n.name for n in model.graph.node  # excluded nodes the quantizer would otherwise have touched
                   if n.name in excluded and (op_types is None or n.op_type in op_types))
+    kept_conv_transposes = sum(n.op_type == "ConvTranspose" and n.name in excluded for n in weighted_nodes(model))
     if folded:
         notes.append(f"{folded} BatchNormalization folded into their Conv (onnxruntime cannot across a Q/DQ pair)")
     if biases:
@@ -192,6 +199,9 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
         notes.append("float tail: nodes after the last weighted op on every path to an output stay float")
     if folded_scales:
         notes.append(f"{folded_scales} multiplications by a constant folded into their input's scale")
+    if options.float_conv_transpose and kept_conv_transposes:
+        notes.append(f"{kept_conv_transposes} ConvTranspose stay float: onnxruntime's CPU EP has no integer kernel "
+                     "for it")
     if options.float_first:
         notes.append(f"the first {options.float_first} weighted ops and the nodes before them stay float")
     if options.reduce_range:
@@ -204,11 +214,19 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
               "kernel_ops_only": options.kernel_ops_only, "float_tail": options.float_tail,
               "equalize": options.equalize, "reduce_range": options.reduce_range,
               "bias_correction": options.bias_correction, "corrected_biases": corrected,
-              "float_first": options.float_first,
+              "float_first": options.float_first, "float_conv_transpose": options.float_conv_transpose,
               "integer_spellings": spelled, "folded_scales": folded_scales,
               "nodes_to_exclude": list(options.nodes_to_exclude),
               "quantizer": "onnxruntime.quantization.quantize_static (QDQ)"}
     return Variant(quantized_model, params, kept_in_float=kept, notes=notes)
+
+
+def kept_float(model: onnx.ModelProto, options: Options) -> set[str]:
+    """The nodes `options` keep float whatever the placement: nodes_to_exclude, the first float_first weighted ops
+    and what they depend on, and ConvTransposes under float_conv_transpose."""
+    conv_transposes = {n.name for n in weighted_nodes(model) if n.op_type == "ConvTranspose"}
+    return set(options.nodes_to_exclude) | set(leading_nodes(model, options.float_first)) \
+        | (conv_transposes if options.float_conv_transpose else set())
 
 
 def leading_nodes(model: onnx.ModelProto, first: int) -> list[str]:
