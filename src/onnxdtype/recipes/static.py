@@ -23,9 +23,9 @@ float_tail 0.23 / 0.984; all three rules 0.947 / 0.995 (float_tail alone changes
 layers feed no heterogeneous Concat).
 
 float_conv_transpose (on by default): ConvTranspose stays float, weights and activations. onnxruntime's CPU EP has
-no integer ConvTranspose: quantized, it ran on weights dequantized on every run (no prepacking: PP-OCRv4 det's
-0.78 ms against fp32's 0.50) and between a QuantizeLinear and DequantizeLinear pair when its reader is float too
-(det's head); det's s8u8 chain 1.40-1.42x fp32 -> 1.43-1.45x without them (interleaved, one thread, three runs).
+no integer ConvTranspose: quantized, it ran on weights and bias dequantized on every run, between a QuantizeLinear
+and DequantizeLinear pair where its reader is float too (PP-OCRv4 det's head: 0.28 ms of conversions at one
+thread); det's s8u8 chain 1.40-1.42x fp32 -> 1.43-1.45x with it float (interleaved, one thread, three runs).
 
 float_first (0 by default; the search tries it): the first N weighted ops and every node they depend on stay
 float. onnxruntime's CPU integer kernels lose on an image model's first layers, few channels at high resolution:
