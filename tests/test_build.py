@@ -607,6 +607,7 @@ def test_static_search_tries_the_fastest_passing_placement_with_its_first_weight
     assert [c["options"]["static"] for c in tried] == [{**start["options"]["static"], "float_first": first}
                                                         for first in expected]
     assert all(c["failure"] is None for c in tried)  # float layers only bring fp32 closer
+    assert all(c["paired"]["this"] > 0 and c["paired"]["fastest_before"] > 0 for c in tried)  # timed beside it
     chosen = trail[result.params["search"]["chosen"]]
     runoff = [c for c in trail if "runoff_speedup_1thread" in c]
     assert chosen in runoff and chosen["runoff_speedup_1thread"] == max(c["runoff_speedup_1thread"] for c in runoff)

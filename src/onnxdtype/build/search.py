@@ -55,8 +55,9 @@ RUNOFF_WITHIN, RUNOFF_RUNS = 0.9, 20
 SEARCH_RANGES = ("mse",)
 # Last, the fastest passing placement is tried again with its first 1, 2, 4, 8 weighted ops and the nodes before
 # them in float (static.Options.float_first), while those hold at most FLOAT_FIRST_WEIGHTS of the weights and each
-# step runs at least FLOAT_FIRST_KEEPS_UP of the fastest so far: onnxruntime's CPU integer kernels lose on an image
-# model's first layers (static.py). Measured on PP-OCRv4 det's s8u8 chain (interleaved, one thread, two runs): 1.35x
+# step runs at least FLOAT_FIRST_KEEPS_UP of the fastest so far, timed beside it (RUNOFF_RUNS interleaved runs:
+# judged on the candidates' own 10-run timings, one demo stopped det at 1 float after the chain's timing had read
+# 1.43x, 1.30x in the runoff): onnxruntime's CPU integer kernels lose on an image model's first layers (static.py). Measured on PP-OCRv4 det's s8u8 chain (interleaved, one thread, two runs): 1.35x
 # fp32 with none float, 1.34-1.36x with 1, 1.40x with 2, 1.29-1.30x with 4; cls 0.91-0.92x -> 0.97x with 4,
 # 0.99-1.00x with 12 (1.5 % of its weights), never above fp32; rec 1.76x -> 1.79x with 1.
 FLOAT_FIRST = (1, 2, 4, 8)
@@ -123,7 +124,8 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     candidate is then repaired (`repair` keeps its worst nodes in float, judged on the task against the fp32 outputs
     the search already holds): the fastest that ran faster than every passing one (keeping nodes in float only slows
     it), or, when none passed, the one closest to passing. The fastest passing one (unless repaired) is then tried
-    with its first FLOAT_FIRST weighted ops in float, more while they keep up. When nothing passes, the result is
+    with its first FLOAT_FIRST weighted ops in float, more while they keep up with the fastest so far, timed beside
+    it. When nothing passes, the result is
     that repaired candidate, failed with its figures and repair trail."""
     base_timed = session(source_path, threads=1)
     trail: list[dict[str, Any]] = []
@@ -174,12 +176,17 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
         tried.append(fixed)
     start = max((t for t in tried if t.passed), key=lambda t: t.entry["speedup_1thread"], default=None)
     if start is not None and start is not fixed:  # a repaired one stays as its repair left it
-        fastest = start.entry["speedup_1thread"]
+        ahead = start
         for first in _float_first_counts(source):
             trial = attempt({"static": {**start.overrides["static"], "float_first": first}})
-            if trial is None or not trial.passed or trial.entry["speedup_1thread"] < FLOAT_FIRST_KEEPS_UP * fastest:
+            if trial is None or not trial.passed:
                 break
-            fastest = max(fastest, trial.entry["speedup_1thread"])
+            before, now = speedups(base_timed, [session(t.model, threads=1) for t in (ahead, trial)], data.feeds[0],
+                                   RUNOFF_RUNS)
+            trial.entry["paired"] = {"fastest_before": round(before, 3), "this": round(now, 3)}
+            if now < FLOAT_FIRST_KEEPS_UP * before:
+                break
+            ahead = trial if now > before else ahead
     passing = [t for t in tried if t.passed]
     best = max(passing, key=lambda t: t.entry["speedup_1thread"], default=fixed)
     contenders = [t for t in passing if t.entry["speedup_1thread"] >= RUNOFF_WITHIN * best.entry["speedup_1thread"]]
@@ -193,7 +200,8 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
                                "timed_on": f"this machine, 1 thread, median of {TIMING_RUNS} interleaved runs; "
                                            f"the fastest passing candidate and those within "
                                            f"{1 - RUNOFF_WITHIN:.0%} of it timed again together, {RUNOFF_RUNS} runs "
-                                           "(runoff_speedup_1thread)"}
+                                           "(runoff_speedup_1thread); a placement with its first layers float "
+                                           "beside the fastest before it, as many runs (paired)"}
     if best is None:
         return None
     result.params = {**result.params, **best.trial.params}  # the chosen candidate's recipe parameters, the trail kept
