@@ -318,8 +318,9 @@ def test_static_search_keeps_the_fastest_placement_that_passes_and_records_the_t
         before = next(c for c in originals if c["options"] == repaired["options"])
         assert before["failure"] and before["speedup_1thread"] > fastest_passing
     fastest = max(c["speedup_1thread"] for c in passed)
-    within = [c for c in passed if c["speedup_1thread"] >= 0.9 * fastest]
-    runoff = [c for c in passed if "runoff_speedup_1thread" in c]  # the fastest and those within 10 %, timed again
+    three = sorted(passed, key=lambda c: -c["speedup_1thread"])[:3]
+    within = [c for c in passed if c["speedup_1thread"] >= 0.9 * fastest or c in three]
+    runoff = [c for c in passed if "runoff_speedup_1thread" in c]  # the 3 fastest and any within 10 %, timed again
     assert runoff == within
     speed = chosen.get("runoff_speedup_1thread", chosen["speedup_1thread"])
     assert speed == max((c["runoff_speedup_1thread"] for c in runoff), default=fastest)
@@ -581,9 +582,10 @@ def test_static_search_hands_its_repair_the_fp32_outputs_it_already_holds(tmp_pa
 @pytest.mark.parametrize("keeps_up", [0.0, math.inf])
 def test_static_search_tries_the_fastest_passing_placement_with_its_first_weighted_ops_float(tmp_path, monkeypatch,
                                                                                             keeps_up):
-    """Last, the fastest passing placement is built again with its first 1, 2, 4... weighted ops float, while they
-    hold at most FLOAT_FIRST_WEIGHTS of the weights and each keeps up (FLOAT_FIRST_KEEPS_UP of the fastest so far);
-    the runoff then chooses among them. The tiny detector's first conv holds 5.7 % of its weights: allowed here."""
+    """Last, the runoff's winner is built again with its first 1, 2, 4... weighted ops float, while they hold at most
+    FLOAT_FIRST_WEIGHTS of the weights and each keeps up with the fastest so far (FLOAT_FIRST_KEEPS_UP of it, timed
+    beside it); the fastest of them is kept. The tiny detector's first conv holds 5.7 % of its weights: allowed
+    here."""
     from tinymodels import detector
 
     from onnxdtype.build import search as search_module
@@ -600,17 +602,20 @@ def test_static_search_tries_the_fastest_passing_placement_with_its_first_weight
     search_module.search(model, str(path), ("static",), options, candidates, data, criteria, base, result,
                          run_steps, None)
     trail = result.params["search"]["candidates"]
-    passing = [c for c in trail[:len(candidates)] if c["failure"] is None]
-    start = max(passing, key=lambda c: c["speedup_1thread"])
+    runoff = [c for c in trail if "runoff_speedup_1thread" in c]
+    start = max(runoff, key=lambda c: c["runoff_speedup_1thread"])
     tried = [c for c in trail if "float_first" in c["options"]["static"]]
+    assert "float_first" not in start["options"]["static"] and not any("runoff_speedup_1thread" in c for c in tried)
     expected = [1, 2] if keeps_up == 0.0 else [1]  # math.inf: the first one never keeps up, so the second is not tried
     assert [c["options"]["static"] for c in tried] == [{**start["options"]["static"], "float_first": first}
                                                         for first in expected]
     assert all(c["failure"] is None for c in tried)  # float layers only bring fp32 closer
-    assert all(c["paired"]["this"] > 0 and c["paired"]["fastest_before"] > 0 for c in tried)  # timed beside it
     chosen = trail[result.params["search"]["chosen"]]
-    runoff = [c for c in trail if "runoff_speedup_1thread" in c]
-    assert chosen in runoff and chosen["runoff_speedup_1thread"] == max(c["runoff_speedup_1thread"] for c in runoff)
+    assert chosen is start or chosen in tried
+    for c in tried:  # timed beside the fastest before it; kept only when it beat it
+        assert c["paired"]["this"] > 0 and c["paired"]["fastest_before"] > 0
+    if chosen is not start:
+        assert chosen["paired"]["this"] > chosen["paired"]["fastest_before"] and keeps_up == 0.0
     assert result.params["static"]["float_first"] == chosen["options"]["static"].get("float_first", 0)
 
 
