@@ -22,6 +22,7 @@ from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.model import op_counts
 from onnxdtype.normalize import normalize
 from onnxdtype.recipes import NotApplicable, qdq, static
+from onnxdtype.verify.kernels import kernels
 
 DTYPES = ("s8s8", "s8u8", "u8u8")
 
@@ -137,6 +138,26 @@ def test_float_first_keeps_the_first_weighted_ops_and_what_feeds_them_float(dete
     for bad in (-1, True, 1.5):
         with pytest.raises(OnnxDtypeError, match="float_first"):
             static.Options(float_first=bad)
+
+
+def test_an_op_kept_float_in_a_chain_runs_in_float(detector, tmp_path):
+    """In a chain a kept Conv reads a DequantizeLinear and feeds a QuantizeLinear, where onnxruntime would give it
+    int8 weights of its own; its output's Q/DQ goes, so onnxruntime's optimized graph runs one QLinearConv fewer."""
+    model, calibration, held_out = detector
+
+    def integer_convs(variant) -> int:
+        path = tmp_path / "variant.onnx"
+        onnx.save(variant.model, path)
+        return kernels(path)["integer"].get("QLinearConv", 0)
+
+    whole, kept = build(model, calibration, kernel_ops_only=False), \
+        build(model, calibration, kernel_ops_only=False, nodes_to_exclude=["conv1"])
+    assert "conv1" in kept.kept_in_float and kept.params["float_outputs"] == ["conv1"]
+    assert integer_convs(kept) == integer_convs(whole) - 1
+    assert any("1 ops kept float read float outputs" in note for note in kept.notes)
+    assert build(model, calibration, kernel_ops_only=False, float_first=1).params["float_outputs"] == []
+    cosines, _, _ = channel_errors(model, kept.model, held_out)
+    assert (cosines > 0.99).all()
 
 
 def test_conv_transpose_stays_float_since_onnxruntime_has_no_integer_kernel_for_it(tmp_path):

@@ -65,6 +65,7 @@ from onnxdtype.recipes.qdq import (
     NEEDS_CALIBRATION,
     cached_ranges,
     equalize,
+    float_for_real,
     float_tail,
     named_copy,
     no_weights_reason,
@@ -182,6 +183,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
             quantized_model = quantize(model, calibration)
             notes.append(f"bias correction: {corrected} weighted ops' biases take back the mean shift of their "
                          "rounded weights on the calibration data")
+    made_float = float_for_real(quantized_model, excluded)  # before a folded scale can land on a pair it drops
     folded_scales = fold_constant_scales(quantized_model, model)
     kept = sorted(n.name for n in model.graph.node  # excluded nodes the quantizer would otherwise have touched
                   if n.name in excluded and (op_types is None or n.op_type in op_types))
@@ -199,6 +201,9 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
         notes.append("float tail: nodes after the last weighted op on every path to an output stay float")
     if folded_scales:
         notes.append(f"{folded_scales} multiplications by a constant folded into their input's scale")
+    if made_float:
+        notes.append(f"{len(made_float)} ops kept float read float outputs (their output's Q/DQ dropped): onnxruntime "
+                     "would otherwise run them on int8 weights of one scale")
     if options.float_conv_transpose and kept_conv_transposes:
         notes.append(f"{kept_conv_transposes} ConvTranspose stay float: onnxruntime's CPU EP has no integer kernel "
                      "for it")
@@ -215,7 +220,7 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
               "equalize": options.equalize, "reduce_range": options.reduce_range,
               "bias_correction": options.bias_correction, "corrected_biases": corrected,
               "float_first": options.float_first, "float_conv_transpose": options.float_conv_transpose,
-              "integer_spellings": spelled, "folded_scales": folded_scales,
+              "integer_spellings": spelled, "folded_scales": folded_scales, "float_outputs": made_float,
               "nodes_to_exclude": list(options.nodes_to_exclude),
               "quantizer": "onnxruntime.quantization.quantize_static (QDQ)"}
     return Variant(quantized_model, params, kept_in_float=kept, notes=notes)
