@@ -195,7 +195,7 @@ def row(label: str, fp32: Path, variant: Path, eval_dir: Path, runs: int) -> str
 
 def placement(result) -> str:
     """What the search chose: chain (Q/DQ on every op with an integer kernel) or kernel inputs only, equalized,
-    7-bit weights, repaired (nodes kept in float)."""
+    7-bit weights, ranges, kinds of ops and first layers float, repaired (nodes kept in float)."""
     trail = result.params.get("search")
     if not trail or trail.get("chosen") is None:
         return ""
@@ -204,6 +204,7 @@ def placement(result) -> str:
     words = ["kernel inputs" if options["kernel_ops_only"] else "chain"] + ["equalized"] * options["equalize"] \
         + ["7-bit weights"] * bool(options.get("reduce_range")) \
         + [f"{options.get('method')} ranges"] * ("method" in options) \
+        + [f"{' and '.join(options.get('float_kinds', []))} float"] * bool(options.get("float_kinds")) \
         + [f"first {options.get('float_first')} weighted float"] * bool(options.get("float_first"))
     if "repaired" in chosen:
         words.append(f"{len(chosen['repaired']['kept'])} nodes float")

@@ -619,6 +619,35 @@ def test_static_search_tries_the_fastest_passing_placement_with_its_first_weight
     assert result.params["static"]["float_first"] == chosen["options"]["static"].get("float_first", 0)
 
 
+@pytest.mark.parametrize("faster", [True, False])
+def test_static_search_tries_each_kind_of_op_float_and_keeps_those_that_run_faster(tmp_path, monkeypatch, faster):
+    """After the runoff its winner is built with each kind of static.FLOAT_KINDS the model has in float, on top of
+    the kinds kept so far, timed beside the fastest so far; a kind is kept only when its trial ran faster. The
+    timings are fixed here (the last session timed reads faster, or slower), so each decision is known."""
+    from tinymodels import depthwise_pool
+
+    from onnxdtype.build import search as search_module
+    from onnxdtype.build.worker import run_steps
+    from onnxdtype.results import Status, VariantResult
+
+    model, path, options, data, criteria, base = _outlier_search(tmp_path, "s8u8", depthwise_pool(),
+                                                                 (1, 8, 16, 16), 0.9)
+    monkeypatch.setattr(search_module, "_float_first_counts", lambda source: [])
+    step = 0.1 if faster else -0.1
+    monkeypatch.setattr(search_module, "speedups",
+                        lambda base_timed, sessions, feed, runs: [1.0 + step * i for i in range(len(sessions))])
+    result = VariantResult("m", "s8u8", Status.OK)
+    search_module.search(model, str(path), ("static",), options, search_module.candidates_for(("static",), set()),
+                         data, criteria, base, result, run_steps, None)
+    trail = result.params["search"]["candidates"]
+    tried = [c["options"]["static"].get("float_kinds") for c in trail if "float_kinds" in c["options"]["static"]]
+    assert tried == ([["depthwise"], ["depthwise", "MaxPool"]] if faster else [["depthwise"], ["MaxPool"]])
+    chosen = trail[result.params["search"]["chosen"]]
+    assert chosen["options"]["static"].get("float_kinds") == (["depthwise", "MaxPool"] if faster else None)
+    assert result.params["static"]["float_kinds"] == (["depthwise", "MaxPool"] if faster else [])
+    assert all("paired" in c for c in trail if "float_kinds" in c["options"]["static"] and c["failure"] is None)
+
+
 def test_static_search_skips_the_candidates_after_its_budget_of_seconds(tmp_path):
     """The first candidate is always built; with the budget spent every later one, retries included, is recorded
     as skipped and never built."""

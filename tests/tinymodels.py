@@ -417,3 +417,19 @@ def conv_transpose_stack() -> onnx.ModelProto:
              helper.make_node("Relu", ["t"], ["r2"], name="relu2"),
              helper.make_node("Conv", ["r2", "k2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
     return _model(nodes, [_io("x", 1, 4, 8, 8)], [_io("y", 1, 4, 16, 16)], inits, opset=13)
+
+
+def depthwise_pool() -> onnx.ModelProto:
+    """x[1,8,16,16] -> Conv 1x1 -> Relu -> depthwise Conv 3x3 -> Relu -> MaxPool 2x2 -> Conv 1x1 -> y[1,8,8,8]: the two
+    kinds of ops static.float_kinds keeps float, between quantized Convs (a MobileNet block's shape)."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(_weight(rng, 16, 8, 1, 1, scale=0.3), "k1"),
+             numpy_helper.from_array(_weight(rng, 16, 1, 3, 3, scale=0.5), "kd"),
+             numpy_helper.from_array(_weight(rng, 8, 16, 1, 1, scale=0.3), "k2")]
+    nodes = [helper.make_node("Conv", ["x", "k1"], ["c1"], name="expand"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "kd"], ["d"], name="depthwise", pads=[1, 1, 1, 1], group=16),
+             helper.make_node("Relu", ["d"], ["r2"], name="relu2"),
+             helper.make_node("MaxPool", ["r2"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p", "k2"], ["y"], name="project")]
+    return _model(nodes, [_io("x", 1, 8, 16, 16)], [_io("y", 1, 8, 8, 8)], inits, opset=13)

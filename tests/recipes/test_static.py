@@ -160,6 +160,32 @@ def test_an_op_kept_float_in_a_chain_runs_in_float(detector, tmp_path):
     assert (cosines > 0.99).all()
 
 
+def test_float_kinds_keep_every_depthwise_conv_and_max_pool_float(tmp_path):
+    """float_kinds: every op of the named kinds stays float (its weights unquantized, no integer kernel for it in
+    onnxruntime's graph), the other Convs are quantized as before; an unknown kind is refused by name."""
+    model = normalize(tinymodels.depthwise_pool(), static.PASSES)[0]
+    rng = np.random.default_rng(0)
+    calibration = calibrate(model, CountingSamples([{"x": rng.random((1, 8, 16, 16), np.float32)} for _ in range(8)]),
+                            "minmax", tmp_path)
+
+    def ran(variant) -> dict:
+        path = tmp_path / "variant.onnx"
+        onnx.save(variant.model, path)
+        return kernels(path)["integer"]
+
+    chain, kept = build(model, calibration, kernel_ops_only=False, float_tail=False), \
+        build(model, calibration, kernel_ops_only=False, float_tail=False, float_kinds=["depthwise", "MaxPool"])
+    assert ran(chain)["QLinearConv"] == 3 and ran(kept)["QLinearConv"] == 2
+    float_weights = {t.name for t in kept.model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    assert "kd" in float_weights and {"depthwise", "pool"} <= set(kept.kept_in_float)
+    assert kept.params["float_kinds"] == ["depthwise", "MaxPool"]
+    assert static.kind_nodes(model, ["MaxPool"]) == ["pool"] and static.kind_nodes(model, ["depthwise"]) == ["depthwise"]
+    x = {"x": rng.random((1, 8, 16, 16), np.float32)}
+    assert cosine(session(model).run(None, x)[0], session(kept.model).run(None, x)[0]) > 0.99
+    with pytest.raises(OnnxDtypeError, match="float_kinds 'Resize'"):
+        static.Options(float_kinds=["Resize"])
+
+
 def test_conv_transpose_stays_float_since_onnxruntime_has_no_integer_kernel_for_it(tmp_path):
     """float_conv_transpose (default): the ConvTranspose keeps its float weight and no Q/DQ pair sits between it and
     its float reader; the Convs are quantized as before. Off, onnxruntime runs it on weights dequantized every run."""

@@ -1,7 +1,7 @@
 """Static 8-bit variants: try placements from the fastest onnxruntime can run to today's safe default, judge and time
 each, retry a failing int8-weight placement with 7-bit weights, then failing ones on MSE-clipped ranges, repair one
-that still fails (keeping its worst nodes in float), try the fastest passing one with its first layers in float,
-and keep the fastest that passes, within a SearchBudget (seconds, and the speedup a kept variant must reach); the
+that still fails (keeping its worst nodes in float), try the fastest passing one with kinds of ops (depthwise Convs,
+MaxPool) and then its first layers in float, and keep the fastest that passes, within a SearchBudget (seconds, and the speedup a kept variant must reach); the
 trail goes to the manifest.
 
 Why: where activations get Q/DQ decides both what onnxruntime runs in integers and how much accuracy survives, and
@@ -25,9 +25,10 @@ import onnx
 from onnxdtype.calibration.ranges import weighted_nodes
 from onnxdtype.errors import OnnxDtypeError
 from onnxdtype.ops import KERNEL_WEIGHT_INPUT
+from onnxdtype.recipes.static import FLOAT_KINDS, kind_nodes
 from onnxdtype.results import Status, VariantResult
 from onnxdtype.verify.evaluate import Criteria, EvalData, Reference, session
-from onnxdtype.verify.latency import speedups
+from onnxdtype.verify.latency import MIN_SECONDS, speedups
 from onnxdtype.verify.record import verify_variant
 
 # Placements tried, fastest first: Q/DQ on every op onnxruntime has an integer kernel for (chains of QLinear ops)
@@ -55,7 +56,11 @@ RUNOFF_WITHIN, RUNOFF_RUNS, RUNOFF_AT_LEAST = 0.9, 20, 3
 # the split judging 4 photographed lines (examples/ocr_models.py --swap-page-lines) its equalized 7-bit chain from
 # 66.7 % to 100 %; MSE is not the default, because before the chains it had bought no task (calibration.ranges).
 SEARCH_RANGES = ("mse",)
-# Last, the runoff's winner is tried again with its first 1, 2, 4, 8 weighted ops and the nodes before
+# Then the runoff's winner is tried with each kind of static.FLOAT_KINDS in float (depthwise Convs, MaxPool), each
+# kept when it runs faster than the fastest so far, timed beside it (RUNOFF_RUNS interleaved runs): PP-OCR cls's s8u8
+# chain 0.87-0.89x fp32 -> 1.00-1.01x with both float, det's and rec's chains 9-10 % slower with their depthwise Convs
+# float (static.py; AVX-512 VNNI).
+# Last, the fastest so far is tried again with its first 1, 2, 4, 8 weighted ops and the nodes before
 # them in float (static.Options.float_first), while those hold at most FLOAT_FIRST_WEIGHTS of the weights and each
 # step runs at least FLOAT_FIRST_KEEPS_UP of the fastest so far, timed beside it (RUNOFF_RUNS interleaved runs:
 # judged on the candidates' own 10-run timings, one demo stopped det at 1 float after the chain's timing had read
@@ -65,7 +70,7 @@ SEARCH_RANGES = ("mse",)
 FLOAT_FIRST = (1, 2, 4, 8)
 FLOAT_FIRST_WEIGHTS, FLOAT_FIRST_KEEPS_UP = 0.05, 0.98
 SEARCHED_FIELDS = frozenset([*(field for candidate in CANDIDATES for field in candidate), *SATURATION_RETRY,
-                             "method", "ranges_file", "float_first"])
+                             "method", "ranges_file", "float_kinds", "float_first"])
 TIMING_RUNS = 10
 
 
@@ -126,8 +131,9 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
     candidate is then repaired (`repair` keeps its worst nodes in float, judged on the task against the fp32 outputs
     the search already holds): the fastest that ran faster than every passing one (keeping nodes in float only slows
     it), or, when none passed, the one closest to passing. The fastest passing ones are timed again together (the
-    runoff), and its winner (unless repaired) tried with its first FLOAT_FIRST weighted ops in float, more while they
-    keep up with the fastest so far, timed beside it. When nothing passes, the result is
+    runoff), and its winner (unless repaired) tried with each of static.FLOAT_KINDS in float, then with its first
+    FLOAT_FIRST weighted ops in float, more while they keep up with the fastest so far, each timed beside it. When
+    nothing passes, the result is
     that repaired candidate, failed with its figures and repair trail."""
     base_timed = session(source_path, threads=1)
     trail: list[dict[str, Any]] = []
@@ -186,25 +192,39 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
         for contender, speedup in zip(contenders, timed):
             contender.entry["runoff_speedup_1thread"] = round(speedup, 3)
         best = max(contenders, key=lambda t: t.entry["runoff_speedup_1thread"])
+    def paired(trial: _Tried) -> tuple[float, float]:
+        """The fastest so far and `trial`, timed beside each other (recorded in the trial's entry)."""
+        before, now = speedups(base_timed, [session(t.model, threads=1) for t in (best, trial)], data.feeds[0],
+                               RUNOFF_RUNS)
+        trial.entry["paired"] = {"fastest_before": round(before, 3), "this": round(now, 3)}
+        return before, now
+
     if best is not None and best.passed and best is not fixed:  # a repaired one stays as its repair left it
+        kinds: list[str] = []
+        for kind in [k for k in FLOAT_KINDS if kind_nodes(source, [k])]:
+            trial = attempt({"static": {**best.overrides["static"], "float_kinds": [*kinds, kind]}})
+            if trial is None or not trial.passed:
+                continue
+            before, now = paired(trial)
+            if now > before:
+                best, kinds = trial, [*kinds, kind]
         for first in _float_first_counts(source):
             trial = attempt({"static": {**best.overrides["static"], "float_first": first}})
             if trial is None or not trial.passed:
                 break
-            before, now = speedups(base_timed, [session(t.model, threads=1) for t in (best, trial)], data.feeds[0],
-                                   RUNOFF_RUNS)
-            trial.entry["paired"] = {"fastest_before": round(before, 3), "this": round(now, 3)}
+            before, now = paired(trial)
             if now < FLOAT_FIRST_KEEPS_UP * before:
                 break
             best = trial if now > before else best
     result.params["search"] = {"candidates": trail, "budget": dataclasses.asdict(budget),
                                "chosen": next((i for i, e in enumerate(trail) if best and e is best.entry), None),
-                               "timed_on": f"this machine, 1 thread, median of {TIMING_RUNS} interleaved runs; "
-                                           f"the {RUNOFF_AT_LEAST} fastest passing candidates and any within "
-                                           f"{1 - RUNOFF_WITHIN:.0%} of the fastest timed again together, "
+                               "timed_on": f"this machine, 1 thread, medians of interleaved runs (at least "
+                                           f"{TIMING_RUNS}, more until {MIN_SECONDS:g} s have passed); the "
+                                           f"{RUNOFF_AT_LEAST} fastest passing candidates and any within "
+                                           f"{1 - RUNOFF_WITHIN:.0%} of the fastest timed again together, at least "
                                            f"{RUNOFF_RUNS} runs (runoff_speedup_1thread); the runoff's winner with "
-                                           "its first layers float beside the fastest before it, as many runs "
-                                           "(paired)"}
+                                           "kinds of ops, then its first layers float, each beside the fastest "
+                                           "before it, as many runs (paired)"}
     if best is None:
         return None
     result.params = {**result.params, **best.trial.params}  # the chosen candidate's recipe parameters, the trail kept

@@ -126,14 +126,20 @@ def even_weight_zero_points(model: onnx.ModelProto) -> int:
     return changed
 
 
+# Single-reader ops onnxruntime's QDQPropagation moves a QuantizeLinear back across (qdq_propagation.cc).
+Q_PROPAGATES_ACROSS = ("MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice")
+
+
 def float_for_real(model: onnx.ModelProto, kept: set[str]) -> list[str]:
     """Drop, in place, the QuantizeLinear/DequantizeLinear pair after each op of `kept` that onnxruntime would
     quantize anyway, so it runs in float as the variant says; its readers read its float output. Returns their names.
 
     onnxruntime's WeightBiasQuantization (graph optimization level 1, on by default) gives a Conv, ConvTranspose or
     Gemm with a float weight int8 weights of one per-tensor scale when it reads a per-tensor DequantizeLinear and its
-    output goes only to a QuantizeLinear (through Relu/Clip): in a chain placement every op kept float sits so.
-    Measured on PP-OCR cls's s8u8 chain with its 11 depthwise Convs kept float: all 53 Convs ran as QLinearConv."""
+    output goes only to a QuantizeLinear (through Relu/Clip, and the ops its QDQPropagation moves a QuantizeLinear
+    back across): in a chain placement every op kept float sits so. Measured on PP-OCR cls's s8u8 chain with its 11
+    depthwise Convs kept float: all 53 Convs ran as QLinearConv. The dropped pair is the one after those ops, which
+    then run in float too."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
@@ -147,10 +153,11 @@ def float_for_real(model: onnx.ModelProto, kept: set[str]) -> list[str]:
         if node.name not in kept or node.op_type not in ("Conv", "ConvTranspose", "Gemm") or source is None \
                 or source.op_type != "DequantizeLinear" or not _scalar(inits.get(source.input[1])):
             continue
-        last = node  # the op, or the Relu/Clip after it onnxruntime would fuse
-        while len(consumers.get(last.output[0], [])) == 1 and last.output[0] not in outputs \
-                and consumers[last.output[0]][0].op_type in ("Relu", "Clip"):
-            last = consumers[last.output[0]][0]
+        last = node  # the op, then the Relu/Clip it fuses, then the ops a QuantizeLinear is propagated back across
+        for passes in (("Relu", "Clip"), Q_PROPAGATES_ACROSS):
+            while len(consumers.get(last.output[0], [])) == 1 and last.output[0] not in outputs \
+                    and consumers[last.output[0]][0].op_type in passes:
+                last = consumers[last.output[0]][0]
         after = consumers.get(last.output[0], [])
         if len(after) != 1 or after[0].op_type != "QuantizeLinear" or last.output[0] in outputs:
             continue

@@ -32,6 +32,13 @@ float. onnxruntime's CPU integer kernels lose on an image model's first layers, 
 PP-OCRv4 det's 3-channel stem ran as a QLinearConv plus its input's QuantizeLinear and NHWC Transpose in 1.07 ms
 against fp32's 0.43 ms Conv, its first depthwise Conv 0.38 against 0.15 ms (one thread, this AVX2 CPU).
 
+float_kinds (none by default; the search tries each): every op of a kind in FLOAT_KINDS stays float, where
+onnxruntime's 8-bit CPU kernels can lose to its float ones: depthwise Convs (PP-OCR cls's 5x5 ones as QLinearConv
+51-77 us against 18-22 us float in a per-node profile) and MaxPool (onnxruntime left cls's uint8 MaxPool in NCHW:
+0.14 ms). Measured on an AVX-512 VNNI CPU, s8u8 chains, interleaved with fp32 at one thread: cls 0.87-0.89x ->
+1.00-1.01x with both float -> 1.06-1.09x with its first 1-2 weighted ops float too; but det 1.84-1.95x -> 1.66-1.74x
+and rec 2.12-2.19x -> 1.93-1.99x with their depthwise Convs float. So it is the search's to try, not a default.
+
 reduce_range (off by default; the search tries it): weights in 7 bits. onnxruntime's U8S8 kernels on x86 without
 VNNI (AVX2, AVX-512) add pairs of uint8 x int8 products in int16 and saturate; 7-bit weights cannot. Measured on
 this AVX2 CPU, s8u8 chains, held-out data (bench/static_ablation.py): PP-OCRv4 rec 9 % -> 55 % of lines read as
@@ -50,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +88,11 @@ HIGHER_PRECISIONS = ("fp32",)
 LAZY_WEIGHTS = False
 DTYPE_TYPES = {"s8s8": ("int8", "int8"), "s8u8": ("int8", "uint8"), "u8u8": ("uint8", "uint8")}
 INTEGER_TYPES = ("int8", "uint8")
+# Kinds of ops float_kinds may keep float: what makes a node one of them.
+FLOAT_KINDS: dict[str, Callable[[onnx.NodeProto], bool]] = {
+    "depthwise": lambda node: node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute),
+    "MaxPool": lambda node: node.op_type == "MaxPool",
+}
 # Positive constants with zero point 0, quantized as activations of that type: the levels above zero.
 CONSTANT_LEVELS = {"int8": 127, "uint8": 255}
 
@@ -97,6 +110,7 @@ class Options:
     reduce_range: bool = False  # weights in 7 bits (see above)
     bias_correction: bool = False  # weight rounding's mean shift given back in the biases (see above)
     float_first: int = 0  # the first N weighted ops, and every node they depend on, stay float (see above)
+    float_kinds: list[str] = field(default_factory=list)  # of FLOAT_KINDS (see above)
     float_conv_transpose: bool = True  # see above
     nodes_to_exclude: list[str] = field(default_factory=list)
 
@@ -108,6 +122,9 @@ class Options:
                      "float_conv_transpose"):
             flag(f"static {name}", getattr(self, name))
         count("static float_first", self.float_first)
+        names("static float_kinds", self.float_kinds)
+        for kind in self.float_kinds:
+            choice("static float_kinds", kind, FLOAT_KINDS)
         names("static nodes_to_exclude", self.nodes_to_exclude)
 
 
@@ -209,6 +226,8 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
                      "for it")
     if options.float_first:
         notes.append(f"the first {options.float_first} weighted ops and the nodes before them stay float")
+    if options.float_kinds:
+        notes.append(f"every {' and every '.join(options.float_kinds)} op stays float")
     if options.reduce_range:
         notes.append("weights in 7 bits: onnxruntime's U8S8 kernels on x86 without VNNI saturate 8-bit ones")
     if options.kernel_ops_only:
@@ -219,7 +238,8 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
               "kernel_ops_only": options.kernel_ops_only, "float_tail": options.float_tail,
               "equalize": options.equalize, "reduce_range": options.reduce_range,
               "bias_correction": options.bias_correction, "corrected_biases": corrected,
-              "float_first": options.float_first, "float_conv_transpose": options.float_conv_transpose,
+              "float_first": options.float_first, "float_kinds": list(options.float_kinds),
+              "float_conv_transpose": options.float_conv_transpose,
               "integer_spellings": spelled, "folded_scales": folded_scales, "float_outputs": made_float,
               "nodes_to_exclude": list(options.nodes_to_exclude),
               "quantizer": "onnxruntime.quantization.quantize_static (QDQ)"}
@@ -228,10 +248,15 @@ def build(model: onnx.ModelProto, options: Options) -> Variant | NotApplicable:
 
 def kept_float(model: onnx.ModelProto, options: Options) -> set[str]:
     """The nodes `options` keep float whatever the placement: nodes_to_exclude, the first float_first weighted ops
-    and what they depend on, and ConvTransposes under float_conv_transpose."""
+    and what they depend on, the ops of float_kinds, and ConvTransposes under float_conv_transpose."""
     conv_transposes = {n.name for n in weighted_nodes(model) if n.op_type == "ConvTranspose"}
     return set(options.nodes_to_exclude) | set(leading_nodes(model, options.float_first)) \
-        | (conv_transposes if options.float_conv_transpose else set())
+        | set(kind_nodes(model, options.float_kinds)) | (conv_transposes if options.float_conv_transpose else set())
+
+
+def kind_nodes(model: onnx.ModelProto, kinds: list[str]) -> list[str]:
+    """Names of the main graph's nodes of `kinds` (FLOAT_KINDS), in graph order."""
+    return [n.name for n in model.graph.node if any(FLOAT_KINDS[kind](n) for kind in kinds)]
 
 
 def leading_nodes(model: onnx.ModelProto, first: int) -> list[str]:
