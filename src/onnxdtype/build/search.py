@@ -1,8 +1,8 @@
 """Static 8-bit variants: try placements from the fastest onnxruntime can run to today's safe default, judge and time
 each, retry a failing int8-weight placement with 7-bit weights, then failing ones on MSE-clipped ranges, repair one
 that still fails (keeping its worst nodes in float), try the fastest passing one with kinds of ops (depthwise Convs,
-MaxPool) and then its first layers in float, and keep the fastest that passes, within a SearchBudget (seconds, and the speedup a kept variant must reach); the
-trail goes to the manifest.
+MaxPool) and then its first layers in float, and keep the fastest that passes, within a SearchBudget (seconds, and
+the speedup a kept variant must reach); the trail goes to the manifest.
 
 Why: where activations get Q/DQ decides both what onnxruntime runs in integers and how much accuracy survives, and
 neither is predictable from the graph alone. Measured on PP-OCR cls (this AVX2 CPU without VNNI): QLinearConv ran

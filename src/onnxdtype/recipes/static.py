@@ -34,10 +34,11 @@ against fp32's 0.43 ms Conv, its first depthwise Conv 0.38 against 0.15 ms (one 
 
 float_kinds (none by default; the search tries each): every op of a kind in FLOAT_KINDS stays float, where
 onnxruntime's 8-bit CPU kernels can lose to its float ones: depthwise Convs (PP-OCR cls's 5x5 ones as QLinearConv
-51-77 us against 18-22 us float in a per-node profile) and MaxPool (onnxruntime left cls's uint8 MaxPool in NCHW:
-0.14 ms). Measured on an AVX-512 VNNI CPU, s8u8 chains, interleaved with fp32 at one thread: cls 0.87-0.89x ->
-1.00-1.01x with both float -> 1.06-1.09x with its first 1-2 weighted ops float too; but det 1.84-1.95x -> 1.66-1.74x
-and rec 2.12-2.19x -> 1.93-1.99x with their depthwise Convs float. So it is the search's to try, not a default.
+51-68 us against 18-22 us float, medians of a per-node profile) and MaxPool (onnxruntime left cls's uint8 MaxPool
+in NCHW: 0.14 ms). Measured on an AVX-512 VNNI CPU, s8u8 chains, interleaved with fp32 at one thread: cls
+0.87-0.89x -> 1.00-1.01x with both float -> 1.15-1.17x with its first 2-4 weighted ops float too; but det
+1.84-1.95x -> 1.66-1.74x and rec 2.12-2.19x -> 1.93-1.99x with their depthwise Convs float. So it is the search's
+to try, not a default.
 
 reduce_range (off by default; the search tries it): weights in 7 bits. onnxruntime's U8S8 kernels on x86 without
 VNNI (AVX2, AVX-512) add pairs of uint8 x int8 products in int16 and saturate; 7-bit weights cannot. Measured on
