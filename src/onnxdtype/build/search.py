@@ -194,6 +194,7 @@ def search(source: onnx.ModelProto, source_path: str, steps: tuple[str, ...], op
         for contender, speedup in zip(contenders, timed):
             contender.entry["runoff_speedup_1thread"] = round(speedup, 3)
         best = max(contenders, key=lambda t: t.entry["runoff_speedup_1thread"])
+
     def paired(trial: _Tried) -> tuple[float, float]:
         """The fastest so far and `trial`, timed beside each other (recorded in the trial's entry)."""
         before, now = speedups(base_timed, [session(t.model, threads=1) for t in (best, trial)], data.feeds[0],

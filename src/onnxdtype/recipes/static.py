@@ -89,7 +89,8 @@ HIGHER_PRECISIONS = ("fp32",)
 LAZY_WEIGHTS = False
 DTYPE_TYPES = {"s8s8": ("int8", "int8"), "s8u8": ("int8", "uint8"), "u8u8": ("uint8", "uint8")}
 INTEGER_TYPES = ("int8", "uint8")
-# Kinds of ops float_kinds may keep float: what makes a node one of them.
+# Kinds of ops float_kinds may keep float: what makes a node one of them ("depthwise": any grouped Conv, as every
+# grouped Conv of the models measured here is depthwise).
 FLOAT_KINDS: dict[str, Callable[[onnx.NodeProto], bool]] = {
     "depthwise": lambda node: node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute),
     "MaxPool": lambda node: node.op_type == "MaxPool",
