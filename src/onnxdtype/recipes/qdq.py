@@ -29,6 +29,7 @@ from onnxdtype.calibration.ranges import (
     write_ranges,
 )
 from onnxdtype.errors import OnnxDtypeError
+from onnxdtype.folding import drop_unused
 from onnxdtype.model import needs_external_data, readers
 from onnxdtype.normalize import name_unnamed_nodes
 from onnxdtype.specialize import subgraph_weight_summary
@@ -145,7 +146,6 @@ def float_for_real(model: onnx.ModelProto, kept: set[str]) -> list[str]:
     producers = {o: n for n in graph.node for o in n.output}
     consumers = readers(graph)
     outputs = {o.name for o in graph.output}
-    dropped: set[int] = set()
     renamed: dict[str, str] = {}
     done = []
     for node in graph.node:
@@ -166,18 +166,11 @@ def float_for_real(model: onnx.ModelProto, kept: set[str]) -> list[str]:
                 or after[0].output[0] in outputs:
             continue
         renamed |= {d.output[0]: last.output[0] for d in dequantizers}
-        dropped |= {id(after[0]), *map(id, dequantizers)}
         done.append(node.name)
-    if not done:
-        return done
-    kept_nodes = [n for n in graph.node if id(n) not in dropped]
-    for node in kept_nodes:
-        node.input[:] = [renamed.get(name, name) for name in node.input]
-    del graph.node[:]
-    graph.node.extend(kept_nodes)
-    used = {name for n in kept_nodes for name in n.input} | outputs
-    for tensor in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(tensor)
+    if done:
+        for reader in graph.node:
+            reader.input[:] = [renamed.get(name, name) for name in reader.input]
+        drop_unused(graph, set())  # the pairs nothing reads now, and their scales and zero points
     return done
 
 
