@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxdtype.calibration.ranges import CalibrationResult
+from onnxdtype.folding import drop_unused
 from onnxdtype.model import readers
 from onnxdtype.ops import DATA_MOVEMENT_OPS
 
@@ -144,14 +145,9 @@ def fold_constant_scales(quantized: onnx.ModelProto, source: onnx.ModelProto) ->
     kept = [replacements.get(id(n), n) for n in graph.node if id(n) not in dropped]
     for node in kept:
         node.input[:] = [renamed.get(name, name) for name in node.input]
-    used = {name for n in kept for name in n.input}
-    kept = [n for n in kept if n.op_type != "DequantizeLinear" or n.output[0] in used or n.output[0] in outputs]
-    used = {name for n in kept for name in n.input}
     del graph.node[:]
     graph.node.extend(kept)
-    unused = [t for t in graph.initializer if t.name not in used and t.name not in outputs]
-    for tensor in unused:
-        graph.initializer.remove(tensor)
+    drop_unused(graph, set())  # the DequantizeLinears only the folded Muls read, and what only they read
     return len(replacements)
 
 
